@@ -1,0 +1,38 @@
+//! # distlock
+//!
+//! Distributed locks with one API over several backends. Business code holds an
+//! `Arc<dyn LockProvider>` and never names the backend; switching from the in-memory backend
+//! in tests to a server backend in production is a configuration change.
+//!
+//! | feature | backend | crate |
+//! |---|---|---|
+//! | `memory` (default) | in-process | [`memory`] (`lock-memory`) |
+//! | `all-backends` | every backend above | |
+//!
+//! Every backend passes the same conformance suite (`lock-testkit`) and keeps the same
+//! rules: fencing tokens, owner-checked release and refresh, input checked before any server
+//! is touched, and a [`LockError`] that tells a lock timeout apart from a system error.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> distlock::Result<()> {
+//! use std::{sync::Arc, time::Duration};
+//! use distlock::{LockOptions, LockProvider, WaitPolicy};
+//!
+//! let locks: Arc<dyn LockProvider> = Arc::new(distlock::memory::MemoryLockProvider::new());
+//! let lease = locks
+//!     .lock(&LockOptions::new("workflow:execution:42", "worker-1")
+//!         .ttl(Duration::from_secs(60))
+//!         .wait(WaitPolicy::deadline(Duration::from_secs(5))))
+//!     .await?;
+//! // Hand lease.token to the storage the lock protects; it rejects stale writers.
+//! locks.unlock(&lease.key, &lease.owner).await?;
+//! # Ok(()) }
+//! ```
+
+pub use lock_core::*;
+
+/// The in-process backend (feature `memory`).
+#[cfg(feature = "memory")]
+pub mod memory {
+    pub use lock_memory::*;
+}

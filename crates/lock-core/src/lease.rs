@@ -1,0 +1,99 @@
+//! What a caller gets back: [`Lease`] for a held lock, [`LockInfo`] for an inspected one, and
+//! the [`FencingToken`] that makes a lock safe to use against a storage system.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A number, strictly increasing per key, issued with every new acquisition.
+///
+/// Pass it along with every write the lock protects and let the storage reject a token lower
+/// than the highest it has seen: a holder that paused past its lease (GC, VM freeze, network
+/// partition) is then refused instead of corrupting data. Tokens are never reused, also not
+/// after release, expiry or cleanup. Re-entering a lock you already hold keeps its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FencingToken(pub u64);
+
+impl FencingToken {
+    /// The raw value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A held lock, as granted by `lock`, `try_lock` or `refresh_lock`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The key.
+    pub key: Arc<str>,
+    /// The holder.
+    pub owner: Arc<str>,
+    /// The fencing token of this acquisition.
+    pub token: FencingToken,
+    /// The TTL the server granted, counted from the server's clock.
+    pub ttl: Duration,
+    /// A conservative local deadline: the instant the request was *sent* plus `ttl`. The
+    /// server's lease cannot end before it unless clocks run at different speeds.
+    pub valid_until: Instant,
+    /// Reentry depth: 1 for a first acquisition, n for the n-th nested one.
+    pub depth: u32,
+}
+
+impl Lease {
+    /// Time left on the local conservative deadline (zero when passed).
+    pub fn remaining(&self) -> Duration {
+        self.valid_until.saturating_duration_since(Instant::now())
+    }
+
+    /// `true` once the local conservative deadline has passed: stop trusting the lock.
+    pub fn is_expired(&self) -> bool {
+        Instant::now() >= self.valid_until
+    }
+}
+
+/// A held lock as seen from outside (by `is_locked`, `list` and the troubleshooting tools).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    /// The key.
+    pub key: String,
+    /// The holder.
+    pub owner: String,
+    /// The current holder's fencing token.
+    pub token: FencingToken,
+    /// Time left on the lease, by the server's clock.
+    pub remaining_ttl: Duration,
+    /// Reentry depth.
+    pub depth: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_expires_on_its_local_deadline() {
+        let lease = Lease {
+            key: "k".into(),
+            owner: "o".into(),
+            token: FencingToken(7),
+            ttl: Duration::from_secs(10),
+            valid_until: Instant::now() + Duration::from_secs(10),
+            depth: 1,
+        };
+        assert!(!lease.is_expired());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(lease.remaining(), Duration::from_secs(6));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(lease.is_expired());
+        assert_eq!(lease.remaining(), Duration::ZERO);
+        assert!(FencingToken(3) < FencingToken(7));
+    }
+}

@@ -1,0 +1,27 @@
+//! # lock-core
+//!
+//! The contracts of [distlock](https://docs.rs/distlock): the [`LockProvider`] trait every
+//! backend implements, the [`LockOptions`] a caller passes, the [`Lease`] it gets back (with its
+//! [`FencingToken`]), the [`LockError`] that tells a lock timeout apart from a system error, the
+//! [input rules](validate) and the shared [wait loop](wait).
+//!
+//! This crate has no server clients and starts no runtime. Applications use the `distlock`
+//! facade, which re-exports it together with the backends enabled by features.
+
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod lease;
+pub mod options;
+pub mod provider;
+pub mod validate;
+pub mod wait;
+
+pub use error::{BoxError, LockError, Result};
+pub use lease::{FencingToken, Lease, LockInfo};
+pub use options::{LockOptions, WaitPolicy, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_TTL};
+pub use provider::{Capabilities, Health, LockProvider};
+pub use wait::{acquire_with_backoff, Attempt, Backoff};
+
+/// Re-exported so backends and users name the same `async_trait`.
+pub use async_trait::async_trait;

@@ -1,0 +1,301 @@
+//! The shared wait loop: jittered backoff plus release wake-ups.
+//!
+//! Every backend waits through this module. [`Backoff`] turns a [`WaitPolicy`] into the
+//! schedule of attempts; [`acquire_with_backoff`] runs that schedule and also tries again the
+//! moment a backend's release signal ([`tokio::sync::Notify`]) fires, so a backend that can see
+//! releases (Redis pub/sub, etcd watch) never makes its waiters sleep a whole delay, while a
+//! lost wake-up only costs latency: the timer still fires.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::{LockError, Result};
+use crate::lease::Lease;
+use crate::options::{LockOptions, WaitPolicy};
+
+/// The outcome of one acquisition attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The lock is ours.
+    Acquired(Lease),
+    /// Somebody else holds it.
+    Busy {
+        /// The holder, where the backend can tell.
+        holder: Option<String>,
+        /// Time left on the holder's lease, where the backend can tell: an attempt right after
+        /// it ends beats waiting a whole delay.
+        expires_in: Option<Duration>,
+    },
+}
+
+/// The attempt schedule of a [`WaitPolicy`].
+///
+/// - `NoWait`: no delay at all.
+/// - `Retry { retries, delay, jitter }`: `retries` delays, each `delay * (1 ± jitter)`.
+/// - `Deadline { timeout, min_delay, max_delay, jitter }`: delays from `min_delay` doubling to
+///   `max_delay`, each jittered, the last one cut so the schedule ends exactly at `timeout`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: WaitPolicy,
+    started: Instant,
+    steps: u32,
+    next: Duration,
+}
+
+fn jittered(d: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 || d.is_zero() {
+        return d;
+    }
+    let factor = 1.0 + jitter * (2.0 * fastrand::f64() - 1.0);
+    d.mul_f64(factor.max(0.0))
+}
+
+impl Backoff {
+    /// Starts the schedule now.
+    pub fn new(policy: &WaitPolicy) -> Self {
+        let next = match policy {
+            WaitPolicy::Deadline { min_delay, .. } => *min_delay,
+            WaitPolicy::Retry { delay, .. } => *delay,
+            WaitPolicy::NoWait => Duration::ZERO,
+        };
+        Backoff { policy: policy.clone(), started: Instant::now(), steps: 0, next }
+    }
+
+    /// Time since the schedule started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The next delay, or `None` when the budget is spent and the caller should give up.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        match self.policy {
+            WaitPolicy::NoWait => None,
+            WaitPolicy::Retry { retries, delay, jitter } => {
+                if self.steps >= retries {
+                    return None;
+                }
+                self.steps += 1;
+                Some(jittered(delay, jitter))
+            }
+            WaitPolicy::Deadline { timeout, max_delay, jitter, .. } => {
+                let left = timeout.checked_sub(self.elapsed()).filter(|d| !d.is_zero())?;
+                let d = jittered(self.next, jitter).min(left);
+                self.next = (self.next * 2).min(max_delay);
+                self.steps += 1;
+                Some(d)
+            }
+        }
+    }
+
+    /// The instant at which the whole schedule ends: the sum of all its delays. Backends that
+    /// hand a lock over in a queue (and so never poll) wait until this instant.
+    pub fn deadline(mut self) -> Instant {
+        match self.policy {
+            WaitPolicy::Deadline { timeout, .. } => self.started + timeout,
+            _ => {
+                let mut total = Duration::ZERO;
+                while let Some(d) = self.next_delay() {
+                    total += d;
+                }
+                self.started + total
+            }
+        }
+    }
+}
+
+/// Runs `attempt` on the schedule of `opts.wait` until it acquires or the budget is spent.
+///
+/// `wake`, when given, is the backend's release signal for this key: the loop registers for it
+/// *before* each attempt (so a release between a failed attempt and the sleep is never missed)
+/// and tries again as soon as it fires. Such extra attempts do not use up the retry budget:
+/// they happen inside the current delay. Errors from `attempt` end the loop at once.
+///
+/// On a spent budget the result is [`LockError::Timeout`] with the last seen holder.
+pub async fn acquire_with_backoff<F, Fut>(
+    opts: &LockOptions,
+    wake: Option<&Notify>,
+    mut attempt: F,
+) -> Result<Lease>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Attempt>>,
+{
+    let mut backoff = Backoff::new(&opts.wait);
+    loop {
+        let mut notified = std::pin::pin!(wake.map(Notify::notified));
+        if let Some(n) = notified.as_mut().as_pin_mut() {
+            n.enable();
+        }
+        let (holder, expires_in) = match attempt().await? {
+            Attempt::Acquired(lease) => return Ok(lease),
+            Attempt::Busy { holder, expires_in } => (holder, expires_in),
+        };
+        let Some(delay) = backoff.next_delay() else {
+            return Err(LockError::Timeout { key: opts.key.to_string(), holder, waited: backoff.elapsed() });
+        };
+        // Try again when the holder's lease runs out if that comes before the delay.
+        let delay = match expires_in {
+            Some(left) => delay.min(left + Duration::from_millis(1)),
+            None => delay,
+        };
+        let due = Instant::now() + delay;
+        // Inside the delay, every wake-up earns a free attempt.
+        while let Some(n) = notified.as_mut().as_pin_mut() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => break,
+                _ = n => {}
+            }
+            notified.set(wake.map(Notify::notified));
+            if let Some(n) = notified.as_mut().as_pin_mut() {
+                n.enable();
+            }
+            if let Attempt::Acquired(lease) = attempt().await? {
+                return Ok(lease);
+            }
+        }
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::FencingToken;
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    fn lease() -> Lease {
+        Lease {
+            key: "k".into(),
+            owner: "o".into(),
+            token: FencingToken(1),
+            ttl: Duration::from_secs(1),
+            valid_until: Instant::now() + Duration::from_secs(1),
+            depth: 1,
+        }
+    }
+
+    #[test]
+    fn retry_schedule_has_exactly_the_retries_within_jitter() {
+        let mut b =
+            Backoff::new(&WaitPolicy::Retry { retries: 3, delay: Duration::from_millis(100), jitter: 0.2 });
+        for _ in 0..3 {
+            let d = b.next_delay().unwrap();
+            assert!(d >= Duration::from_millis(80) && d <= Duration::from_millis(120), "{d:?}");
+        }
+        assert_eq!(b.next_delay(), None);
+        assert_eq!(Backoff::new(&WaitPolicy::NoWait).next_delay(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_schedule_doubles_and_ends_at_the_timeout() {
+        let policy = WaitPolicy::Deadline {
+            timeout: Duration::from_millis(100),
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(40),
+            jitter: 0.0,
+        };
+        let mut b = Backoff::new(&policy);
+        let mut seen = vec![];
+        while let Some(d) = b.next_delay() {
+            seen.push(d.as_millis());
+            tokio::time::advance(d).await;
+        }
+        assert_eq!(seen, vec![10, 20, 40, 30]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_with_timeout_after_the_budget_and_reports_the_holder() {
+        let attempts = Cell::new(0);
+        let opts = LockOptions::new("k", "o").wait(WaitPolicy::Retry {
+            retries: 2,
+            delay: Duration::from_secs(1),
+            jitter: 0.0,
+        });
+        let start = Instant::now();
+        let err = acquire_with_backoff(&opts, None, || {
+            attempts.set(attempts.get() + 1);
+            async { Ok(Attempt::Busy { holder: Some("h".into()), expires_in: None }) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(attempts.get(), 3);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        match err {
+            LockError::Timeout { holder, waited, .. } => {
+                assert_eq!(holder.as_deref(), Some("h"));
+                assert_eq!(waited, Duration::from_secs(2));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_retries_at_once_without_spending_a_retry() {
+        let notify = Arc::new(Notify::new());
+        let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let opts = LockOptions::new("k", "o").wait(WaitPolicy::Retry {
+            retries: 1,
+            delay: Duration::from_secs(60),
+            jitter: 0.0,
+        });
+        let n2 = notify.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            n2.notify_waiters();
+        });
+        let start = Instant::now();
+        let a = attempts.clone();
+        let got = acquire_with_backoff(&opts, Some(&notify), || {
+            let n = a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Ok(Attempt::Busy { holder: None, expires_in: None })
+                } else {
+                    Ok(Attempt::Acquired(lease()))
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.token, FencingToken(1));
+        assert_eq!(start.elapsed(), Duration::from_secs(5), "woken, not timed out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_expiry_hint_shortens_the_delay() {
+        let attempts = Cell::new(0);
+        let opts = LockOptions::new("k", "o").wait(WaitPolicy::Retry {
+            retries: 1,
+            delay: Duration::from_secs(60),
+            jitter: 0.0,
+        });
+        let start = Instant::now();
+        acquire_with_backoff(&opts, None, || {
+            attempts.set(attempts.get() + 1);
+            let first = attempts.get() == 1;
+            async move {
+                Ok(if first {
+                    Attempt::Busy { holder: None, expires_in: Some(Duration::from_secs(2)) }
+                } else {
+                    Attempt::Acquired(lease())
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn errors_end_the_loop() {
+        let opts = LockOptions::new("k", "o").wait(WaitPolicy::retry(5, Duration::from_secs(1)));
+        let err = acquire_with_backoff(&opts, None, || async { Err(LockError::unavailable("x", "down")) })
+            .await
+            .unwrap_err();
+        assert!(err.is_system());
+    }
+}

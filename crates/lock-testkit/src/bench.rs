@@ -1,0 +1,217 @@
+//! Benchmark workloads shared by every backend's criterion bench and by `cargo xtask bench`.
+//!
+//! Each workload is written against a [`Cycle`]: "acquire, then release" on one key. The lock
+//! providers are one implementation ([`ProviderCycle`]); a bench adds the raw client of its
+//! backend (or `tokio::sync::Mutex`) as another, so both run the same workload in the same
+//! process and the same run.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lock_core::{LockOptions, LockProvider, WaitPolicy};
+
+/// A boxed future, so that [`Cycle`] stays object safe.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One thing that can be locked and unlocked by key: a provider, a raw client, a mutex.
+pub trait Cycle: Send + Sync + 'static {
+    /// Acquires `key` for `owner`, waiting as long as it takes.
+    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()>;
+    /// Releases `key` held by `owner`.
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()>;
+}
+
+/// [`Cycle`] over any [`LockProvider`].
+pub struct ProviderCycle {
+    provider: Arc<dyn LockProvider>,
+    ttl: Duration,
+}
+
+impl ProviderCycle {
+    /// Wraps a provider; leases last 30 s.
+    pub fn new(provider: Arc<dyn LockProvider>) -> Self {
+        ProviderCycle { provider, ttl: Duration::from_secs(30) }
+    }
+}
+
+impl Cycle for ProviderCycle {
+    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let o = LockOptions::new(key, owner)
+                .ttl(self.ttl)
+                .wait(WaitPolicy::deadline(Duration::from_secs(60)));
+            self.provider.lock(&o).await.expect("bench lock");
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move { self.provider.unlock(key, owner).await.expect("bench unlock") })
+    }
+}
+
+/// `iters` sequential acquire+release cycles on one key from one task; returns the elapsed time.
+pub async fn uncontended(c: &dyn Cycle, key: &str, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        c.acquire(key, "bench-owner").await;
+        c.release(key, "bench-owner").await;
+    }
+    start.elapsed()
+}
+
+/// Latencies of `iters` uncontended acquisitions and releases, measured one by one.
+pub async fn uncontended_latencies(c: &dyn Cycle, key: &str, iters: usize) -> (Latencies, Latencies) {
+    let mut acq = Vec::with_capacity(iters);
+    let mut rel = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        c.acquire(key, "bench-owner").await;
+        acq.push(t.elapsed());
+        let t = Instant::now();
+        c.release(key, "bench-owner").await;
+        rel.push(t.elapsed());
+    }
+    (Latencies::new(acq), Latencies::new(rel))
+}
+
+/// `tasks` tasks, each on its own key, doing `iters` cycles each; returns the elapsed time.
+pub async fn distinct_keys(c: Arc<dyn Cycle>, prefix: &str, tasks: usize, iters: u64) -> Duration {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (c, key, owner) = (c.clone(), format!("{prefix}{t}"), format!("owner-{t}"));
+            tokio::spawn(async move {
+                for _ in 0..iters {
+                    c.acquire(&key, &owner).await;
+                    c.release(&key, &owner).await;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.expect("bench task");
+    }
+    start.elapsed()
+}
+
+/// Result of [`hot_key`].
+#[derive(Debug, Clone)]
+pub struct HotKey {
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+    /// Acquisitions made (tasks x iters).
+    pub acquisitions: u64,
+    /// For each acquisition that had to wait for a release: time from the holder calling
+    /// release to the waiter holding the lock.
+    pub handoff: Latencies,
+}
+
+/// `tasks` tasks cycling on one key, `iters` cycles each: hand-over latency and throughput.
+pub async fn hot_key(c: Arc<dyn Cycle>, key: &str, tasks: usize, iters: u64) -> HotKey {
+    let base = Instant::now();
+    // Nanoseconds since `base` at which the last holder called release.
+    let released_at = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (c, key, owner, released_at) =
+                (c.clone(), key.to_owned(), format!("owner-{t}"), released_at.clone());
+            tokio::spawn(async move {
+                let mut handoffs = Vec::with_capacity(iters as usize);
+                for _ in 0..iters {
+                    let asked = base.elapsed().as_nanos() as u64;
+                    c.acquire(&key, &owner).await;
+                    let got = base.elapsed().as_nanos() as u64;
+                    let rel = released_at.load(Ordering::SeqCst);
+                    if rel > asked {
+                        handoffs.push(Duration::from_nanos(got.saturating_sub(rel)));
+                    }
+                    released_at.store(base.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                    c.release(&key, &owner).await;
+                }
+                handoffs
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("bench task"));
+    }
+    HotKey { elapsed: start.elapsed(), acquisitions: tasks as u64 * iters, handoff: Latencies::new(all) }
+}
+
+/// A sorted sample of durations.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    /// Sorts the sample.
+    pub fn new(mut v: Vec<Duration>) -> Self {
+        v.sort_unstable();
+        Latencies(v)
+    }
+
+    /// Sample size.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `true` for an empty sample.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `q` quantile (0.0..=1.0), zero for an empty sample.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.0.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        self.0[i]
+    }
+
+    /// Arithmetic mean, zero for an empty sample.
+    pub fn mean(&self) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        self.0.iter().sum::<Duration>() / self.0.len() as u32
+    }
+}
+
+/// Formats a duration with a unit that keeps 3 significant digits.
+pub fn fmt_dur(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.2} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// Operations per second.
+pub fn rate(ops: u64, elapsed: Duration) -> f64 {
+    ops as f64 / elapsed.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_a_known_sample() {
+        let l = Latencies::new((1..=100).rev().map(Duration::from_micros).collect());
+        assert_eq!(l.quantile(0.5), Duration::from_micros(51));
+        assert_eq!(l.quantile(0.0), Duration::from_micros(1));
+        assert_eq!(l.quantile(1.0), Duration::from_micros(100));
+        assert_eq!(l.mean(), Duration::from_nanos(50_500));
+        assert_eq!(Latencies::default().quantile(0.5), Duration::ZERO);
+        assert_eq!(fmt_dur(Duration::from_nanos(1_500)), "1.50 µs");
+    }
+}

@@ -1,0 +1,545 @@
+//! The conformance cases. Each is a `pub async fn(&Ctx)` that panics on a violation.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lock_core::{validate, LockError, LockOptions, LockProvider, WaitPolicy};
+use tokio::time::Instant;
+
+use crate::Ctx;
+
+/// A generous bound on any single case: a hang is a failure, not a stuck CI run.
+pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a case under [`CASE_TIMEOUT`].
+pub async fn run(name: &str, case: impl Future<Output = ()>) {
+    if tokio::time::timeout(CASE_TIMEOUT, case).await.is_err() {
+        panic!("{name}: did not finish within {CASE_TIMEOUT:?}");
+    }
+}
+
+fn opts(key: &str, owner: &str) -> LockOptions {
+    LockOptions::new(key, owner).ttl(Duration::from_secs(30)).no_wait()
+}
+
+fn patient(key: &str, owner: &str) -> LockOptions {
+    opts(key, owner).wait(WaitPolicy::deadline(Duration::from_secs(30)))
+}
+
+/// Waits (bounded) until `key` is free: for backends whose cleanup runs in the background.
+async fn eventually_free(p: &dyn LockProvider, key: &str) -> Option<lock_core::LockInfo> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let held = p.is_locked(key).await.expect("is_locked");
+        if held.is_none() || Instant::now() >= until {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free key is acquired at once, shows its holder, and is free again after `unlock`.
+pub async fn free_acquire(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    let lease = p.lock(&opts(&key, "alice")).await.expect("free key must be acquired");
+    assert_eq!(&*lease.key, key);
+    assert_eq!(&*lease.owner, "alice");
+    assert_eq!(lease.depth, 1);
+    assert!(lease.ttl > Duration::from_secs(25) && lease.ttl <= Duration::from_secs(30), "{:?}", lease.ttl);
+    assert!(!lease.is_expired());
+    let info = p.is_locked(&key).await.unwrap().expect("held");
+    assert_eq!(info.owner, "alice");
+    p.unlock(&key, "alice").await.unwrap();
+    assert_eq!(p.is_locked(&key).await.unwrap(), None);
+}
+
+/// A second owner waits out its whole retry budget, then gets `Timeout` (not a system error)
+/// naming the holder where the backend can tell.
+pub async fn busy_lock_times_out_with_holder(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    let policy = WaitPolicy::Retry { retries: 2, delay: Duration::from_millis(100), jitter: 0.0 };
+    let started = Instant::now();
+    let err = q.lock(&opts(&key, "bob").wait(policy)).await.expect_err("held by alice");
+    let elapsed = started.elapsed();
+    assert!(err.is_timeout() && !err.is_system() && err.is_retryable(), "{err:?}");
+    match err {
+        LockError::Timeout { key: k, holder, waited } => {
+            assert_eq!(k, key);
+            if let Some(h) = holder {
+                assert_eq!(h, "alice");
+            }
+            assert!(waited >= Duration::from_millis(200), "gave up before its budget: {waited:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(elapsed >= Duration::from_millis(200), "returned before the budget: {elapsed:?}");
+    assert_eq!(p.is_locked(&key).await.unwrap().unwrap().owner, "alice");
+}
+
+/// `try_lock` makes one attempt whatever the wait policy says.
+pub async fn try_lock_does_not_wait(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    let long = opts(&key, "bob").wait(WaitPolicy::deadline(Duration::from_secs(600)));
+    let err = tokio::time::timeout(Duration::from_secs(60), p.try_lock(&long))
+        .await
+        .expect("try_lock waited as if it were lock")
+        .expect_err("busy");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(p.try_lock(&opts(&ctx.key("free"), "bob")).await.is_ok());
+}
+
+/// Re-entering keeps the token, counts depth, and needs one unlock per lock.
+pub async fn reentrant_lock_needs_matching_unlocks(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    if !ctx.requires(p.capabilities(), |c| c.reentrant, "reentrant") {
+        return;
+    }
+    let key = ctx.key("k");
+    let first = p.lock(&opts(&key, "alice")).await.unwrap();
+    let second = p.lock(&opts(&key, "alice")).await.expect("owner re-enters");
+    assert_eq!(second.depth, 2);
+    assert_eq!(second.token, first.token, "re-entry keeps the fencing token");
+    assert_eq!(p.is_locked(&key).await.unwrap().unwrap().depth, 2);
+    p.unlock(&key, "alice").await.unwrap();
+    let info = p.is_locked(&key).await.unwrap().expect("one level still held");
+    assert_eq!((info.owner.as_str(), info.depth), ("alice", 1));
+    assert!(p.try_lock(&opts(&key, "bob")).await.unwrap_err().is_timeout());
+    p.unlock(&key, "alice").await.unwrap();
+    assert_eq!(p.is_locked(&key).await.unwrap(), None);
+    assert!(matches!(p.unlock(&key, "alice").await, Err(LockError::NotHeld { .. })));
+}
+
+/// `unlock` by somebody else fails with `NotOwner` and leaves the holder's lock as it was.
+pub async fn unlock_by_non_owner_keeps_holder(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    let lease = p.lock(&opts(&key, "alice")).await.unwrap();
+    match p.unlock(&key, "mallory").await {
+        Err(LockError::NotOwner { key: k, holder }) => {
+            assert_eq!(k, key);
+            if let Some(h) = holder {
+                assert_eq!(h, "alice");
+            }
+        }
+        other => panic!("expected NotOwner, got {other:?}"),
+    }
+    let info = p.is_locked(&key).await.unwrap().expect("holder intact");
+    assert_eq!((info.owner.as_str(), info.token, info.depth), ("alice", lease.token, 1));
+    p.unlock(&key, "alice").await.unwrap();
+}
+
+/// `unlock` of a key nobody holds fails with `NotHeld`.
+pub async fn unlock_of_free_key_is_not_held(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("never");
+    assert!(matches!(p.unlock(&key, "alice").await, Err(LockError::NotHeld { .. })));
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    p.unlock(&key, "alice").await.unwrap();
+    assert!(matches!(p.unlock(&key, "alice").await, Err(LockError::NotHeld { .. })));
+}
+
+/// `refresh_lock` moves the expiry to the new TTL, keeps the token, and so outlives the
+/// original TTL.
+pub async fn refresh_extends_lease_and_keeps_token(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    let lease = p.lock(&opts(&key, "alice").ttl(ctx.short_ttl())).await.unwrap();
+    let refreshed = p.refresh_lock(&key, "alice", Duration::from_secs(30)).await.expect("holder refreshes");
+    assert_eq!(refreshed.token, lease.token);
+    assert!(refreshed.ttl > Duration::from_secs(25), "{:?}", refreshed.ttl);
+    tokio::time::sleep(ctx.outlive_short_ttl()).await;
+    let info = p.is_locked(&key).await.unwrap().expect("refreshed lease outlives the first TTL");
+    assert_eq!(info.owner, "alice");
+    assert!(info.remaining_ttl > Duration::from_secs(20), "{:?}", info.remaining_ttl);
+    // A shorter TTL is honoured too.
+    let shorter = p.refresh_lock(&key, "alice", Duration::from_secs(10)).await.unwrap();
+    assert!(shorter.ttl <= Duration::from_secs(10));
+    assert!(p.is_locked(&key).await.unwrap().unwrap().remaining_ttl <= Duration::from_secs(10));
+}
+
+/// `refresh_lock` by an owner that does not hold the lock fails with `LeaseLost` and leaves
+/// the holder's lease as it was.
+pub async fn refresh_by_non_owner_fails(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    let lease = p.lock(&opts(&key, "alice").ttl(Duration::from_secs(20))).await.unwrap();
+    let err = p.refresh_lock(&key, "mallory", Duration::from_secs(600)).await.unwrap_err();
+    assert!(err.is_lease_lost(), "{err:?}");
+    let info = p.is_locked(&key).await.unwrap().unwrap();
+    assert_eq!((info.owner.as_str(), info.token), ("alice", lease.token));
+    assert!(info.remaining_ttl <= Duration::from_secs(20), "non-owner refresh extended the lease");
+    let err = p.refresh_lock(&ctx.key("free"), "alice", Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.is_lease_lost(), "{err:?}");
+}
+
+/// Once a lease runs out, another owner acquires without anyone unlocking.
+pub async fn expired_lock_can_be_taken(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice").ttl(ctx.short_ttl())).await.unwrap();
+    tokio::time::sleep(ctx.outlive_short_ttl()).await;
+    let lease = q.try_lock(&opts(&key, "bob")).await.expect("expired lease frees the key");
+    assert_eq!(&*lease.owner, "bob");
+    assert_eq!(p.is_locked(&key).await.unwrap().unwrap().owner, "bob");
+}
+
+/// A holder whose lease expired (and was taken over) can neither unlock nor refresh the new
+/// holder's lock.
+pub async fn stale_holder_cannot_touch_new_holders_lock(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    let stale = p.lock(&opts(&key, "alice").ttl(ctx.short_ttl())).await.unwrap();
+    tokio::time::sleep(ctx.outlive_short_ttl()).await;
+    assert!(stale.is_expired(), "the local deadline must be conservative");
+    let fresh = q.lock(&patient(&key, "bob")).await.unwrap();
+    let err = p.unlock(&key, "alice").await.unwrap_err();
+    assert!(matches!(err, LockError::NotOwner { .. }), "{err:?}");
+    let err = p.refresh_lock(&key, "alice", Duration::from_secs(60)).await.unwrap_err();
+    assert!(err.is_lease_lost(), "{err:?}");
+    let info = q.is_locked(&key).await.unwrap().expect("new holder intact");
+    assert_eq!((info.owner.as_str(), info.token), ("bob", fresh.token));
+    assert!(info.remaining_ttl <= Duration::from_secs(30));
+}
+
+/// Fencing tokens strictly increase across release, expiry and owners; re-entry keeps them.
+pub async fn fencing_tokens_strictly_increase(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    if !ctx.requires(p.capabilities(), |c| c.fencing, "fencing") {
+        return;
+    }
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    let t1 = p.lock(&opts(&key, "alice")).await.unwrap().token;
+    p.unlock(&key, "alice").await.unwrap();
+    let t2 = q.lock(&opts(&key, "bob")).await.unwrap().token;
+    assert!(t2 > t1, "after release: {t1} then {t2}");
+    q.unlock(&key, "bob").await.unwrap();
+    let t3 = p.lock(&opts(&key, "alice").ttl(ctx.short_ttl())).await.unwrap().token;
+    assert!(t3 > t2, "same owner again: {t2} then {t3}");
+    tokio::time::sleep(ctx.outlive_short_ttl()).await;
+    let t4 = q.lock(&patient(&key, "bob")).await.unwrap().token;
+    assert!(t4 > t3, "after expiry: {t3} then {t4}");
+    q.unlock(&key, "bob").await.unwrap();
+    // A free key and its counter: the next token still goes up.
+    let t5 = p.lock(&opts(&key, "carol")).await.unwrap().token;
+    assert!(t5 > t4, "after cleanup: {t4} then {t5}");
+    let info = p.is_locked(&key).await.unwrap().unwrap();
+    assert_eq!(info.token, t5);
+}
+
+/// `is_locked` reports holder, token, remaining TTL and depth; a free key is `None`.
+pub async fn is_locked_reports_holder_and_ttl(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    assert_eq!(p.is_locked(&key).await.unwrap(), None);
+    let lease = p.lock(&opts(&key, "alice").ttl(Duration::from_secs(30))).await.unwrap();
+    let info = p.is_locked(&key).await.unwrap().expect("held");
+    assert_eq!(info.key, key);
+    assert_eq!(info.owner, "alice");
+    assert_eq!(info.token, lease.token);
+    assert_eq!(info.depth, 1);
+    assert!(
+        info.remaining_ttl > Duration::from_secs(20) && info.remaining_ttl <= Duration::from_secs(30),
+        "{:?}",
+        info.remaining_ttl
+    );
+}
+
+/// A waiter acquires once the holder releases, within its wait policy.
+pub async fn waiter_acquires_after_release(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    let first = p.lock(&opts(&key, "alice")).await.unwrap();
+    let k2 = key.clone();
+    let waiter = tokio::spawn(async move { q.lock(&patient(&k2, "bob")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "waiter must wait while alice holds the lock");
+    p.unlock(&key, "alice").await.unwrap();
+    let lease = waiter.await.unwrap().expect("waiter acquires after release");
+    assert_eq!(&*lease.owner, "bob");
+    assert!(lease.token > first.token || !p.capabilities().fencing);
+}
+
+/// A release wakes a waiter at once: its only timer retry is far beyond the case's bound, so
+/// it can only succeed by being woken.
+pub async fn release_wakes_waiter(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    if !ctx.requires(p.capabilities(), |c| c.wakes_waiters, "wakes_waiters") {
+        return;
+    }
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    let k2 = key.clone();
+    let policy = WaitPolicy::Retry { retries: 1, delay: Duration::from_secs(3600), jitter: 0.0 };
+    let waiter = tokio::spawn(async move { q.lock(&opts(&k2, "bob").wait(policy)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.unlock(&key, "alice").await.unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the release did not wake the waiter")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*lease.owner, "bob");
+}
+
+/// A waiter acquires when the holder's lease runs out, without any release.
+pub async fn waiter_acquires_after_holder_expires(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice").ttl(ctx.short_ttl())).await.unwrap();
+    let lease = q.lock(&patient(&key, "bob")).await.expect("waiter takes over the expired lease");
+    assert_eq!(&*lease.owner, "bob");
+}
+
+/// Waiters get the lock in the order they started waiting.
+pub async fn fifo_order(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    if !ctx.requires(p.capabilities(), |c| c.fifo, "fifo") {
+        return;
+    }
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "holder")).await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (q, key, order) = (ctx.provider().await, key.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("w{i}");
+            q.lock(&patient(&key, &owner)).await.unwrap();
+            order.lock().unwrap().push(i);
+            q.unlock(&key, &owner).await.unwrap();
+        }));
+        // Let this waiter queue before the next one starts.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.unlock(&key, "holder").await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
+}
+
+/// Dropping a waiting `lock` future leaves no lock and no queue entry behind.
+pub async fn dropped_waiting_lock_leaves_no_lock(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), q.lock(&patient(&key, "bob"))).await;
+    assert!(gave_up.is_err(), "the waiter should still have been waiting");
+    p.unlock(&key, "alice").await.unwrap();
+    let left = eventually_free(&*p, &key).await;
+    assert_eq!(left, None, "a cancelled waiter left a lock behind");
+    let lease = p.try_lock(&opts(&key, "carol")).await.expect("key is free for the next caller");
+    assert_eq!(&*lease.owner, "carol");
+}
+
+/// A waiter cancelled right as the lock is released either got the lock (and releases it) or
+/// left nothing: the key never stays locked by a caller that is gone.
+pub async fn cancel_racing_release_leaves_no_orphan(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    for round in 0..10u64 {
+        let key = ctx.key(&format!("k{round}"));
+        p.lock(&opts(&key, "alice")).await.unwrap();
+        let (q, k2) = (ctx.provider().await, key.clone());
+        let waiter = tokio::spawn(async move { q.lock(&patient(&k2, "bob")).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        p.unlock(&key, "alice").await.unwrap();
+        // Vary the race window: abort before, around and after the hand-over.
+        if round % 2 == 1 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_micros(round * 150)).await;
+        waiter.abort();
+        match waiter.await {
+            Ok(Ok(lease)) => p.unlock(&key, &lease.owner).await.unwrap(),
+            Ok(Err(e)) => panic!("waiter failed: {e:?}"),
+            Err(_cancelled) => {}
+        }
+        let left = eventually_free(&*p, &key).await;
+        assert_eq!(left, None, "round {round}: a cancelled waiter left a lock behind");
+    }
+}
+
+/// Locks on different keys do not interfere.
+pub async fn distinct_keys_are_independent(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let (a, b) = (ctx.key("a"), ctx.key("b"));
+    p.lock(&opts(&a, "alice")).await.unwrap();
+    let lb = p.lock(&opts(&b, "bob")).await.expect("other key is free");
+    assert_eq!(&*lb.owner, "bob");
+    assert_eq!(p.is_locked(&a).await.unwrap().unwrap().owner, "alice");
+    assert_eq!(p.is_locked(&b).await.unwrap().unwrap().owner, "bob");
+    p.unlock(&a, "alice").await.unwrap();
+    assert_eq!(p.is_locked(&b).await.unwrap().unwrap().owner, "bob");
+}
+
+/// N tasks x M iterations on one key: never two in the critical section, a shared counter
+/// that ends at N*M, and fencing tokens that strictly increase in acquisition order.
+pub async fn mutual_exclusion_under_contention(ctx: &Ctx) {
+    const TASKS: usize = 8;
+    const ITERS: usize = 25;
+    let key = ctx.key("hot");
+    let inside = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let last_token = Arc::new(Mutex::new(0u64));
+    let fencing = ctx.provider().await.capabilities().fencing;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let p = ctx.provider().await;
+        let (key, inside, overlaps, counter, last_token) =
+            (key.clone(), inside.clone(), overlaps.clone(), counter.clone(), last_token.clone());
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("task-{t}");
+            let o = LockOptions::new(key.as_str(), owner.as_str())
+                .ttl(Duration::from_secs(30))
+                .wait(WaitPolicy::deadline(Duration::from_secs(60)));
+            for _ in 0..ITERS {
+                let lease = p.lock(&o).await.expect("lock under contention");
+                if inside.swap(true, Ordering::SeqCst) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                {
+                    let mut last = last_token.lock().unwrap();
+                    if fencing {
+                        assert!(lease.token.0 > *last, "token {} after {}", lease.token, *last);
+                    }
+                    *last = lease.token.0;
+                }
+                let seen = counter.load(Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                counter.store(seen + 1, Ordering::SeqCst);
+                inside.store(false, Ordering::SeqCst);
+                p.unlock(&key, &owner).await.expect("unlock own lock");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders at once");
+    assert_eq!(counter.load(Ordering::SeqCst), (TASKS * ITERS) as u64, "lost updates");
+    assert_eq!(ctx.provider().await.is_locked(&key).await.unwrap(), None);
+}
+
+fn assert_invalid<T: std::fmt::Debug>(r: lock_core::Result<T>, field: &str) {
+    match r {
+        Err(LockError::InvalidArgument { what, .. }) => assert_eq!(what, field),
+        other => panic!("expected InvalidArgument for {field}, got {other:?}"),
+    }
+}
+
+/// Every input rule of [`lock_core::validate`] is enforced by every operation.
+pub async fn invalid_inputs_rejected(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    let long_key = "k".repeat(validate::MAX_KEY_LEN + 1);
+    let long_owner = "o".repeat(validate::MAX_OWNER_LEN + 1);
+    for (o, field) in [
+        (opts("", "alice"), "key"),
+        (opts(&long_key, "alice"), "key"),
+        (opts("a\0b", "alice"), "key"),
+        (opts(&key, ""), "owner"),
+        (opts(&key, &long_owner), "owner"),
+        (opts(&key, "al\0ice"), "owner"),
+        (opts(&key, "alice").ttl(Duration::ZERO), "ttl"),
+        (opts(&key, "alice").ttl(validate::MAX_TTL + Duration::from_secs(1)), "ttl"),
+        (
+            opts(&key, "alice").wait(WaitPolicy::Retry {
+                retries: 1,
+                delay: Duration::from_secs(1),
+                jitter: -0.5,
+            }),
+            "jitter",
+        ),
+    ] {
+        assert_invalid(p.lock(&o).await, field);
+        assert_invalid(p.try_lock(&o).await, field);
+    }
+    assert_invalid(p.unlock("", "alice").await, "key");
+    assert_invalid(p.unlock(&key, "").await, "owner");
+    assert_invalid(p.refresh_lock(&key, "alice", Duration::ZERO).await, "ttl");
+    assert_invalid(p.refresh_lock(&long_key, "alice", Duration::from_secs(1)).await, "key");
+    assert_invalid(p.is_locked("").await, "key");
+    assert_invalid(p.list("a\0").await, "prefix");
+    assert_eq!(p.is_locked(&key).await.unwrap(), None, "a rejected call must not lock");
+}
+
+/// Input is checked before anything else: even a closed provider answers `InvalidArgument`.
+pub async fn invalid_input_rejected_before_anything_else(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    p.close().await.unwrap();
+    assert_invalid(p.lock(&opts("", "alice")).await, "key");
+    assert_invalid(p.unlock(&ctx.key("k"), "").await, "owner");
+    assert_invalid(p.refresh_lock(&ctx.key("k"), "alice", Duration::ZERO).await, "ttl");
+}
+
+/// After `close`, every operation fails with `Closed`; closing twice is fine.
+pub async fn operations_after_close_fail_closed(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    p.close().await.unwrap();
+    p.close().await.expect("close is idempotent");
+    let closed =
+        |r: lock_core::Result<()>, op: &str| assert!(matches!(r, Err(LockError::Closed)), "{op}: {r:?}");
+    closed(p.lock(&opts(&key, "bob")).await.map(drop), "lock");
+    closed(p.try_lock(&opts(&key, "bob")).await.map(drop), "try_lock");
+    closed(p.unlock(&key, "alice").await, "unlock");
+    closed(p.refresh_lock(&key, "alice", Duration::from_secs(1)).await.map(drop), "refresh_lock");
+    closed(p.is_locked(&key).await.map(drop), "is_locked");
+    closed(p.list("").await.map(drop), "list");
+    closed(p.health().await.map(drop), "health");
+}
+
+/// Closing a provider ends its callers that are waiting for a lock with `Closed`.
+pub async fn close_fails_waiters(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    let (q2, k2) = (q.clone(), key.clone());
+    let waiter = tokio::spawn(async move { q2.lock(&patient(&k2, "bob")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    q.close().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), waiter).await.expect("waiter ended").unwrap();
+    assert!(matches!(r, Err(LockError::Closed)), "{r:?}");
+}
+
+/// `list` shows exactly the held locks under a prefix, sorted by key.
+pub async fn list_shows_held_locks_by_prefix(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let (a, b, other) = (ctx.key("jobs/a"), ctx.key("jobs/b"), ctx.key("other/c"));
+    let la = p.lock(&opts(&a, "alice")).await.unwrap();
+    let lb = p.lock(&opts(&b, "bob")).await.unwrap();
+    p.lock(&opts(&other, "carol")).await.unwrap();
+    let listed = p.list(&ctx.key("jobs/")).await.unwrap();
+    let seen: Vec<_> = listed.iter().map(|i| (i.key.as_str(), i.owner.as_str(), i.token)).collect();
+    assert_eq!(seen, vec![(a.as_str(), "alice", la.token), (b.as_str(), "bob", lb.token)]);
+    assert!(listed.iter().all(|i| i.remaining_ttl > Duration::ZERO && i.depth == 1));
+    assert_eq!(p.list(ctx.prefix()).await.unwrap().len(), 3);
+    p.unlock(&a, "alice").await.unwrap();
+    let keys: Vec<_> = p.list(&ctx.key("jobs/")).await.unwrap().into_iter().map(|i| i.key).collect();
+    assert_eq!(keys, vec![b]);
+}
+
+/// `health` answers for the backend it belongs to.
+pub async fn health_reports_backend(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let h = p.health().await.expect("healthy backend");
+    assert_eq!(h.backend, p.name());
+}

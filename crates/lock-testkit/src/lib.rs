@@ -1,0 +1,181 @@
+//! # lock-testkit
+//!
+//! The behaviour of a distlock backend, written once. Every backend runs the whole
+//! [conformance suite](cases) through [`conformance_suite!`], which expands into one
+//! `#[tokio::test]` per case; cases a backend does not claim in its
+//! [`Capabilities`](lock_core::Capabilities) are reported and skipped.
+//!
+//! ```ignore
+//! struct Mem(std::sync::Arc<MemoryLockProvider>);
+//! #[async_trait::async_trait]
+//! impl lock_testkit::Harness for Mem {
+//!     async fn provider(&self) -> std::sync::Arc<dyn lock_core::LockProvider> { self.0.clone() }
+//! }
+//! async fn harness() -> Result<Mem, String> { Ok(Mem(Default::default())) }
+//! lock_testkit::conformance_suite!(harness);
+//! ```
+//!
+//! Server-backed suites return `Err("why")` from their harness function when the server is
+//! missing: the case then fails if `DISTLOCK_REQUIRE_SERVICES=1` and is otherwise skipped with a
+//! loud message on stderr. Each case uses its own random key prefix, so runs against shared
+//! servers never collide.
+//!
+//! [`bench`] holds the workloads the criterion benches of every backend share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::{Capabilities, LockProvider};
+
+pub mod bench;
+pub mod cases;
+
+/// Environment variable that turns a missing service into a test failure.
+pub const REQUIRE_SERVICES_ENV: &str = "DISTLOCK_REQUIRE_SERVICES";
+
+/// How the suite reaches a backend.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// A provider on the backend under test. Providers returned by one harness share one lock
+    /// space (the same server, table or prefix); a server backend returns a new client per
+    /// call so that cases can model two processes.
+    async fn provider(&self) -> Arc<dyn LockProvider>;
+
+    /// A TTL that the backend grants reliably and a test can afford to wait out.
+    fn short_ttl(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+
+    /// Slack added when a case waits for a lease to run out: covers clock granularity and
+    /// the backend's expiry mechanism (a reaper period, a lease checkpoint, ...).
+    fn expiry_slack(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+}
+
+/// `true` when `DISTLOCK_REQUIRE_SERVICES` is set to `1` or `true`.
+pub fn services_required() -> bool {
+    std::env::var(REQUIRE_SERVICES_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Turns a harness that could not reach its service into a skip (loud, on stderr) or, with
+/// `DISTLOCK_REQUIRE_SERVICES=1`, a failure.
+pub fn require_or_skip<H>(case: &str, harness: Result<H, String>) -> Option<H> {
+    match harness {
+        Ok(h) => Some(h),
+        Err(why) if services_required() => {
+            panic!("{case}: required service unavailable ({REQUIRE_SERVICES_ENV}=1): {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "SKIPPED {case}: service unavailable: {why} (set {REQUIRE_SERVICES_ENV}=1 to fail instead)"
+            );
+            None
+        }
+    }
+}
+
+/// What a case gets: the harness and a key namespace of its own.
+pub struct Ctx {
+    harness: Arc<dyn Harness>,
+    prefix: String,
+    case: &'static str,
+}
+
+impl Ctx {
+    /// A context for `case` with a fresh random prefix.
+    pub fn new(harness: Arc<dyn Harness>, case: &'static str) -> Self {
+        let prefix = format!("distlock-test/{:016x}/{case}/", fastrand::u64(..));
+        Ctx { harness, prefix, case }
+    }
+
+    /// A key unique to this run and case.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// This case's key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A provider on the backend under test.
+    pub async fn provider(&self) -> Arc<dyn LockProvider> {
+        self.harness.provider().await
+    }
+
+    /// See [`Harness::short_ttl`].
+    pub fn short_ttl(&self) -> Duration {
+        self.harness.short_ttl()
+    }
+
+    /// How long to sleep so that a lease of [`short_ttl`](Self::short_ttl) is surely over.
+    pub fn outlive_short_ttl(&self) -> Duration {
+        self.harness.short_ttl() + self.harness.expiry_slack()
+    }
+
+    /// Returns `false` (and says so on stderr) when the backend lacks a capability.
+    pub fn requires(&self, caps: Capabilities, need: fn(&Capabilities) -> bool, what: &str) -> bool {
+        if need(&caps) {
+            true
+        } else {
+            eprintln!("SKIPPED {}: backend does not claim `{what}`", self.case);
+            false
+        }
+    }
+}
+
+/// Expands into one `#[tokio::test]` per conformance case.
+///
+/// `$harness` names an `async fn() -> Result<impl Harness, String>`, called once per case.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:path) => {
+        $crate::__conformance_cases!(
+            $harness;
+            free_acquire,
+            busy_lock_times_out_with_holder,
+            try_lock_does_not_wait,
+            reentrant_lock_needs_matching_unlocks,
+            unlock_by_non_owner_keeps_holder,
+            unlock_of_free_key_is_not_held,
+            refresh_extends_lease_and_keeps_token,
+            refresh_by_non_owner_fails,
+            expired_lock_can_be_taken,
+            stale_holder_cannot_touch_new_holders_lock,
+            fencing_tokens_strictly_increase,
+            is_locked_reports_holder_and_ttl,
+            waiter_acquires_after_release,
+            release_wakes_waiter,
+            waiter_acquires_after_holder_expires,
+            fifo_order,
+            dropped_waiting_lock_leaves_no_lock,
+            cancel_racing_release_leaves_no_orphan,
+            distinct_keys_are_independent,
+            mutual_exclusion_under_contention,
+            invalid_inputs_rejected,
+            invalid_input_rejected_before_anything_else,
+            operations_after_close_fail_closed,
+            close_fails_waiters,
+            list_shows_held_locks_by_prefix,
+            health_reports_backend
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($harness:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let name = concat!(module_path!(), "::", stringify!($case));
+                let Some(h) = $crate::require_or_skip(name, $harness().await) else { return };
+                let ctx = $crate::Ctx::new(::std::sync::Arc::new(h), stringify!($case));
+                $crate::cases::run(name, $crate::cases::$case(&ctx)).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,177 @@
+//! The local services the backends' integration tests talk to.
+//!
+//! A service is needed when its backend crate is in the workspace. `up` leaves a reachable
+//! service alone; otherwise it installs the Debian package when the binary is missing (only as
+//! root) and starts the server in the background, recording its pid under
+//! `target/services/` so that `down` stops only what `up` started.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{run, Result};
+
+/// One local service.
+pub(crate) struct Service {
+    name: &'static str,
+    /// The backend crate whose tests need it.
+    crate_dir: &'static str,
+    port: u16,
+    /// Environment the tests read to find it.
+    env: &'static [(&'static str, &'static str)],
+    /// Debian package providing `binary`.
+    package: &'static str,
+    binary: &'static str,
+    /// Arguments to start it in the foreground (xtask detaches it).
+    args: fn(&Path) -> Vec<String>,
+}
+
+const ALL: &[Service] = &[
+    Service {
+        name: "mariadb",
+        crate_dir: "crates/lock-mysql",
+        port: 3306,
+        env: &[("DISTLOCK_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")],
+        package: "mariadb-server",
+        binary: "/usr/sbin/mariadbd",
+        args: |_| vec!["--user=root".into()],
+    },
+    Service {
+        name: "redis",
+        crate_dir: "crates/lock-redis",
+        port: 6379,
+        env: &[("DISTLOCK_TEST_REDIS_URL", "redis://127.0.0.1:6379")],
+        package: "redis-server",
+        binary: "/usr/bin/redis-server",
+        args: |_| {
+            ["--bind", "127.0.0.1", "--port", "6379", "--save", "", "--appendonly", "no"]
+                .map(String::from)
+                .to_vec()
+        },
+    },
+    Service {
+        name: "etcd",
+        crate_dir: "crates/lock-etcd",
+        port: 2379,
+        env: &[("DISTLOCK_TEST_ETCD_ENDPOINTS", "http://127.0.0.1:2379")],
+        package: "etcd-server",
+        binary: "/usr/bin/etcd",
+        args: |dir| {
+            vec![
+                "--data-dir".into(),
+                dir.join("etcd-data").display().to_string(),
+                "--listen-client-urls".into(),
+                "http://127.0.0.1:2379".into(),
+                "--advertise-client-urls".into(),
+                "http://127.0.0.1:2379".into(),
+                "--listen-peer-urls".into(),
+                "http://127.0.0.1:2380".into(),
+            ]
+        },
+    },
+];
+
+/// The services whose backend crates exist in this workspace.
+pub(crate) fn needed() -> Vec<&'static Service> {
+    ALL.iter().filter(|s| Path::new(s.crate_dir).exists()).collect()
+}
+
+fn reachable(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+}
+
+fn state_dir() -> PathBuf {
+    Path::new("target").join("services")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Installs a Debian package (as root only).
+pub(crate) fn apt_install(package: &str) -> Result {
+    if !is_root() {
+        return Err(format!("`{package}` is not installed and xtask is not root: install it first"));
+    }
+    eprintln!("xtask: installing Debian package {package}");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", package])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn start(s: &Service) -> Result {
+    if !Path::new(s.binary).exists() {
+        apt_install(s.package)?;
+    }
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = std::fs::File::create(dir.join(format!("{}.log", s.name))).map_err(|e| e.to_string())?;
+    let child = Command::new(s.binary)
+        .args((s.args)(&dir))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", s.binary))?;
+    std::fs::write(dir.join(format!("{}.pid", s.name)), child.id().to_string()).map_err(|e| e.to_string())?;
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if reachable(s.port) {
+            eprintln!("xtask: {} started (pid {}) on 127.0.0.1:{}", s.name, child.id(), s.port);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("{} did not open port {} within 60 s; see target/services/{}.log", s.name, s.port, s.name))
+}
+
+/// Makes every service reachable; returns the environment the tests need to find them.
+pub(crate) fn up(services: &[&Service]) -> Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for s in services {
+        if reachable(s.port) {
+            eprintln!("xtask: {} already up on 127.0.0.1:{}", s.name, s.port);
+        } else {
+            start(s)?;
+        }
+        for (k, v) in s.env {
+            // A value the caller set wins (a remote server, another port).
+            let v = std::env::var(k).unwrap_or_else(|_| v.to_string());
+            env.push((k.to_string(), v));
+        }
+    }
+    if services.is_empty() {
+        eprintln!("xtask: no backend in this workspace needs a service");
+    }
+    Ok(env)
+}
+
+/// Stops the services that `up` started.
+pub(crate) fn down(services: &[&Service]) -> Result {
+    for s in services {
+        let pid_file = state_dir().join(format!("{}.pid", s.name));
+        match std::fs::read_to_string(&pid_file) {
+            Ok(pid) => {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+                let _ = std::fs::remove_file(&pid_file);
+                eprintln!("xtask: stopped {} (pid {})", s.name, pid.trim());
+            }
+            Err(_) => eprintln!("xtask: {} was not started by xtask; left alone", s.name),
+        }
+    }
+    Ok(())
+}
+
+/// Prints which services are reachable.
+pub(crate) fn status(services: &[&Service]) {
+    if services.is_empty() {
+        println!("no backend in this workspace needs a service");
+    }
+    for s in services {
+        let state = if reachable(s.port) { "up" } else { "down" };
+        println!("{:8} 127.0.0.1:{:<5} {state}", s.name, s.port);
+    }
+}
