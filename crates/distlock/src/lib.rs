@@ -36,3 +36,8 @@ pub use lock_core::*;
 pub mod memory {
     pub use lock_memory::*;
 }
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -113,7 +113,7 @@ impl WaitPolicy {
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct LockOptions {
-    /// The lock's name. See [`validate`](crate::validate) for the rules.
+    /// The lock's name. See the [input rules](crate::validate) for what is accepted.
     pub key: Arc<str>,
     /// Who asks. The same owner locking again re-enters (on reentrant backends).
     pub owner: Arc<str>,

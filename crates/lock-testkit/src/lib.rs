@@ -3,7 +3,7 @@
 //! The behaviour of a distlock backend, written once. Every backend runs the whole
 //! [conformance suite](cases) through [`conformance_suite!`], which expands into one
 //! `#[tokio::test]` per case; cases a backend does not claim in its
-//! [`Capabilities`](lock_core::Capabilities) are reported and skipped.
+//! [`lock_core::Capabilities`] are reported and skipped.
 //!
 //! ```ignore
 //! struct Mem(std::sync::Arc<MemoryLockProvider>);
@@ -20,7 +20,7 @@
 //! loud message on stderr. Each case uses its own random key prefix, so runs against shared
 //! servers never collide.
 //!
-//! [`bench`] holds the workloads the criterion benches of every backend share.
+//! [`bench`](mod@bench) holds the workloads the criterion benches of every backend share.
 
 use std::sync::Arc;
 use std::time::Duration;
