@@ -10,6 +10,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod detach;
 pub mod error;
 pub mod lease;
 pub mod options;
@@ -17,6 +18,7 @@ pub mod provider;
 pub mod validate;
 pub mod wait;
 
+pub use detach::{attempt_detached, Undo};
 pub use error::{BoxError, LockError, Result};
 pub use lease::{FencingToken, Lease, LockInfo};
 pub use options::{LockOptions, WaitPolicy, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_TTL};

@@ -1,0 +1,75 @@
+//! # lock-mysql
+//!
+//! The MySQL / MariaDB backend of distlock, on a `sqlx::MySqlPool`: the original design's
+//! default provider, for teams that already run MySQL and want no extra component. Use it
+//! through the `distlock` facade (feature `mysql`).
+//!
+//! ```no_run
+//! # async fn demo() -> lock_core::Result<()> {
+//! use lock_core::{LockOptions, LockProvider};
+//! use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
+//!
+//! let locks = MySqlLockProvider::connect("mysql://root@127.0.0.1:3306/test", MySqlLockConfig::default()).await?;
+//! let lease = locks.lock(&LockOptions::new("workflow:execution:42", "worker-1")).await?;
+//! locks.unlock(&lease.key, &lease.owner).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## The table
+//!
+//! Created on start (or by [`MySqlLockProvider::migrate`]); the name comes from
+//! [`MySqlLockConfig::table`] (default `distributed_locks`) and must be a plain identifier
+//! (ASCII letters, digits, `_`), anything else is `InvalidArgument`:
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS `distributed_locks` (
+//!   lock_key    VARBINARY(255) NOT NULL,          -- the key, compared byte for byte
+//!   id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+//!   owner       VARBINARY(255) NOT NULL,
+//!   depth       INT UNSIGNED NOT NULL,            -- reentry depth; 0 once released
+//!   generation  INT UNSIGNED NOT NULL DEFAULT 0,  -- take-overs of this row
+//!   last_op     TINYINT UNSIGNED NOT NULL DEFAULT 5,
+//!   waits       BIGINT UNSIGNED NOT NULL DEFAULT 0, -- busy attempts seen (contention)
+//!   acquired_at DATETIME(6) NOT NULL,
+//!   expires_at  DATETIME(6) NOT NULL,             -- the lease ends here, by the server's clock
+//!   PRIMARY KEY (lock_key), UNIQUE KEY (id), KEY (expires_at)
+//! ) ENGINE=InnoDB
+//! ```
+//!
+//! ## How it works
+//!
+//! - **Server clock**: every comparison uses `UTC_TIMESTAMP(6)` on the server; the client's
+//!   clock only bounds `Lease::valid_until` conservatively. UTC keeps time-zone changes out.
+//! - **Acquire is one statement** (`INSERT ... ON DUPLICATE KEY UPDATE`) that inserts a new
+//!   row, takes over a released or expired row, re-enters the owner's live lock, or reports
+//!   busy, all atomically under the row lock. A re-entry adds one read for its depth.
+//! - **Release and refresh are one statement each** (`UPDATE ... WHERE owner = ? AND
+//!   expires_at > UTC_TIMESTAMP(6)`), so a holder whose lease ran out can never touch the new
+//!   holder's lock. Releasing the last level ends the lease in place (`expires_at = now`).
+//! - **Fencing token** = `(id << 16) | generation`: `id` is the row's `AUTO_INCREMENT` value
+//!   (always larger for a newer row, and persisted by InnoDB across restarts on MariaDB
+//!   10.2.4+ and MySQL 8), `generation` counts take-overs of the same row. A row is replaced
+//!   after 65,535 take-overs, so tokens strictly increase per key and are never reused, also
+//!   across release, expiry and cleanup. (`TRUNCATE` or rebuilding the table resets
+//!   `AUTO_INCREMENT`: don't.)
+//! - **Cleanup**: an acquisition takes over an expired row in place (counted as
+//!   `expired_taken_over`); a background reaper deletes rows whose lease ended more than
+//!   [`MySqlLockConfig::reap_grace`] ago (counted as `rows_reaped`).
+//! - **No connection holds a lock**: unlike `GET_LOCK`, a lock lives in a row, so pooled
+//!   connections can die or be reused freely; a waiter holds no connection while it sleeps.
+//! - **Waiting** polls with the shared jittered backoff of `lock_core::wait` (the database
+//!   cannot notify); deadlocks (1213) and lock-wait timeouts (1205) are retried inside the
+//!   backend; lost connections surface as retryable `Unavailable`.
+//! - **Cancel safety**: each attempt runs detached; if the caller is gone when it acquired,
+//!   the acquisition is undone by owner and fencing token.
+//!
+//! The statements use only syntax common to MariaDB 10.5+ and MySQL 8. They rely on
+//! `ON DUPLICATE KEY UPDATE` assigning left to right, which MariaDB's
+//! `SIMULTANEOUS_ASSIGNMENT` sql_mode changes; the provider refuses to start under it.
+
+mod errors;
+mod provider;
+mod table;
+
+pub use provider::{CleanupStats, MySqlLockConfig, MySqlLockProvider};
+pub use table::{TableName, DEFAULT_TABLE, MAX_TABLE_NAME_LEN};
