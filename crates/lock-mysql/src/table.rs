@@ -44,10 +44,10 @@ impl TableName {
             Some(format!("is {} bytes long; the limit is {MAX_TABLE_NAME_LEN}", name.len()))
         } else if name.starts_with(|c: char| c.is_ascii_digit()) {
             Some("must not start with a digit".to_string())
-        } else if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
-            Some(format!("contains {c:?}; only ASCII letters, digits and '_' are allowed"))
         } else {
-            None
+            name.chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+                .map(|c| format!("contains {c:?}; only ASCII letters, digits and '_' are allowed"))
         };
         match why {
             Some(why) => Err(LockError::invalid("table name", format!("`{}`: {why}", name.escape_debug()))),
