@@ -6,7 +6,8 @@
 //!
 //! | feature | backend | crate |
 //! |---|---|---|
-//! | `memory` (default) | in-process | [`memory`] (`lock-memory`) |
+//! | `memory` (default) | in-process | `memory` (`lock-memory`) |
+//! | `mysql` | MySQL / MariaDB table, on sqlx | `mysql` (`lock-mysql`) |
 //! | `all-backends` | every backend above | |
 //!
 //! Every backend passes the same conformance suite (`lock-testkit`) and keeps the same
@@ -35,6 +36,12 @@ pub use lock_core::*;
 #[cfg(feature = "memory")]
 pub mod memory {
     pub use lock_memory::*;
+}
+
+/// The MySQL / MariaDB backend (feature `mysql`).
+#[cfg(feature = "mysql")]
+pub mod mysql {
+    pub use lock_mysql::*;
 }
 
 /// The README's examples, compiled and run as doctests.

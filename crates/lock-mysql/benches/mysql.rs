@@ -1,1 +1,189 @@
-fn main() {}
+//! MySQL backend against the raw SQL doing the minimal equivalent, same server, same run:
+//! - raw INSERT + DELETE on a table of the same shape (busy = duplicate key, retried with the
+//!   same backoff schedule the provider uses);
+//! - `GET_LOCK` / `RELEASE_LOCK` (connection-bound; the connection is held while locked).
+//!
+//! `cargo bench -p lock-mysql --bench mysql` (or `cargo xtask bench`); server from
+//! `DISTLOCK_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput};
+use lock_core::{Backoff, LockProvider, WaitPolicy};
+use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
+use lock_testkit::bench::{self, fmt_dur, rate, BoxFut, Cycle, ProviderCycle};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::MySql;
+
+const TABLE: &str = "distlock_bench";
+const RAW_TABLE: &str = "distlock_bench_raw";
+const DISTINCT_TASKS: usize = 32;
+const HOT_TASKS: usize = 16;
+const POOL: u32 = 34;
+
+fn url() -> String {
+    std::env::var("DISTLOCK_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// INSERT to acquire (a duplicate key means busy), DELETE to release.
+struct RawInsertDelete {
+    pool: MySqlPool,
+}
+
+impl Cycle for RawInsertDelete {
+    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let sql = format!(
+                "INSERT INTO `{RAW_TABLE}` (lock_key, owner, depth, acquired_at, expires_at)
+                 VALUES (?, ?, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 30 SECOND)"
+            );
+            let mut backoff = Backoff::new(&WaitPolicy::deadline(Duration::from_secs(60)));
+            loop {
+                match sqlx::query(&sql).bind(key.as_bytes()).bind(owner.as_bytes()).execute(&self.pool).await
+                {
+                    Ok(_) => return,
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        tokio::time::sleep(backoff.next_delay().expect("raw lock timed out")).await;
+                    }
+                    Err(e) => panic!("raw insert: {e}"),
+                }
+            }
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(&format!("DELETE FROM `{RAW_TABLE}` WHERE lock_key = ? AND owner = ?"))
+                .bind(key.as_bytes())
+                .bind(owner.as_bytes())
+                .execute(&self.pool)
+                .await
+                .expect("raw delete");
+        })
+    }
+}
+
+/// `GET_LOCK` holds the lock on a connection, which stays checked out until `RELEASE_LOCK`.
+struct GetLock {
+    pool: MySqlPool,
+    held: Mutex<HashMap<String, PoolConnection<MySql>>>,
+}
+
+impl Cycle for GetLock {
+    fn acquire<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.expect("connection");
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await
+                .expect("GET_LOCK");
+            assert_eq!(got, Some(1), "GET_LOCK timed out");
+            self.held.lock().unwrap().insert(key.to_owned(), conn);
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.held.lock().unwrap().remove(key).expect("held connection");
+            sqlx::query("SELECT RELEASE_LOCK(?)").bind(key).execute(&mut *conn).await.expect("RELEASE_LOCK");
+        })
+    }
+}
+
+struct Contenders {
+    provider: Arc<MySqlLockProvider>,
+    all: Vec<(&'static str, Arc<dyn Cycle>)>,
+}
+
+async fn contenders() -> Contenders {
+    let pool = MySqlPoolOptions::new().max_connections(POOL).connect(&url()).await.expect("connect");
+    let config = MySqlLockConfig { table: TABLE.into(), ..Default::default() };
+    let provider = Arc::new(MySqlLockProvider::from_pool(pool.clone(), config).await.expect("provider"));
+    // The raw table has exactly the provider's shape.
+    for sql in
+        [format!("DROP TABLE IF EXISTS `{RAW_TABLE}`"), format!("CREATE TABLE `{RAW_TABLE}` LIKE `{TABLE}`")]
+    {
+        sqlx::query(&sql).execute(&pool).await.expect("raw table");
+    }
+    let raw_pool = MySqlPoolOptions::new().max_connections(POOL).connect(&url()).await.expect("connect");
+    let gl_pool = MySqlPoolOptions::new().max_connections(POOL).connect(&url()).await.expect("connect");
+    let all: Vec<(&'static str, Arc<dyn Cycle>)> = vec![
+        ("distlock mysql", Arc::new(ProviderCycle::new(provider.clone() as Arc<dyn LockProvider>))),
+        ("raw INSERT+DELETE", Arc::new(RawInsertDelete { pool: raw_pool })),
+        ("GET_LOCK/RELEASE_LOCK", Arc::new(GetLock { pool: gl_pool, held: Mutex::default() })),
+    ];
+    Contenders { provider, all }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, all: &[(&'static str, Arc<dyn Cycle>)]) {
+    let mut g = c.benchmark_group("mysql uncontended lock+unlock");
+    g.throughput(Throughput::Elements(1));
+    for (name, cy) in all {
+        g.bench_function(*name, |b| b.to_async(rt).iter_custom(|n| bench::uncontended(&**cy, "bench/u", n)));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("mysql 32 tasks distinct keys");
+    g.throughput(Throughput::Elements(DISTINCT_TASKS as u64));
+    for (name, cy) in all {
+        g.bench_function(*name, |b| {
+            b.to_async(rt).iter_custom(|n| bench::distinct_keys(cy.clone(), "bench/d/", DISTINCT_TASKS, n))
+        });
+    }
+    g.finish();
+}
+
+/// Throughput, latency percentiles and statements per acquisition, for docs/benchmarks.md.
+async fn summary(cs: &Contenders) {
+    println!("\n## summary (2 worker threads, pools of {POOL})");
+    println!("| contender | acquire p50 | release p50 | uncontended cycles/s | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over p99 |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut per_acq = None;
+    for (name, cy) in &cs.all {
+        bench::uncontended(&**cy, "bench/u", 200).await; // warm-up
+        let (acq, rel) = bench::uncontended_latencies(&**cy, "bench/u", 2_000).await;
+        let un = bench::uncontended(&**cy, "bench/u", 2_000).await;
+        let dk = bench::distinct_keys(cy.clone(), "bench/d/", DISTINCT_TASKS, 200).await;
+        let before = cs.provider.statements_sent();
+        let hk = bench::hot_key(cy.clone(), "bench/hot", HOT_TASKS, 40).await;
+        if *name == "distlock mysql" {
+            let stmts = cs.provider.statements_sent() - before;
+            // Every cycle has one unlock statement; the rest went into acquiring.
+            per_acq = Some((stmts - hk.acquisitions) as f64 / hk.acquisitions as f64);
+        }
+        println!(
+            "| {name} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            fmt_dur(acq.quantile(0.5)),
+            fmt_dur(rel.quantile(0.5)),
+            rate(2_000, un),
+            rate(DISTINCT_TASKS as u64 * 200, dk),
+            rate(hk.acquisitions, hk.elapsed),
+            fmt_dur(hk.handoff.quantile(0.5)),
+            fmt_dur(hk.handoff.quantile(0.99)),
+        );
+    }
+    if let Some(s) = per_acq {
+        println!("\ndistlock mysql, 16 tasks on one hot key: {s:.2} statements per acquisition (acquire attempts + reads)");
+    }
+}
+
+fn main() {
+    let rt = runtime();
+    let cs = rt.block_on(contenders());
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    benches(&mut c, &rt, &cs.all);
+    c.final_summary();
+    // `cargo test --all-targets` runs benches once as smoke tests, without `--bench`.
+    if std::env::args().any(|a| a == "--bench") {
+        rt.block_on(summary(&cs));
+    }
+}

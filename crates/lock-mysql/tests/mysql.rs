@@ -1,0 +1,187 @@
+//! MySQL-specific behaviour: table names, pooled connections dying, table isolation, cleanup
+//! and the fencing token across row replacement. Needs the server of
+//! `DISTLOCK_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{LockError, LockOptions, LockProvider, WaitPolicy};
+use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
+use lock_testkit::require_or_skip;
+use sqlx::mysql::MySqlPoolOptions;
+
+fn url() -> String {
+    std::env::var("DISTLOCK_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+fn unique_table(tag: &str) -> String {
+    format!("distlock_t_{tag}_{:08x}", fastrand::u32(..))
+}
+
+fn opts(key: &str, owner: &str) -> LockOptions {
+    LockOptions::new(key, owner).ttl(Duration::from_secs(30)).no_wait()
+}
+
+/// A provider on its own fresh table, or `None` (skip, or fail when services are required).
+async fn provider(test: &str, table: &str, max_connections: u32) -> Option<MySqlLockProvider> {
+    let config = MySqlLockConfig { table: table.into(), max_connections, ..Default::default() };
+    require_or_skip(
+        test,
+        MySqlLockProvider::connect(&url(), config).await.map_err(|e| format!("{}: {e}", url())),
+    )
+}
+
+async fn drop_table(p: &MySqlLockProvider) {
+    sqlx::query(&format!("DROP TABLE IF EXISTS `{}`", p.table())).execute(p.pool()).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_table_names_are_rejected_before_any_connection() {
+    // Port 1 has no server: reaching it would be `Unavailable`, not `InvalidArgument`.
+    for bad in ["locks; DROP TABLE x", "lo`cks", "", "db.locks", "1x"] {
+        let config = MySqlLockConfig { table: bad.into(), ..Default::default() };
+        match MySqlLockProvider::connect("mysql://root@127.0.0.1:1/test", config).await {
+            Err(LockError::InvalidArgument { what: "table name", .. }) => {}
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_table_name_on_an_existing_pool_is_rejected() {
+    let pool = MySqlPoolOptions::new().max_connections(1).connect_lazy(&url()).unwrap();
+    let config = MySqlLockConfig { table: "x`; DROP TABLE y; --".into(), ..Default::default() };
+    let err = MySqlLockProvider::from_pool(pool, config).await.unwrap_err();
+    assert!(matches!(err, LockError::InvalidArgument { what: "table name", .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pooled_connection_keeps_the_lock_and_the_provider_recovers() {
+    let table = unique_table("kill");
+    let Some(p) = provider("killed_connection", &table, 1).await else { return };
+    let lease = p.lock(&opts("job", "alice")).await.unwrap();
+    // The pool has one connection: find it and kill it from outside.
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()").fetch_one(p.pool()).await.unwrap();
+    let admin = MySqlPoolOptions::new().max_connections(1).connect(&url()).await.unwrap();
+    sqlx::query(&format!("KILL CONNECTION {id}")).execute(&admin).await.unwrap();
+
+    let mut seen = None;
+    for _ in 0..20 {
+        match p.is_locked("job").await {
+            Ok(info) => {
+                seen = info;
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "a dead connection must be a retryable error: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let info = seen.expect("the lock outlives the connection that took it");
+    assert_eq!((info.owner.as_str(), info.token), ("alice", lease.token));
+    assert!(p.try_lock(&opts("job", "bob")).await.unwrap_err().is_timeout());
+    p.unlock("job", "alice").await.expect("the provider works again");
+    drop_table(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_on_different_tables_do_not_see_each_others_locks() {
+    let Some(a) = provider("isolation", &unique_table("iso_a"), 2).await else { return };
+    let Some(b) = provider("isolation", &unique_table("iso_b"), 2).await else { return };
+    a.lock(&opts("shared-name", "alice")).await.unwrap();
+    let lb = b.lock(&opts("shared-name", "bob")).await.expect("other table, other lock");
+    assert_eq!(&*lb.owner, "bob");
+    assert_eq!(a.is_locked("shared-name").await.unwrap().unwrap().owner, "alice");
+    assert_eq!(b.list("").await.unwrap().len(), 1);
+    drop_table(&a).await;
+    drop_table(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_ended_rows_and_keeps_live_ones() {
+    let Some(p) = provider("cleanup", &unique_table("clean"), 2).await else { return };
+    let short = |k: &str| opts(k, "alice").ttl(Duration::from_millis(200));
+    for k in ["a", "b", "c"] {
+        p.lock(&short(k)).await.unwrap();
+    }
+    p.lock(&opts("live", "alice")).await.unwrap();
+    p.lock(&opts("released", "alice")).await.unwrap();
+    p.unlock("released", "alice").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Lazy cleanup: taking over an expired lease is counted.
+    p.lock(&opts("a", "bob")).await.unwrap();
+    assert_eq!(p.cleanup_stats().expired_taken_over, 1);
+
+    // The reaper deletes b, c (expired) and "released", never the live ones.
+    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 3);
+    assert_eq!(p.cleanup_stats().rows_reaped, 3);
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", p.table()))
+        .fetch_one(p.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "only the two live rows remain");
+    let live: Vec<_> = p.list("").await.unwrap().into_iter().map(|i| (i.key, i.owner)).collect();
+    assert_eq!(live, vec![("a".to_string(), "bob".to_string()), ("live".to_string(), "alice".to_string())]);
+    // A grace period keeps recently ended rows.
+    p.unlock("live", "alice").await.unwrap();
+    assert_eq!(p.reap_now(Duration::from_secs(60)).await.unwrap(), 0);
+    drop_table(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_keep_increasing_when_rows_are_deleted_or_replaced() {
+    let Some(p) = provider("fencing_rows", &unique_table("fence"), 2).await else { return };
+    let t1 = p.lock(&opts("k", "alice")).await.unwrap().token;
+    p.unlock("k", "alice").await.unwrap();
+    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 1, "row deleted");
+    let t2 = p.lock(&opts("k", "bob")).await.unwrap().token;
+    assert!(t2 > t1, "after the row was deleted: {t1} then {t2}");
+    p.unlock("k", "bob").await.unwrap();
+
+    // Force the take-over counter of the row to its limit: the next acquisition must replace
+    // the row and still hand out a larger token.
+    sqlx::query(&format!("UPDATE `{}` SET generation = 65535 WHERE lock_key = 'k'", p.table()))
+        .execute(p.pool())
+        .await
+        .unwrap();
+    let t3 = p.lock(&opts("k", "carol")).await.unwrap().token;
+    assert!(t3 > t2, "after the row was replaced: {t2} then {t3}");
+    assert_eq!(p.is_locked("k").await.unwrap().unwrap().token, t3);
+    drop_table(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_hold_no_connection_while_they_wait() {
+    let table = unique_table("pool");
+    let Some(p) = provider("pool_not_exhausted", &table, 2).await else { return };
+    let p = Arc::new(p);
+    p.lock(&opts("busy", "alice")).await.unwrap();
+    let waiters: Vec<_> = (0..10)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let o = opts("busy", &format!("w{i}")).wait(WaitPolicy::deadline(Duration::from_secs(3)));
+                p.lock(&o).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Ten waiters and a pool of two: other work still gets a connection.
+    for i in 0..5 {
+        let k = format!("other{i}");
+        p.lock(&opts(&k, "bob")).await.expect("pool has a free connection");
+        p.unlock(&k, "bob").await.unwrap();
+    }
+    p.unlock("busy", "alice").await.unwrap();
+    let mut winners = 0;
+    for w in waiters {
+        if let Ok(lease) = w.await.unwrap() {
+            winners += 1;
+            p.unlock(&lease.key, &lease.owner).await.unwrap();
+        }
+    }
+    assert!(winners >= 1, "somebody got the lock after the release");
+    drop_table(&p).await;
+}
