@@ -17,13 +17,17 @@ pub mod options;
 pub mod provider;
 pub mod validate;
 pub mod wait;
+pub mod workflow;
 
 pub use detach::{attempt_detached, Undo};
 pub use error::{BoxError, LockError, Result};
 pub use lease::{FencingToken, Lease, LockInfo};
 pub use options::{LockOptions, WaitPolicy, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_TTL};
 pub use provider::{Capabilities, Health, LockProvider};
+/// Re-exported: the type of [`WorkflowLockHandle::lost`].
+pub use tokio_util::sync::CancellationToken;
 pub use wait::{acquire_with_backoff, Attempt, Backoff};
+pub use workflow::{WorkflowConfig, WorkflowLockHandle, WorkflowLockProvider};
 
 /// Re-exported so backends and users name the same `async_trait`.
 pub use async_trait::async_trait;

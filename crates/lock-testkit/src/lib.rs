@@ -159,7 +159,13 @@ macro_rules! conformance_suite {
             operations_after_close_fail_closed,
             close_fails_waiters,
             list_shows_held_locks_by_prefix,
-            health_reports_backend
+            health_reports_backend,
+            workflow_execution_lock_is_exclusive,
+            workflow_auto_refresh_outlives_ttl,
+            workflow_lost_signal_fires_when_lease_is_revoked,
+            workflow_lost_signal_fires_at_expiry_without_refresh,
+            workflow_dropped_handle_is_released,
+            workflow_template_limit_holds
         );
     };
 }

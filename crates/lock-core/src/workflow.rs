@@ -1,0 +1,464 @@
+//! Locks for workflow orchestrators: executions, templates and resources, held through a
+//! [`WorkflowLockHandle`] that refreshes itself and says when it can no longer be trusted.
+//!
+//! ## Keys
+//!
+//! With the default prefix `distlock:workflow:`:
+//!
+//! | lock | key |
+//! |---|---|
+//! | execution `e` | `distlock:workflow:execution:e` |
+//! | template `t` (limit 1) | `distlock:workflow:template:t` |
+//! | template `t` with limit `n` | one of `distlock:workflow:template:t:slot:0` .. `:slot:{n-1}` |
+//! | resource `r` | `distlock:workflow:resource:r` |
+//!
+//! ## Owners
+//!
+//! Every handle is its own owner: `<host>:<pid>:<random>:<n>`, where the first three parts
+//! name the [`WorkflowLockProvider`] (one per process, normally) and `n` counts its
+//! acquisitions. Two tasks of one process therefore exclude each other like two processes
+//! do; reentrancy stays available through [`LockProvider`] with an explicit owner.
+//!
+//! ## Handles
+//!
+//! - **Auto-refresh** (on by default): a watchdog refreshes the lease every TTL/3 and stops on
+//!   unlock or drop. A refresh that fails with a retryable error is retried until the lease's
+//!   conservative local deadline.
+//! - **Lost signal**: [`WorkflowLockHandle::lost`] is a [`CancellationToken`] cancelled when
+//!   the lease can no longer be trusted: a refresh answered `LeaseLost` (or any final error),
+//!   or the local deadline passed without a successful refresh. Guarded work should stop.
+//! - **Drop without unlock** releases the lock in the background and logs a warning, so a
+//!   forgotten handle does not keep its key locked for a whole TTL.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{LockError, Result};
+use crate::lease::{FencingToken, Lease};
+use crate::options::{LockOptions, WaitPolicy, DEFAULT_TTL};
+use crate::provider::LockProvider;
+use crate::validate;
+use crate::wait::Backoff;
+
+/// Default key prefix of workflow locks.
+pub const DEFAULT_WORKFLOW_PREFIX: &str = "distlock:workflow:";
+
+/// Settings of a [`WorkflowLockProvider`].
+#[derive(Debug, Clone)]
+pub struct WorkflowConfig {
+    /// Prefix of every key (default [`DEFAULT_WORKFLOW_PREFIX`]).
+    pub key_prefix: String,
+    /// Lease TTL (default 5 minutes).
+    pub ttl: Duration,
+    /// How long to wait for a busy lock (default: 3 retries, 1 s apart, 20 % jitter).
+    pub wait: WaitPolicy,
+    /// Refresh leases in the background at TTL/3 (default `true`).
+    pub auto_refresh: bool,
+    /// Owner id prefix (default `<host>:<pid>:<random>`); each handle appends `:<n>`.
+    pub owner_prefix: String,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        WorkflowConfig {
+            key_prefix: DEFAULT_WORKFLOW_PREFIX.to_string(),
+            ttl: DEFAULT_TTL,
+            wait: WaitPolicy::default(),
+            auto_refresh: true,
+            owner_prefix: default_owner_prefix(),
+        }
+    }
+}
+
+/// `<host>:<pid>:<8 random hex digits>`: unique per provider, readable in `list` output.
+pub fn default_owner_prefix() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// What a workflow lock protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Execution,
+    Template,
+    Resource,
+}
+
+/// Workflow locks over any [`LockProvider`]: the original design's `WorkflowLockProvider`.
+///
+/// ```
+/// # async fn demo(provider: std::sync::Arc<dyn lock_core::LockProvider>) -> lock_core::Result<()> {
+/// use lock_core::workflow::{WorkflowConfig, WorkflowLockProvider};
+///
+/// let workflows = WorkflowLockProvider::new(provider, WorkflowConfig::default());
+/// let handle = workflows.lock_workflow_execution("execution_123").await?;
+/// tokio::select! {
+///     _ = handle.lost().cancelled() => { /* the lease is gone: stop the work */ }
+///     _ = async { /* business logic, writing with handle.fencing_token() */ } => {}
+/// }
+/// handle.unlock().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct WorkflowLockProvider {
+    provider: Arc<dyn LockProvider>,
+    config: Arc<WorkflowConfig>,
+    next_owner: Arc<AtomicU64>,
+}
+
+impl WorkflowLockProvider {
+    /// Workflow locks on `provider`.
+    pub fn new(provider: Arc<dyn LockProvider>, config: WorkflowConfig) -> Self {
+        WorkflowLockProvider { provider, config: Arc::new(config), next_owner: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// The underlying provider (for inspection: `list`, `is_locked`, `health`).
+    pub fn provider(&self) -> &Arc<dyn LockProvider> {
+        &self.provider
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WorkflowConfig {
+        &self.config
+    }
+
+    /// Locks one workflow execution: the same execution never runs twice at once.
+    pub async fn lock_workflow_execution(&self, execution_id: &str) -> Result<WorkflowLockHandle> {
+        self.acquire(Scope::Execution, execution_id, &self.config.wait).await
+    }
+
+    /// Like [`lock_workflow_execution`](Self::lock_workflow_execution) with a wait policy of
+    /// its own (e.g. [`WaitPolicy::NoWait`] for "run it unless somebody else already does").
+    pub async fn lock_workflow_execution_with(
+        &self,
+        execution_id: &str,
+        wait: &WaitPolicy,
+    ) -> Result<WorkflowLockHandle> {
+        self.acquire(Scope::Execution, execution_id, wait).await
+    }
+
+    /// Locks a workflow template: one execution of the template at a time.
+    pub async fn lock_workflow_template(&self, template_id: &str) -> Result<WorkflowLockHandle> {
+        self.acquire(Scope::Template, template_id, &self.config.wait).await
+    }
+
+    /// Takes one of `limit` slots of a template: at most `limit` executions at a time.
+    /// Free slots are tried in a random order; when all are busy the wait policy applies.
+    pub async fn lock_workflow_template_slot(
+        &self,
+        template_id: &str,
+        limit: u32,
+    ) -> Result<WorkflowLockHandle> {
+        if limit == 0 {
+            return Err(LockError::invalid("limit", "a template needs at least one slot"));
+        }
+        if limit == 1 {
+            return self.lock_workflow_template(template_id).await;
+        }
+        let mut backoff = Backoff::new(&self.config.wait);
+        let start = fastrand::u32(..limit);
+        loop {
+            for i in 0..limit {
+                let slot = format!("{template_id}:slot:{}", (start + i) % limit);
+                match self.acquire(Scope::Template, &slot, &WaitPolicy::NoWait).await {
+                    Ok(mut handle) => {
+                        handle.template_id = Some(template_id.to_string());
+                        return Ok(handle);
+                    }
+                    Err(e) if e.is_timeout() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            match backoff.next_delay() {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    return Err(LockError::Timeout {
+                        key: self.key(Scope::Template, template_id),
+                        holder: None,
+                        waited: backoff.elapsed(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Locks a shared resource by id (the design's third granularity).
+    pub async fn lock_resource(&self, resource_id: &str) -> Result<WorkflowLockHandle> {
+        self.acquire(Scope::Resource, resource_id, &self.config.wait).await
+    }
+
+    /// Closes the underlying provider.
+    pub async fn close(&self) -> Result<()> {
+        self.provider.close().await
+    }
+
+    fn key(&self, scope: Scope, id: &str) -> String {
+        let kind = match scope {
+            Scope::Execution => "execution",
+            Scope::Template => "template",
+            Scope::Resource => "resource",
+        };
+        format!("{}{kind}:{id}", self.config.key_prefix)
+    }
+
+    async fn acquire(&self, scope: Scope, id: &str, wait: &WaitPolicy) -> Result<WorkflowLockHandle> {
+        if id.is_empty() {
+            return Err(LockError::invalid("id", "a workflow id must not be empty"));
+        }
+        let key = self.key(scope, id);
+        validate::key(&key)?;
+        let n = self.next_owner.fetch_add(1, Ordering::Relaxed);
+        let owner = format!("{}:{n}", self.config.owner_prefix);
+        let opts = LockOptions::new(key, owner).ttl(self.config.ttl).wait(wait.clone());
+        let started = Instant::now();
+        let outcome = self.provider.lock(&opts).await;
+        let waited = started.elapsed();
+        match &outcome {
+            Ok(lease) => tracing::info!(
+                provider = self.provider.name(),
+                key = &*lease.key,
+                owner = &*lease.owner,
+                token = lease.token.0,
+                wait_us = waited.as_micros() as u64,
+                outcome = "acquired",
+                "workflow lock acquired"
+            ),
+            Err(e) => tracing::info!(
+                provider = self.provider.name(), key = &*opts.key, owner = &*opts.owner,
+                wait_us = waited.as_micros() as u64, outcome = if e.is_timeout() { "timeout" } else { "error" },
+                error = %e, "workflow lock not acquired"
+            ),
+        }
+        let lease = outcome?;
+        let (execution_id, template_id) = match scope {
+            Scope::Execution => (Some(id.to_string()), None),
+            Scope::Template => (None, Some(id.to_string())),
+            Scope::Resource => (None, None),
+        };
+        Ok(WorkflowLockHandle::start(
+            self.provider.clone(),
+            lease,
+            self.config.ttl,
+            self.config.auto_refresh,
+            execution_id,
+            template_id,
+        ))
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    provider: Arc<dyn LockProvider>,
+    key: Arc<str>,
+    owner: Arc<str>,
+    /// Conservative local end of the lease and the TTL refreshes use; moved by every refresh.
+    lease: Mutex<(Instant, Duration)>,
+    lost: CancellationToken,
+    /// Stops the watchdog (unlock, drop).
+    stop: CancellationToken,
+    /// Wakes the watchdog after a manual refresh moved the deadline.
+    moved: Notify,
+}
+
+impl Shared {
+    fn lease(&self) -> (Instant, Duration) {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_lease(&self, valid_until: Instant, ttl: Duration) {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = (valid_until, ttl);
+    }
+}
+
+/// A held workflow lock: the original design's `WorkflowLockHandle`.
+#[derive(Debug)]
+pub struct WorkflowLockHandle {
+    shared: Arc<Shared>,
+    token: FencingToken,
+    execution_id: Option<String>,
+    template_id: Option<String>,
+    acquired_at: Instant,
+    released: bool,
+}
+
+impl WorkflowLockHandle {
+    fn start(
+        provider: Arc<dyn LockProvider>,
+        lease: Lease,
+        ttl: Duration,
+        auto_refresh: bool,
+        execution_id: Option<String>,
+        template_id: Option<String>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            provider,
+            key: lease.key.clone(),
+            owner: lease.owner.clone(),
+            lease: Mutex::new((lease.valid_until, ttl)),
+            lost: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            moved: Notify::new(),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(watchdog(shared.clone(), auto_refresh));
+        }
+        WorkflowLockHandle {
+            shared,
+            token: lease.token,
+            execution_id,
+            template_id,
+            acquired_at: Instant::now(),
+            released: false,
+        }
+    }
+
+    /// Releases the lock. Stops the watchdog first.
+    pub async fn unlock(mut self) -> Result<()> {
+        self.released = true;
+        let s = &self.shared;
+        s.stop.cancel();
+        let outcome = s.provider.unlock(&s.key, &s.owner).await;
+        tracing::info!(
+            provider = s.provider.name(),
+            key = &*s.key,
+            owner = &*s.owner,
+            hold_us = self.acquired_at.elapsed().as_micros() as u64,
+            outcome = if outcome.is_ok() { "released" } else { "error" },
+            "workflow lock released"
+        );
+        outcome
+    }
+
+    /// Extends the lease to `ttl` from now (and makes `ttl` the watchdog's TTL). A final
+    /// failure (not retryable) fires the [`lost`](Self::lost) signal.
+    pub async fn refresh(&self, ttl: Duration) -> Result<()> {
+        let s = &self.shared;
+        match s.provider.refresh_lock(&s.key, &s.owner, ttl).await {
+            Ok(lease) => {
+                s.set_lease(lease.valid_until, ttl);
+                s.moved.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                if !e.is_retryable() {
+                    s.lost.cancel();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The locked key.
+    pub fn lock_key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// The owner id this handle holds the lock as.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+
+    /// The execution id, for an execution lock.
+    pub fn execution_id(&self) -> Option<&str> {
+        self.execution_id.as_deref()
+    }
+
+    /// The template id, for a template lock (also for a template slot).
+    pub fn template_id(&self) -> Option<&str> {
+        self.template_id.as_deref()
+    }
+
+    /// The fencing token of this acquisition: pass it to every write the lock protects.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// Cancelled when the lease can no longer be trusted (see the [module docs](self)).
+    pub fn lost(&self) -> &CancellationToken {
+        &self.shared.lost
+    }
+
+    /// `true` once the [`lost`](Self::lost) signal fired.
+    pub fn is_lost(&self) -> bool {
+        self.shared.lost.is_cancelled()
+    }
+
+    /// The conservative local deadline of the lease.
+    pub fn valid_until(&self) -> Instant {
+        self.shared.lease().0
+    }
+}
+
+impl Drop for WorkflowLockHandle {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+        if self.released {
+            return;
+        }
+        let s = self.shared.clone();
+        tracing::warn!(
+            key = &*s.key,
+            owner = &*s.owner,
+            "workflow lock handle dropped without unlock; releasing in the background"
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = s.provider.unlock(&s.key, &s.owner).await {
+                    tracing::warn!(key = &*s.key, error = %e, "background release of a dropped handle failed");
+                }
+            });
+        }
+    }
+}
+
+/// Refreshes at TTL/3 (when `auto_refresh`) and fires `lost` when the lease cannot be kept.
+async fn watchdog(s: Arc<Shared>, auto_refresh: bool) {
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let (valid_until, ttl) = s.lease();
+        // A third of the TTL after the last refresh, i.e. when two thirds are left.
+        let due = retry_at.unwrap_or_else(|| valid_until.checked_sub(ttl * 2 / 3).unwrap_or(valid_until));
+        let next = if auto_refresh { due.min(valid_until) } else { valid_until };
+        tokio::select! {
+            _ = s.stop.cancelled() => return,
+            _ = s.moved.notified() => { retry_at = None; continue; }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let now = Instant::now();
+        if now >= s.lease().0 {
+            tracing::warn!(key = &*s.key, owner = &*s.owner, "lease ran out without a successful refresh");
+            s.lost.cancel();
+            return;
+        }
+        if !auto_refresh {
+            continue;
+        }
+        match s.provider.refresh_lock(&s.key, &s.owner, ttl).await {
+            Ok(lease) => {
+                s.set_lease(lease.valid_until, ttl);
+                retry_at = None;
+                tracing::debug!(key = &*s.key, "lease refreshed by the watchdog");
+            }
+            Err(e) if e.is_retryable() => {
+                let left = s.lease().0.saturating_duration_since(now);
+                let pause = (left / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(key = &*s.key, error = %e, ?pause, "lease refresh failed; retrying");
+                retry_at = Some(Instant::now() + pause);
+            }
+            Err(e) => {
+                tracing::warn!(key = &*s.key, owner = &*s.owner, error = %e, "lease lost");
+                s.lost.cancel();
+                return;
+            }
+        }
+    }
+}
