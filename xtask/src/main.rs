@@ -83,15 +83,35 @@ fn test(extra: &[String]) -> Result {
     run(&mut cmd)
 }
 
-/// The examples CI runs (each must exit 0). The first is the README's main job.
-const EXAMPLES: &[(&str, &str)] = &[("distlock", "quickstart")];
+/// The examples CI runs (each must exit 0): package, example, features.
+const EXAMPLES: &[(&str, &str, &str)] = &[
+    ("distlock", "memory", ""),
+    ("distlock", "manager", ""),
+    ("distlock", "default_config", "mysql"),
+    ("distlock", "custom_config", "mysql"),
+];
 
 fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
     test(&[])?;
-    for (package, example) in EXAMPLES {
-        run(cargo().args(["run", "--quiet", "-p", package, "--example", example]))?;
+    let envs = services::up(&services::needed())?;
+    for (package, example, features) in EXAMPLES {
+        run(cargo().args(["run", "--quiet", "-p", package, "--features", features, "--example", example]))?;
+    }
+    // The README's main job, on the embedded default and on every server backend.
+    run(cargo().args(["run", "--quiet", "--bin", "distlock", "--", "demo"]))?;
+    for (var, value) in &envs {
+        let provider = match var.as_str() {
+            "DISTLOCK_TEST_MYSQL_URL" => ("mysql", "DISTLOCK_MYSQL__URL"),
+            "DISTLOCK_TEST_REDIS_URL" => ("redis", "DISTLOCK_REDIS__URL"),
+            "DISTLOCK_TEST_ETCD_ENDPOINTS" => ("etcd", "DISTLOCK_ETCD__ENDPOINTS"),
+            _ => continue,
+        };
+        let value = if provider.0 == "etcd" { format!("[{value}]") } else { value.clone() };
+        run(cargo()
+            .args(["run", "--quiet", "--bin", "distlock", "--", "demo", "--provider", provider.0])
+            .env(provider.1, value))?;
     }
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "--all-features"])

@@ -32,6 +32,14 @@
 
 pub use lock_core::*;
 
+pub mod config;
+pub mod factory;
+pub mod manager;
+
+pub use config::{EtcdConfig, LockConfig, LockProviderType, MySqlConfig, RedisConfig};
+pub use factory::{Db, LockProviderFactory};
+pub use manager::LockManager;
+
 /// The in-process backend (feature `memory`).
 #[cfg(feature = "memory")]
 pub mod memory {

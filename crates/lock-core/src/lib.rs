@@ -13,6 +13,7 @@
 pub mod detach;
 pub mod error;
 pub mod lease;
+pub mod observe;
 pub mod options;
 pub mod provider;
 pub mod validate;
@@ -22,6 +23,7 @@ pub mod workflow;
 pub use detach::{attempt_detached, Undo};
 pub use error::{BoxError, LockError, Result};
 pub use lease::{FencingToken, Lease, LockInfo};
+pub use observe::Traced;
 pub use options::{LockOptions, WaitPolicy, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_TTL};
 pub use provider::{Capabilities, Health, LockProvider};
 /// Re-exported: the type of [`WorkflowLockHandle::lost`].

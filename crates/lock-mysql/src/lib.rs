@@ -72,4 +72,6 @@ mod provider;
 mod table;
 
 pub use provider::{CleanupStats, MySqlLockConfig, MySqlLockProvider};
+/// The pool type the provider runs on, re-exported so callers need no direct sqlx dependency.
+pub use sqlx::mysql::MySqlPool;
 pub use table::{TableName, DEFAULT_TABLE, MAX_TABLE_NAME_LEN};

@@ -1,0 +1,94 @@
+//! [`LockProviderFactory`]: builds the configured provider (the original design's factory).
+
+use std::sync::Arc;
+
+use lock_core::workflow::WorkflowLockProvider;
+use lock_core::{LockError, LockProvider, Result, Traced};
+
+use crate::config::{LockConfig, LockProviderType};
+
+/// The application's database pool handed to the factory (the original design's `db`): a
+/// `sqlx::MySqlPool` with feature `mysql`.
+#[cfg(feature = "mysql")]
+pub type Db = lock_mysql::MySqlPool;
+
+/// The application's database pool handed to the factory. Without feature `mysql` there is
+/// no pool type, so only `None` can be passed.
+#[cfg(not(feature = "mysql"))]
+#[derive(Debug, Clone)]
+pub enum Db {}
+
+/// Builds lock providers from a [`LockConfig`]. Every provider it builds logs its operations
+/// through [`Traced`].
+#[derive(Debug, Clone, Default)]
+pub struct LockProviderFactory {
+    db: Option<Db>,
+}
+
+fn disabled(kind: LockProviderType) -> LockError {
+    LockError::Config(format!(
+        "provider `{0}` is not compiled in: enable feature `{0}` of distlock",
+        kind.as_str()
+    ))
+}
+
+impl LockProviderFactory {
+    /// A factory; `db` is used by the MySQL provider instead of connecting by URL.
+    pub fn new(db: Option<Db>) -> Self {
+        LockProviderFactory { db }
+    }
+
+    /// Builds the provider `config.provider` names.
+    pub async fn create_lock_provider(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
+        config.validate()?;
+        let provider = match config.provider {
+            LockProviderType::Memory => self.memory()?,
+            LockProviderType::Mysql => self.mysql(config).await?,
+            LockProviderType::Redis => return Err(disabled(LockProviderType::Redis)),
+            LockProviderType::Etcd => return Err(disabled(LockProviderType::Etcd)),
+        };
+        Ok(Arc::new(Traced::new(provider)))
+    }
+
+    /// Builds the provider and the workflow layer on top of it.
+    pub async fn create_workflow_lock_provider(&self, config: &LockConfig) -> Result<WorkflowLockProvider> {
+        let provider = self.create_lock_provider(config).await?;
+        Ok(WorkflowLockProvider::new(provider, config.workflow_config()))
+    }
+
+    #[cfg(feature = "memory")]
+    fn memory(&self) -> Result<Arc<dyn LockProvider>> {
+        Ok(Arc::new(lock_memory::MemoryLockProvider::new()))
+    }
+
+    #[cfg(not(feature = "memory"))]
+    fn memory(&self) -> Result<Arc<dyn LockProvider>> {
+        Err(disabled(LockProviderType::Memory))
+    }
+
+    #[cfg(feature = "mysql")]
+    async fn mysql(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
+        use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
+        let settings = MySqlLockConfig {
+            table: config.mysql.table_name.clone(),
+            max_connections: config.mysql.max_connections,
+            ..MySqlLockConfig::default()
+        };
+        let provider = match (&self.db, &config.mysql.url) {
+            (Some(pool), _) => MySqlLockProvider::from_pool(pool.clone(), settings).await?,
+            (None, Some(url)) => MySqlLockProvider::connect(url, settings).await?,
+            (None, None) => {
+                return Err(LockError::Config(
+                    "provider `mysql` needs a database: pass the application's pool to the factory or set mysql.url"
+                        .into(),
+                ))
+            }
+        };
+        Ok(Arc::new(provider))
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    async fn mysql(&self, _config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
+        Err(disabled(LockProviderType::Mysql))
+    }
+}

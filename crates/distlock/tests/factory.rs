@@ -1,0 +1,59 @@
+//! The factory and manager: every provider type, the application's pool, clear errors.
+
+use distlock::{LockConfig, LockError, LockManager, LockProviderFactory};
+
+#[tokio::test]
+async fn memory_provider_from_config() {
+    let manager = LockManager::new(None, LockConfig::memory()).await.unwrap();
+    assert_eq!(manager.lock_provider().name(), "memory");
+    let h = manager.workflow_lock_provider().lock_workflow_execution("e1").await.unwrap();
+    assert_eq!(h.lock_key(), "distlock:workflow:execution:e1");
+    h.unlock().await.unwrap();
+    manager.close().await.unwrap();
+    assert!(matches!(manager.lock_provider().list("").await, Err(LockError::Closed)));
+}
+
+#[tokio::test]
+async fn mysql_without_pool_or_url_is_a_config_error() {
+    let err = LockProviderFactory::new(None).create_lock_provider(&LockConfig::default()).await.unwrap_err();
+    match err {
+        LockError::Config(msg) => assert!(msg.contains("mysql.url"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn zero_ttl_is_rejected_by_the_factory() {
+    let config = LockConfig { default_ttl: std::time::Duration::ZERO, ..LockConfig::memory() };
+    assert!(matches!(
+        LockProviderFactory::new(None).create_lock_provider(&config).await,
+        Err(LockError::InvalidArgument { what: "default_ttl", .. })
+    ));
+}
+
+#[tokio::test]
+async fn mysql_on_the_applications_pool() {
+    let url = std::env::var("DISTLOCK_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let pool = distlock::mysql::MySqlPool::connect(&url).await;
+    let Some(pool) =
+        lock_testkit::require_or_skip("mysql_on_the_applications_pool", pool.map_err(|e| e.to_string()))
+    else {
+        return;
+    };
+    let mut config = LockConfig::default();
+    config.mysql.table_name = "distlock_factory_test".into();
+    let manager = LockManager::new(Some(pool.clone()), config).await.unwrap();
+    assert_eq!(manager.lock_provider().name(), "mysql");
+    let id = format!("factory-{:08x}", std::process::id());
+    let h = manager.workflow_lock_provider().lock_workflow_execution(&id).await.unwrap();
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM distlock_factory_test WHERE lock_key = ?")
+        .bind(h.lock_key().as_bytes())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "the lock lives in the configured table");
+    h.unlock().await.unwrap();
+    manager.close().await.unwrap();
+    assert!(!pool.is_closed(), "closing the manager leaves the application's pool open");
+}
