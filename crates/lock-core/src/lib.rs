@@ -18,6 +18,7 @@ pub mod options;
 pub mod provider;
 pub mod validate;
 pub mod wait;
+pub mod wake;
 pub mod workflow;
 
 pub use detach::{attempt_detached, Undo};
@@ -29,6 +30,7 @@ pub use provider::{Capabilities, Health, LockProvider};
 /// Re-exported: the type of [`WorkflowLockHandle::lost`].
 pub use tokio_util::sync::CancellationToken;
 pub use wait::{acquire_with_backoff, Attempt, Backoff};
+pub use wake::Wakers;
 pub use workflow::{WorkflowConfig, WorkflowLockHandle, WorkflowLockProvider};
 
 /// Re-exported so backends and users name the same `async_trait`.

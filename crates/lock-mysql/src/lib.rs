@@ -57,9 +57,11 @@
 //!   [`MySqlLockConfig::reap_grace`] ago (counted as `rows_reaped`).
 //! - **No connection holds a lock**: unlike `GET_LOCK`, a lock lives in a row, so pooled
 //!   connections can die or be reused freely; a waiter holds no connection while it sleeps.
-//! - **Waiting** polls with the shared jittered backoff of `lock_core::wait` (the database
-//!   cannot notify); deadlocks (1213) and lock-wait timeouts (1205) are retried inside the
-//!   backend; lost connections surface as retryable `Unavailable`.
+//! - **Waiting** uses the shared loop of `lock_core::wait`: a release by the same provider
+//!   wakes one local waiter of that key at once; releases by other processes are noticed by
+//!   the jittered backoff polling (the database cannot notify). Deadlocks (1213) and
+//!   lock-wait timeouts (1205) are retried inside the backend; lost connections surface as
+//!   retryable `Unavailable`.
 //! - **Cancel safety**: each attempt runs detached; if the caller is gone when it acquired,
 //!   the acquisition is undone by owner and fencing token.
 //!

@@ -7,11 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::{
     acquire_with_backoff, attempt_detached, validate, Attempt, Capabilities, FencingToken, Health, Lease,
-    LockError, LockInfo, LockOptions, LockProvider, Result, Undo,
+    LockError, LockInfo, LockOptions, LockProvider, Result, Undo, Wakers,
 };
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlQueryResult, MySqlRow};
 use sqlx::Row;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::errors::{map_err, with_contention_retry};
@@ -66,7 +65,9 @@ struct Inner {
     sql: Statements,
     config: MySqlLockConfig,
     closed: AtomicBool,
-    shutdown: Notify,
+    /// Waiters of this process, woken by this process's releases (and by `close`). Releases
+    /// by other processes are noticed by polling.
+    wakers: Wakers,
     expired_taken_over: AtomicU64,
     rows_reaped: AtomicU64,
     statements: AtomicU64,
@@ -107,7 +108,7 @@ impl MySqlLockProvider {
             sql: Statements::new(&table),
             config,
             closed: AtomicBool::new(false),
-            shutdown: Notify::new(),
+            wakers: Wakers::new(),
             expired_taken_over: AtomicU64::new(0),
             rows_reaped: AtomicU64::new(0),
             statements: AtomicU64::new(0),
@@ -376,12 +377,16 @@ impl LockProvider for MySqlLockProvider {
                     .bind(lease.key.as_bytes())
                     .bind(lease.owner.as_bytes())
                     .bind(lease.token.0);
-                if let Err(e) = inner.exec(q).await {
-                    tracing::warn!(backend = NAME, key = &*lease.key, error = %e, "could not undo an abandoned acquisition");
+                match inner.exec(q).await {
+                    Ok(_) => inner.wakers.wake_one(&lease.key),
+                    Err(e) => {
+                        tracing::warn!(backend = NAME, key = &*lease.key, error = %e, "could not undo an abandoned acquisition")
+                    }
                 }
             })
         });
-        let result = acquire_with_backoff(opts, Some(&inner.shutdown), || {
+        let signal = inner.wakers.signal(&opts.key);
+        let result = acquire_with_backoff(opts, Some(&signal), || {
             let (inner, key, owner, ttl) = (inner.clone(), opts.key.clone(), opts.owner.clone(), opts.ttl);
             attempt_detached(async move { inner.attempt(&key, &owner, ttl).await }, undo.clone())
         })
@@ -407,6 +412,7 @@ impl LockProvider for MySqlLockProvider {
         })
         .await?;
         if res.rows_affected() == 1 {
+            inner.wakers.wake_one(key);
             return Ok(());
         }
         match inner.holder(key).await? {
@@ -493,7 +499,7 @@ impl LockProvider for MySqlLockProvider {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.inner.shutdown.notify_waiters();
+        self.inner.wakers.wake_all();
         if let Some(r) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             r.abort();
         }
