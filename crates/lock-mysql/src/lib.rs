@@ -26,7 +26,7 @@
 //!   lock_key    VARBINARY(255) NOT NULL,          -- the key, compared byte for byte
 //!   id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
 //!   owner       VARBINARY(255) NOT NULL,
-//!   depth       INT UNSIGNED NOT NULL,            -- reentry depth; 0 once released
+//!   depth       INT UNSIGNED NOT NULL,            -- reentry depth
 //!   generation  INT UNSIGNED NOT NULL DEFAULT 0,  -- take-overs of this row
 //!   last_op     TINYINT UNSIGNED NOT NULL DEFAULT 5,
 //!   waits       BIGINT UNSIGNED NOT NULL DEFAULT 0, -- busy attempts seen (contention)
@@ -43,18 +43,21 @@
 //! - **Acquire is one statement** (`INSERT ... ON DUPLICATE KEY UPDATE`) that inserts a new
 //!   row, takes over a released or expired row, re-enters the owner's live lock, or reports
 //!   busy, all atomically under the row lock. A re-entry adds one read for its depth.
-//! - **Release and refresh are one statement each** (`UPDATE ... WHERE owner = ? AND
-//!   expires_at > UTC_TIMESTAMP(6)`), so a holder whose lease ran out can never touch the new
-//!   holder's lock. Releasing the last level ends the lease in place (`expires_at = now`).
+//! - **Release and refresh compare the owner in the statement that acts** (`... WHERE owner = ?
+//!   AND expires_at > UTC_TIMESTAMP(6)`), so a holder whose lease ran out can never touch the
+//!   new holder's lock. Releasing the last level is one `DELETE` (the next acquisition is then
+//!   a plain insert, exactly the raw INSERT+DELETE pattern); releasing a nested level is an
+//!   `UPDATE` of the depth, tried only when the `DELETE` found the depth above one. Refresh is
+//!   one `UPDATE`, followed by a read of the lease it reports.
 //! - **Fencing token** = `(id << 16) | generation`: `id` is the row's `AUTO_INCREMENT` value
 //!   (always larger for a newer row, and persisted by InnoDB across restarts on MariaDB
 //!   10.2.4+ and MySQL 8), `generation` counts take-overs of the same row. A row is replaced
-//!   after 65,535 take-overs, so tokens strictly increase per key and are never reused, also
-//!   across release, expiry and cleanup. (`TRUNCATE` or rebuilding the table resets
+//!   after 65,535 take-overs of expired leases, so tokens strictly increase per key and are
+//!   never reused, also across release, expiry and cleanup. (`TRUNCATE` or rebuilding the table resets
 //!   `AUTO_INCREMENT`: don't.)
-//! - **Cleanup**: an acquisition takes over an expired row in place (counted as
-//!   `expired_taken_over`); a background reaper deletes rows whose lease ended more than
-//!   [`MySqlLockConfig::reap_grace`] ago (counted as `rows_reaped`).
+//! - **Cleanup**: a release deletes its row; an acquisition takes over an expired row in place
+//!   (counted as `expired_taken_over`); a background reaper deletes rows whose lease expired
+//!   more than [`MySqlLockConfig::reap_grace`] ago (counted as `rows_reaped`).
 //! - **No connection holds a lock**: unlike `GET_LOCK`, a lock lives in a row, so pooled
 //!   connections can die or be reused freely; a waiter holds no connection while it sleeps.
 //! - **Waiting** uses the shared loop of `lock_core::wait`: a release by the same provider

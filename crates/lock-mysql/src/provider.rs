@@ -27,8 +27,8 @@ pub struct MySqlLockConfig {
     pub auto_migrate: bool,
     /// Period of the background reaper; `None` disables it (default 30 s).
     pub reap_interval: Option<Duration>,
-    /// How long a released or expired row stays before the reaper deletes it (default 60 s).
-    /// Keeping rows a while makes the next acquisition of a busy key an in-place update.
+    /// How long an expired row stays before the reaper deletes it (default 60 s); until then
+    /// `waits` and `acquired_at` of the crashed holder can still be inspected in the table.
     pub reap_grace: Duration,
     /// Pool size when the provider builds its own pool from a URL (default 10).
     pub max_connections: u32,
@@ -54,7 +54,7 @@ impl Default for MySqlLockConfig {
 pub struct CleanupStats {
     /// Expired leases taken over by an acquisition (lazy cleanup on acquire).
     pub expired_taken_over: u64,
-    /// Rows deleted by the reaper (released or expired longer than the grace period).
+    /// Rows deleted by the reaper (expired longer than the grace period).
     pub rows_reaped: u64,
 }
 
@@ -151,7 +151,7 @@ impl MySqlLockProvider {
         self.inner.statements.load(Ordering::Relaxed)
     }
 
-    /// Runs one reaper pass now, deleting rows whose lease ended more than `grace` ago;
+    /// Runs one reaper pass now, deleting rows whose lease expired more than `grace` ago;
     /// returns how many it deleted.
     pub async fn reap_now(&self, grace: Duration) -> Result<u64> {
         self.check_open()?;
@@ -298,6 +298,33 @@ impl Inner {
         }
     }
 
+    /// Releases one level: the last one deletes the row (one statement), a nested one counts
+    /// down (a second statement, only when the first found depth > 1). `token` restricts it to
+    /// one acquisition. Returns whether a level was released.
+    async fn release(
+        &self,
+        last: &str,
+        nested: &str,
+        key: &[u8],
+        owner: &[u8],
+        token: Option<u64>,
+    ) -> Result<bool> {
+        for sql in [last, nested] {
+            let res = with_contention_retry(|| {
+                let q = sqlx::query(sql).bind(key).bind(owner);
+                self.exec(match token {
+                    Some(t) => q.bind(t),
+                    None => q,
+                })
+            })
+            .await?;
+            if res.rows_affected() == 1 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Who holds `key`, when an acquisition gave up.
     async fn holder(&self, key: &str) -> Result<Option<(String, bool)>> {
         self.count();
@@ -373,12 +400,13 @@ impl LockProvider for MySqlLockProvider {
         let undo: Undo = Arc::new(move |lease: Lease| {
             let inner = undo_inner.clone();
             Box::pin(async move {
-                let q = sqlx::query(&inner.sql.undo)
-                    .bind(lease.key.as_bytes())
-                    .bind(lease.owner.as_bytes())
-                    .bind(lease.token.0);
-                match inner.exec(q).await {
-                    Ok(_) => inner.wakers.wake_one(&lease.key),
+                let (key, owner, token) = (lease.key.as_bytes(), lease.owner.as_bytes(), lease.token.0);
+                let undone = inner
+                    .release(&inner.sql.undo_last, &inner.sql.undo_nested, key, owner, Some(token))
+                    .await;
+                match undone {
+                    Ok(true) => inner.wakers.wake_one(&lease.key),
+                    Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(backend = NAME, key = &*lease.key, error = %e, "could not undo an abandoned acquisition")
                     }
@@ -407,11 +435,9 @@ impl LockProvider for MySqlLockProvider {
         validate::owner(owner)?;
         self.check_open()?;
         let inner = &self.inner;
-        let res = with_contention_retry(|| {
-            inner.exec(sqlx::query(&inner.sql.unlock).bind(key.as_bytes()).bind(owner.as_bytes()))
-        })
-        .await?;
-        if res.rows_affected() == 1 {
+        let sql = &inner.sql;
+        if inner.release(&sql.unlock_last, &sql.unlock_nested, key.as_bytes(), owner.as_bytes(), None).await?
+        {
             inner.wakers.wake_one(key);
             return Ok(());
         }

@@ -68,8 +68,10 @@ pub(crate) struct Statements {
     pub(crate) acquire: String,
     pub(crate) reentry: String,
     pub(crate) drop_exhausted: String,
-    pub(crate) unlock: String,
-    pub(crate) undo: String,
+    pub(crate) unlock_last: String,
+    pub(crate) unlock_nested: String,
+    pub(crate) undo_last: String,
+    pub(crate) undo_nested: String,
     pub(crate) refresh: String,
     pub(crate) refreshed: String,
     pub(crate) holder: String,
@@ -86,8 +88,8 @@ impl Statements {
     pub(crate) fn new(table: &TableName) -> Self {
         let t = table.as_str();
         Statements {
-            // One row per key. A released or expired row stays until the reaper removes it,
-            // so the next acquisition of a hot key is an in-place update.
+            // One row per held key. A release deletes it; an expired row stays until an
+            // acquisition takes it over or the reaper removes it.
             create: format!(
                 "CREATE TABLE IF NOT EXISTS `{t}` (
                     lock_key VARBINARY(255) NOT NULL,
@@ -149,17 +151,25 @@ impl Statements {
             drop_exhausted: format!(
                 "DELETE FROM `{t}` WHERE lock_key = ? AND expires_at <= UTC_TIMESTAMP(6) AND generation >= {MAX_GENERATION}"
             ),
-            // Release one level; at depth 0 the row is marked free by ending its lease now.
-            unlock: format!(
-                "UPDATE `{t}` SET depth = depth - 1, expires_at = IF(depth = 0, UTC_TIMESTAMP(6), expires_at)
-                 WHERE lock_key = ? AND owner = ? AND expires_at > UTC_TIMESTAMP(6)"
+            // Release: the last level deletes the row (the common case, one statement) ...
+            unlock_last: format!(
+                "DELETE FROM `{t}` WHERE lock_key = ? AND owner = ? AND depth = 1 AND expires_at > UTC_TIMESTAMP(6)"
             ),
-            // The same, for exactly one acquisition (owner and token): undoes a lock whose
-            // caller went away.
-            undo: format!(
-                "UPDATE `{t}` SET depth = depth - 1, expires_at = IF(depth = 0, UTC_TIMESTAMP(6), expires_at)
+            // ... a nested level only counts down.
+            unlock_nested: format!(
+                "UPDATE `{t}` SET depth = depth - 1
+                 WHERE lock_key = ? AND owner = ? AND depth > 1 AND expires_at > UTC_TIMESTAMP(6)"
+            ),
+            // The same for exactly one acquisition (owner and token): undoes a lock whose
+            // caller went away, never a later acquisition of the key.
+            undo_last: format!(
+                "DELETE FROM `{t}` WHERE lock_key = ? AND owner = ? AND ((id << {GENERATION_BITS}) | generation) = ?
+                   AND depth = 1 AND expires_at > UTC_TIMESTAMP(6)"
+            ),
+            undo_nested: format!(
+                "UPDATE `{t}` SET depth = depth - 1
                  WHERE lock_key = ? AND owner = ? AND ((id << {GENERATION_BITS}) | generation) = ?
-                   AND expires_at > UTC_TIMESTAMP(6)"
+                   AND depth > 1 AND expires_at > UTC_TIMESTAMP(6)"
             ),
             // `last_op` toggles so that the row always changes (affected rows 1) even if the
             // new expiry equals the old one to the microsecond.
@@ -181,7 +191,7 @@ impl Statements {
                 "SELECT {INFO_COLUMNS} FROM `{t}`
                  WHERE lock_key LIKE ? ESCAPE '!' AND expires_at > UTC_TIMESTAMP(6) ORDER BY lock_key"
             ),
-            // Rows whose lease ended (released or expired) more than `grace` ago.
+            // Rows whose lease expired more than `grace` ago.
             reap: format!(
                 "DELETE FROM `{t}` WHERE expires_at <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT 1000"
             ),

@@ -114,9 +114,9 @@ async fn cleanup_removes_ended_rows_and_keeps_live_ones() {
     p.lock(&opts("a", "bob")).await.unwrap();
     assert_eq!(p.cleanup_stats().expired_taken_over, 1);
 
-    // The reaper deletes b, c (expired) and "released", never the live ones.
-    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 3);
-    assert_eq!(p.cleanup_stats().rows_reaped, 3);
+    // The release deleted its row; the reaper deletes b and c (expired), never the live ones.
+    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 2);
+    assert_eq!(p.cleanup_stats().rows_reaped, 2);
     let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", p.table()))
         .fetch_one(p.pool())
         .await
@@ -124,9 +124,11 @@ async fn cleanup_removes_ended_rows_and_keeps_live_ones() {
     assert_eq!(rows, 2, "only the two live rows remain");
     let live: Vec<_> = p.list("").await.unwrap().into_iter().map(|i| (i.key, i.owner)).collect();
     assert_eq!(live, vec![("a".to_string(), "bob".to_string()), ("live".to_string(), "alice".to_string())]);
-    // A grace period keeps recently ended rows.
-    p.unlock("live", "alice").await.unwrap();
+    // A grace period keeps recently expired rows.
+    p.lock(&short("d")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.reap_now(Duration::from_secs(60)).await.unwrap(), 0);
+    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 1);
     drop_table(&p).await;
 }
 
@@ -135,13 +137,17 @@ async fn fencing_tokens_keep_increasing_when_rows_are_deleted_or_replaced() {
     let Some(p) = provider("fencing_rows", &unique_table("fence"), 2).await else { return };
     let t1 = p.lock(&opts("k", "alice")).await.unwrap().token;
     p.unlock("k", "alice").await.unwrap();
-    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 1, "row deleted");
-    let t2 = p.lock(&opts("k", "bob")).await.unwrap().token;
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", p.table()))
+        .fetch_one(p.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "the release deleted the row");
+    let t2 = p.lock(&opts("k", "bob").ttl(Duration::from_millis(200))).await.unwrap().token;
     assert!(t2 > t1, "after the row was deleted: {t1} then {t2}");
-    p.unlock("k", "bob").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
 
-    // Force the take-over counter of the row to its limit: the next acquisition must replace
-    // the row and still hand out a larger token.
+    // Bob's lease expired. Force the row's take-over counter to its limit: the next
+    // acquisition must replace the row and still hand out a larger token.
     sqlx::query(&format!("UPDATE `{}` SET generation = 65535 WHERE lock_key = 'k'", p.table()))
         .execute(p.pool())
         .await
