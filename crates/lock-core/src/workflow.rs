@@ -232,9 +232,17 @@ impl WorkflowLockProvider {
                 outcome = "acquired",
                 "workflow lock acquired"
             ),
-            Err(e) => tracing::info!(
+            Err(e) if e.is_timeout() => tracing::debug!(
+                provider = self.provider.name(),
+                key = &*opts.key,
+                owner = &*opts.owner,
+                wait_us = waited.as_micros() as u64,
+                outcome = "timeout",
+                "workflow lock busy"
+            ),
+            Err(e) => tracing::warn!(
                 provider = self.provider.name(), key = &*opts.key, owner = &*opts.owner,
-                wait_us = waited.as_micros() as u64, outcome = if e.is_timeout() { "timeout" } else { "error" },
+                wait_us = waited.as_micros() as u64, outcome = crate::observe::outcome_of(e),
                 error = %e, "workflow lock not acquired"
             ),
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::{
     validate, Backoff, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions,
-    LockProvider, Result, WaitPolicy,
+    LockProvider, Result,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -353,6 +353,8 @@ impl LockProvider for MemoryLockProvider {
         self.check_open()?;
         let inner = &*self.inner;
         let started = Instant::now();
+        // The whole wait budget of the policy; zero (`NoWait`, no retries) means one attempt.
+        let deadline = Backoff::new(&opts.wait).deadline();
         let (id, rx, mut holder, mut holder_expires) = {
             let mut shard = lock(inner.shard(&opts.key));
             // Re-check under the shard lock: `close` drains queues under the same locks.
@@ -366,7 +368,7 @@ impl LockProvider for MemoryLockProvider {
             match try_acquire(inner, entry, opts, started) {
                 TryOutcome::Acquired(lease) => return Ok(lease),
                 TryOutcome::Busy { holder, expires_at } => {
-                    if opts.wait == WaitPolicy::NoWait {
+                    if deadline <= started {
                         return Err(LockError::Timeout {
                             key: opts.key.to_string(),
                             holder: Some(holder.to_string()),
@@ -380,7 +382,6 @@ impl LockProvider for MemoryLockProvider {
                 }
             }
         };
-        let deadline = Backoff::new(&opts.wait).deadline();
         let mut wait = QueuedWait { inner, key: opts.key.clone(), id, rx, done: false };
         loop {
             tokio::select! {
