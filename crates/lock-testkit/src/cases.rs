@@ -352,18 +352,19 @@ pub async fn dropped_waiting_lock_leaves_no_lock(ctx: &Ctx) {
 /// left nothing: the key never stays locked by a caller that is gone.
 pub async fn cancel_racing_release_leaves_no_orphan(ctx: &Ctx) {
     let p = ctx.provider().await;
-    for round in 0..10u64 {
+    for round in 0..30u64 {
         let key = ctx.key(&format!("k{round}"));
         p.lock(&opts(&key, "alice")).await.unwrap();
         let (q, k2) = (ctx.provider().await, key.clone());
         let waiter = tokio::spawn(async move { q.lock(&patient(&k2, "bob")).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         p.unlock(&key, "alice").await.unwrap();
-        // Vary the race window: abort before, around and after the hand-over.
-        if round % 2 == 1 {
-            tokio::task::yield_now().await;
+        // Vary the race window: abort right at, just after and well after the hand-over.
+        match round % 3 {
+            0 => {}
+            1 => tokio::task::yield_now().await,
+            _ => tokio::time::sleep(Duration::from_micros(round * 100)).await,
         }
-        tokio::time::sleep(Duration::from_micros(round * 150)).await;
         waiter.abort();
         match waiter.await {
             Ok(Ok(lease)) => p.unlock(&key, &lease.owner).await.unwrap(),
@@ -373,6 +374,25 @@ pub async fn cancel_racing_release_leaves_no_orphan(ctx: &Ctx) {
         let left = eventually_free(&*p, &key).await;
         assert_eq!(left, None, "round {round}: a cancelled waiter left a lock behind");
     }
+}
+
+/// A `lock` dropped while its request is in flight (the key is free, so the request may well
+/// be granted after the caller left) leaves no lock behind.
+pub async fn dropped_lock_in_flight_leaves_no_lock(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let mut dropped = 0;
+    for round in 0..40u64 {
+        let key = ctx.key(&format!("k{round}"));
+        // From "dropped at once" to "after a round trip or two".
+        match tokio::time::timeout(Duration::from_micros(round * 50), p.lock(&opts(&key, "bob"))).await {
+            Ok(Ok(lease)) => p.unlock(&key, &lease.owner).await.unwrap(),
+            Ok(Err(e)) => panic!("lock of a free key failed: {e:?}"),
+            Err(_) => dropped += 1,
+        }
+        let left = eventually_free(&*p, &key).await;
+        assert_eq!(left, None, "round {round}: a lock dropped in flight stayed behind");
+    }
+    eprintln!("{} of 40 lock calls were dropped in flight", dropped);
 }
 
 /// Locks on different keys do not interfere.

@@ -152,6 +152,7 @@ macro_rules! conformance_suite {
             fifo_order,
             dropped_waiting_lock_leaves_no_lock,
             cancel_racing_release_leaves_no_orphan,
+            dropped_lock_in_flight_leaves_no_lock,
             distinct_keys_are_independent,
             mutual_exclusion_under_contention,
             invalid_inputs_rejected,
