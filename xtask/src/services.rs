@@ -35,7 +35,8 @@ const ALL: &[Service] = &[
         env: &[("DISTLOCK_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")],
         package: "mariadb-server",
         binary: "/usr/sbin/mariadbd",
-        args: |_| vec!["--user=root".into()],
+        // As the machine's own init does: mariadbd switches to the `mysql` user of my.cnf.
+        args: |_| Vec::new(),
     },
     Service {
         name: "redis",
