@@ -27,7 +27,7 @@ fn main() {
         exit(2);
     }
     let result = match args.first().map(String::as_str) {
-        Some("test") => test(&args[1..]),
+        Some("test") => test(&args[1..]).map(drop),
         Some("ci") => ci(),
         Some("services") => match args.get(1).map(String::as_str) {
             Some("up") => services::up(&services::needed()).map(|_| ()),
@@ -66,21 +66,65 @@ fn cargo() -> Command {
     Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Test counts summed over every `test result:` line of cargo's output.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test ...`, echoing its output and adding up its `test result:` lines.
+fn run_tests(cmd: &mut Command, counts: &mut Counts) -> Result {
+    use std::io::{BufRead, BufReader, Write};
+    eprintln!("$ {cmd:?}");
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let _ = writeln!(out, "{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let number = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            counts.passed += number(" passed");
+            counts.failed += number(" failed");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
 /// `cargo xtask test`: services up, then every test of every crate with every feature.
-fn test(extra: &[String]) -> Result {
+fn test(extra: &[String]) -> Result<Counts> {
     let envs = services::up(&services::needed())?;
+    let mut counts = Counts::default();
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-features", "--all-targets"])
         .args(extra)
         .env("DISTLOCK_REQUIRE_SERVICES", "1")
         .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    run(&mut cmd)?;
+    run_tests(&mut cmd, &mut counts)?;
     // Doctests are not part of --all-targets.
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-features", "--doc"])
         .env("DISTLOCK_REQUIRE_SERVICES", "1")
         .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    run(&mut cmd)
+    run_tests(&mut cmd, &mut counts)?;
+    if counts.passed == 0 {
+        return Err("no test ran".into());
+    }
+    println!("tests: {} passed, {} failed", counts.passed, counts.failed);
+    Ok(counts)
 }
 
 /// The examples CI runs (each must exit 0): package, example, features.
@@ -94,7 +138,7 @@ const EXAMPLES: &[(&str, &str, &str)] = &[
 fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
-    test(&[])?;
+    let counts = test(&[])?;
     let envs = services::up(&services::needed())?;
     for (package, example, features) in EXAMPLES {
         run(cargo().args(["run", "--quiet", "-p", package, "--features", features, "--example", example]))?;
@@ -117,6 +161,8 @@ fn ci() -> Result {
         .args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     eprintln!("xtask ci: all checks passed");
+    // The closing line: what the whole run tested.
+    println!("tests: {} passed, {} failed", counts.passed, counts.failed);
     Ok(())
 }
 
