@@ -16,6 +16,7 @@ pub mod lease;
 pub mod observe;
 pub mod options;
 pub mod provider;
+pub mod reaper;
 pub mod validate;
 pub mod wait;
 pub mod wake;
@@ -27,6 +28,7 @@ pub use lease::{FencingToken, Lease, LockInfo};
 pub use observe::Traced;
 pub use options::{LockOptions, WaitPolicy, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_TTL};
 pub use provider::{Capabilities, Health, LockProvider};
+pub use reaper::spawn_reaper;
 /// Re-exported: the type of [`WorkflowLockHandle::lost`].
 pub use tokio_util::sync::CancellationToken;
 pub use wait::{acquire_with_backoff, Attempt, Backoff};

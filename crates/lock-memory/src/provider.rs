@@ -3,13 +3,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    validate, Backoff, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions,
-    LockProvider, Result,
+    spawn_reaper, validate, Backoff, Capabilities, FencingToken, Health, Lease, LockError, LockInfo,
+    LockOptions, LockProvider, Result,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -97,7 +97,18 @@ impl MemoryLockProviderBuilder {
             closed: AtomicBool::new(false),
         });
         let reaper = match (self.reap_interval, tokio::runtime::Handle::try_current()) {
-            (Some(every), Ok(rt)) => Some(rt.spawn(reap_loop(Arc::downgrade(&inner), every))),
+            (Some(every), Ok(_)) => {
+                Some(spawn_reaper(Arc::downgrade(&inner), every, |inner: Arc<Inner>| async move {
+                    if inner.closed.load(Ordering::Acquire) {
+                        return false;
+                    }
+                    let n = inner.reap();
+                    if n > 0 {
+                        tracing::debug!(backend = NAME, cleaned = n, "reaper pass");
+                    }
+                    true
+                }))
+            }
             _ => None,
         };
         MemoryLockProvider { inner, reaper: Mutex::new(reaper) }
@@ -226,23 +237,6 @@ impl Inner {
             });
         }
         self.expired_cleaned.load(Ordering::Relaxed) - before
-    }
-}
-
-async fn reap_loop(inner: Weak<Inner>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let n = inner.reap();
-        if n > 0 {
-            tracing::debug!(backend = NAME, cleaned = n, "reaper pass");
-        }
     }
 }
 

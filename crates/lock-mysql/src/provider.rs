@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    acquire_with_backoff, attempt_detached, validate, Attempt, Capabilities, FencingToken, Health, Lease,
-    LockError, LockInfo, LockOptions, LockProvider, Result, Undo, Wakers,
+    acquire_with_backoff, attempt_detached, spawn_reaper, validate, Attempt, Capabilities, FencingToken,
+    Health, Lease, LockError, LockInfo, LockOptions, LockProvider, Result, Undo, Wakers,
 };
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlQueryResult, MySqlRow};
 use sqlx::Row;
@@ -117,8 +117,19 @@ impl MySqlLockProvider {
         if inner.config.auto_migrate {
             inner.migrate().await?;
         }
-        let reaper =
-            inner.config.reap_interval.map(|every| tokio::spawn(reap_loop(Arc::downgrade(&inner), every)));
+        let reaper = inner.config.reap_interval.map(|every| {
+            spawn_reaper(Arc::downgrade(&inner), every, |inner: Arc<Inner>| async move {
+                if inner.check_open().is_err() {
+                    return false;
+                }
+                match inner.reap(inner.config.reap_grace).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(backend = NAME, rows = n, "reaper deleted expired rows"),
+                    Err(e) => tracing::warn!(backend = NAME, error = %e, "reaper pass failed"),
+                }
+                true
+            })
+        });
         Ok(MySqlLockProvider { inner, reaper: Mutex::new(reaper) })
     }
 
@@ -353,24 +364,6 @@ impl Inner {
         }
         self.rows_reaped.fetch_add(total, Ordering::Relaxed);
         Ok(total)
-    }
-}
-
-async fn reap_loop(inner: std::sync::Weak<Inner>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.check_open().is_err() {
-            return;
-        }
-        match inner.reap(inner.config.reap_grace).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(backend = NAME, rows = n, "reaper deleted ended leases"),
-            Err(e) => tracing::warn!(backend = NAME, error = %e, "reaper pass failed"),
-        }
     }
 }
 
