@@ -191,3 +191,30 @@ async fn waiters_hold_no_connection_while_they_wait() {
     assert!(winners >= 1, "somebody got the lock after the release");
     drop_table(&p).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_reaper_deletes_expired_rows() {
+    let config = MySqlLockConfig {
+        table: unique_table("reaper"),
+        reap_interval: Some(Duration::from_millis(200)),
+        reap_grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let connected = MySqlLockProvider::connect(&url(), config).await.map_err(|e| e.to_string());
+    let Some(p) = require_or_skip("background_reaper", connected) else { return };
+    for k in ["a", "b"] {
+        p.lock(&opts(k, "alice").ttl(Duration::from_millis(100))).await.unwrap();
+    }
+    p.lock(&opts("live", "alice")).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p.cleanup_stats().rows_reaped < 2 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(p.cleanup_stats().rows_reaped, 2, "nobody called reap_now");
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", p.table()))
+        .fetch_one(p.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    drop_table(&p).await;
+}
