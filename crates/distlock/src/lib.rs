@@ -7,6 +7,7 @@
 //! | feature | backend | crate |
 //! |---|---|---|
 //! | `memory` (default) | in-process | [`memory`] (`lock-memory`) |
+//! | `etcd` | etcd v3 (leases, revisions, watch) | `etcd` (`lock-etcd`) |
 //! | `all-backends` | every backend above | |
 //!
 //! Every backend passes the same conformance suite (`lock-testkit`) and keeps the same
@@ -35,6 +36,12 @@ pub use lock_core::*;
 #[cfg(feature = "memory")]
 pub mod memory {
     pub use lock_memory::*;
+}
+
+/// The etcd backend (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub mod etcd {
+    pub use lock_etcd::*;
 }
 
 /// The README's examples, compiled and run as doctests.
