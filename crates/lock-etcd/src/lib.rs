@@ -28,6 +28,13 @@
 //!   it; the entry keeps its key and create revision, so the token and queue order stay; the
 //!   old lease is revoked. A lease that is gone (expired, revoked) gives
 //!   [`LeaseLost`](lock_core::LockError::LeaseLost).
+//! - **Round trips.** `unlock` compares the entry's mod revision as this provider last wrote
+//!   it and deletes it in one transaction (falling back to a read when it changed). The empty
+//!   lease of a released lock is kept (up to 64, TTL up to 10 min, while younger than half its
+//!   TTL) and reused by the next acquisition with the same TTL, renewed by a keep-alive sent
+//!   alongside the acquiring transaction: an uncontended `lock` + `unlock` costs two writes,
+//!   like a bare put-if-absent and delete. A kept lease that died is never trusted: the
+//!   keep-alive or the put says so and the attempt starts over with a new grant.
 //! - **Cancel safety.** The acquisition runs in its own task; a dropped or timed-out caller
 //!   has its lease revoked, which deletes its entry, and an acquisition nobody received is
 //!   taken back.

@@ -56,9 +56,41 @@ struct Inner {
     layout: Layout,
     request_timeout: Duration,
     closed: watch::Sender<bool>,
-    /// Locks this provider acquired and has not released: `(key, owner) -> token`. Lets
-    /// `unlock` tell "your lease was lost" ([`LockError::LeaseLost`]) from "never held".
-    held: Mutex<HashMap<(String, String), i64>>,
+    /// Locks this provider acquired and has not released. Lets `unlock` release in one round
+    /// trip, and tell "your lease was lost" ([`LockError::LeaseLost`]) from "never held".
+    held: Mutex<HashMap<(String, String), Held>>,
+    /// Empty leases of released locks, reused by the next acquisition with the same TTL.
+    spares: Mutex<Vec<Spare>>,
+}
+
+/// At most this many empty leases are kept for reuse.
+const MAX_SPARES: usize = 64;
+/// Leases longer than this are not kept for reuse (an idle spare lives until its TTL ends).
+const MAX_SPARE_TTL: i64 = 600;
+
+/// What this provider knows about a lock it holds: enough to release it in one round trip.
+#[derive(Clone, Debug)]
+struct Held {
+    token: i64,
+    entry: Vec<u8>,
+    /// The entry's mod revision after this provider's last write to it.
+    mod_revision: i64,
+    lease: i64,
+    depth: u32,
+    /// The lease's TTL in seconds as asked for (before etcd's minimum) and as granted.
+    want: i64,
+    ttl: i64,
+    /// The lease cannot end before `renewed + ttl`.
+    renewed: Instant,
+}
+
+/// An empty lease kept for reuse.
+#[derive(Debug)]
+struct Spare {
+    id: i64,
+    want: i64,
+    ttl: i64,
+    renewed: Instant,
 }
 
 impl fmt::Debug for EtcdLockProvider {
@@ -113,6 +145,7 @@ impl EtcdLockProvider {
                 request_timeout: config.request_timeout,
                 closed: watch::channel(false).0,
                 held: Mutex::new(HashMap::new()),
+                spares: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -191,14 +224,23 @@ async fn is_closed(closed: &mut watch::Receiver<bool>) {
     let _ = closed.wait_for(|c| *c).await;
 }
 
-/// A lease granted for one attempt.
+/// `true` for etcd's answer to a put on a lease that does not exist.
+fn lease_not_found(e: &LockError) -> bool {
+    matches!(e, LockError::Backend { source, .. } if source.to_string().contains("lease not found"))
+}
+
+/// A lease for one attempt: freshly granted, or a spare to be renewed before it is trusted.
 #[derive(Clone, Copy, Debug)]
 struct Granted {
     id: i64,
+    /// TTL in seconds as asked for.
+    want: i64,
     /// TTL in seconds as granted (etcd raises a TTL below its minimum).
     ttl: i64,
-    /// When the grant was sent: the lease cannot end before `sent + ttl`.
+    /// When the grant (or last renewal) was sent: the lease cannot end before `sent + ttl`.
     sent: Instant,
+    /// A reused spare: the first request of the attempt renews it at the same time.
+    reused: bool,
 }
 
 /// What an acquisition hands back, and how to take it back if nobody receives it.
@@ -306,7 +348,9 @@ impl Inner {
             let mut client = self.client.lease_client();
             let grant = client.grant(want, Some(LeaseGrantOptions::new().with_id(id)));
             match tokio::time::timeout(self.request_timeout, grant).await {
-                Ok(Ok(resp)) => return Ok(Granted { id: resp.id(), ttl: resp.ttl(), sent }),
+                Ok(Ok(resp)) => {
+                    return Ok(Granted { id: resp.id(), want, ttl: resp.ttl(), sent, reused: false })
+                }
                 // A random id that is taken: pick another.
                 Ok(Err(e)) if attempts < 3 && e.to_string().contains("lease already exists") => attempts += 1,
                 Ok(Err(e)) => {
@@ -365,13 +409,48 @@ impl Inner {
         }
     }
 
-    fn remember(&self, key: &str, owner: &str, token: i64) {
-        self.held.lock().unwrap().insert((key.to_string(), owner.to_string()), token);
+    fn remember(&self, key: &str, owner: &str, held: Held) {
+        self.held.lock().unwrap().insert((key.to_string(), owner.to_string()), held);
     }
 
-    /// Forgets a lock; `true` if this provider thought it held it.
-    fn forget(&self, key: &str, owner: &str) -> bool {
-        self.held.lock().unwrap().remove(&(key.to_string(), owner.to_string())).is_some()
+    fn recall(&self, key: &str, owner: &str) -> Option<Held> {
+        self.held.lock().unwrap().get(&(key.to_string(), owner.to_string())).cloned()
+    }
+
+    /// A lease for a new attempt: a spare with the same TTL that is still young, else a new
+    /// grant.
+    async fn lease_for(self: &Arc<Self>, ttl: Duration) -> Result<Granted> {
+        let want = lease_secs(ttl);
+        loop {
+            let spare = {
+                let mut spares = self.spares.lock().unwrap();
+                spares.iter().rposition(|s| s.want == want).map(|i| spares.swap_remove(i))
+            };
+            let Some(s) = spare else { break };
+            if s.renewed.elapsed() < secs(s.ttl) / 2 {
+                return Ok(Granted { id: s.id, want, ttl: s.ttl, sent: s.renewed, reused: true });
+            }
+            self.revoke_in_background(s.id);
+        }
+        self.grant(ttl).await
+    }
+
+    /// Keeps the lease of a released lock for reuse, or revokes it.
+    fn park(self: &Arc<Self>, h: &Held) {
+        let young = h.renewed.elapsed() < secs(h.ttl) / 2;
+        if young && h.ttl <= MAX_SPARE_TTL && !*self.closed.borrow() {
+            let mut spares = self.spares.lock().unwrap();
+            if spares.len() < MAX_SPARES {
+                spares.push(Spare { id: h.lease, want: h.want, ttl: h.ttl, renewed: h.renewed });
+                return;
+            }
+        }
+        self.revoke_in_background(h.lease);
+    }
+
+    /// Forgets a lock; what this provider knew about it, if it thought it held it.
+    fn forget(&self, key: &str, owner: &str) -> Option<Held> {
+        self.held.lock().unwrap().remove(&(key.to_string(), owner.to_string()))
     }
 
     // ---- acquire -------------------------------------------------------------------------
@@ -388,23 +467,53 @@ impl Inner {
         let deadline = Backoff::new(&opts.wait).deadline();
         let mut closed = self.closed.subscribe();
         loop {
-            let grant = self.grant(opts.ttl).await?;
+            let grant = self.lease_for(opts.ttl).await?;
             let guard = LeaseGuard::new(self, grant.id);
             if let Some(got) = self.attempt(opts, grant, guard, started, deadline, &mut closed, tx).await? {
                 return Ok(got);
             }
-            // The queued entry vanished while waiting (its lease ran out while the cluster was
-            // unreachable): queue again with a new lease, within the same deadline.
-            tracing::debug!(key = %opts.key, "queued entry lost while waiting; queueing again");
+            // The attempt's lease is gone: a reused spare had expired, or the queued entry
+            // vanished while waiting (its lease ran out while the cluster was unreachable).
+            // Start again with a new lease, within the same deadline.
+            tracing::debug!(key = %opts.key, "attempt lost its lease; starting over");
         }
     }
 
-    /// One attempt with one lease. `Ok(None)`: start over with a new lease.
+    /// A new acquisition with `grant`, recorded as held.
+    fn fresh(&self, opts: &LockOptions, grant: &Granted, token: i64, valid_from: Instant) -> Acquired {
+        self.remember(
+            &opts.key,
+            &opts.owner,
+            Held {
+                token,
+                entry: self.layout.entry(&opts.key, grant.id),
+                mod_revision: token,
+                lease: grant.id,
+                depth: 1,
+                want: grant.want,
+                ttl: grant.ttl,
+                renewed: valid_from,
+            },
+        );
+        Acquired {
+            lease: Lease {
+                key: opts.key.clone(),
+                owner: opts.owner.clone(),
+                token: FencingToken(token as u64),
+                ttl: secs(grant.ttl),
+                valid_until: valid_from + secs(grant.ttl),
+                depth: 1,
+            },
+            undo: Undo::Revoke(grant.id),
+        }
+    }
+
+    /// One attempt with one lease. `Ok(None)`: the lease is gone; start over with another.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         self: &Arc<Self>,
         opts: &LockOptions,
-        grant: Granted,
+        mut grant: Granted,
         mut guard: LeaseGuard,
         started: Instant,
         deadline: Instant,
@@ -417,34 +526,33 @@ impl Inner {
         let entry = self.layout.entry(key, grant.id);
         let value = Value { depth: 1, ttl: grant.ttl, owner: opts.owner.to_string() }.encode();
         let put = || TxnOp::put(entry.clone(), value.clone(), Some(PutOptions::new().with_lease(grant.id)));
-        let acquired = |token: i64, valid_from: Instant| Acquired {
-            lease: Lease {
-                key: opts.key.clone(),
-                owner: opts.owner.clone(),
-                token: FencingToken(token as u64),
-                ttl: secs(grant.ttl),
-                valid_until: valid_from + secs(grant.ttl),
-                depth: 1,
-            },
-            undo: Undo::Revoke(grant.id),
-        };
 
         // Fast path: take a free lock in one transaction; otherwise learn who holds it.
         let head = loop {
-            let resp = self
-                .txn(
-                    Txn::new()
-                        .when([Compare::create_revision(dir.clone(), CompareOp::Equal, 0)
-                            .with_range(end.clone())])
-                        .and_then([put()])
-                        .or_else([TxnOp::get(dir.clone(), Some(self.head_get(key)))]),
-                )
-                .await?;
+            let take = Txn::new()
+                .when([Compare::create_revision(dir.clone(), CompareOp::Equal, 0).with_range(end.clone())])
+                .and_then([put()])
+                .or_else([TxnOp::get(dir.clone(), Some(self.head_get(key)))]);
+            let resp = if grant.reused {
+                // A spare is renewed in the same round trip; only a live lease is trusted.
+                let sent = Instant::now();
+                let (alive, resp) = tokio::join!(self.keep_alive(grant.id), self.txn(take));
+                if !alive? {
+                    return Ok(None);
+                }
+                grant.sent = sent;
+                grant.reused = false;
+                resp
+            } else {
+                self.txn(take).await
+            };
+            let resp = match resp {
+                Err(e) if lease_not_found(&e) => return Ok(None),
+                r => r?,
+            };
             if resp.succeeded() {
                 guard.disarm();
-                let token = revision(&resp);
-                self.remember(key, &opts.owner, token);
-                return Ok(Some(acquired(token, grant.sent)));
+                return Ok(Some(self.fresh(opts, &grant, revision(&resp), grant.sent)));
             }
             match gets(&resp).pop().and_then(|mut g| g.pop()) {
                 Some(head) if head.value.owner == *opts.owner => {
@@ -484,18 +592,16 @@ impl Inner {
             )
             .await?;
         let mine = revision(&resp);
-        let mut pred = gets(&resp).pop().unwrap_or_default().into_iter().find(|e| e.create_revision < mine);
+        let pred = gets(&resp).pop().unwrap_or_default().into_iter().find(|e| e.create_revision < mine);
         let mut watch_from = mine + 1;
-        if pred.is_none() {
+        let Some(mut p) = pred else {
             // The holder left between the two transactions: ours is the oldest entry.
             guard.disarm();
-            self.remember(key, &opts.owner, mine);
-            return Ok(Some(acquired(mine, grant.sent)));
-        }
+            return Ok(Some(self.fresh(opts, &grant, mine, grant.sent)));
+        };
 
         // Wait for each predecessor in turn to go away.
-        let mut waited_out = false;
-        while let Some(p) = pred.take() {
+        loop {
             let wake = match self.wait_deleted(&p.key, watch_from, deadline, grant, closed, tx).await {
                 Ok(w) => w,
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
@@ -511,16 +617,15 @@ impl Inner {
                     guard.revoke().await;
                     return Err(self.timeout(opts, holder, started));
                 }
-                Wake::Cancelled => {
-                    guard.revoke().await;
-                    return Err(LockError::Closed);
-                }
-                Wake::Closed => {
+                Wake::Cancelled | Wake::Closed => {
                     guard.revoke().await;
                     return Err(LockError::Closed);
                 }
             }
-            // Who is ahead now, and is our own entry still there?
+            // Who is ahead now, and is our own entry still there? In the same round trip,
+            // renew our lease: if nothing is ahead, a live lease is what lets us report success
+            // (a waiter whose lease ran out must not believe it holds the lock: etcd issue
+            // 11456), and it restarts the TTL for the new holder.
             let check = Txn::new().and_then([
                 TxnOp::get(
                     dir.clone(),
@@ -535,14 +640,15 @@ impl Inner {
                 TxnOp::get(entry.clone(), None),
                 TxnOp::get(dir.clone(), Some(self.head_get(key))),
             ]);
-            let resp = match self.txn(check).await {
-                Ok(r) => r,
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+            let sent = Instant::now();
+            let (resp, alive) = tokio::join!(self.txn(check), self.keep_alive(grant.id));
+            let (resp, alive) = match (resp, alive) {
+                (Ok(r), Ok(a)) => (r, a),
+                (Err(e), _) | (_, Err(e)) if e.is_retryable() && Instant::now() < deadline => {
                     tokio::time::sleep(RETRY_PAUSE).await;
-                    pred = Some(p);
                     continue;
                 }
-                Err(e) => return Err(e),
+                (Err(e), _) | (_, Err(e)) => return Err(e),
             };
             let mut results = gets(&resp).into_iter();
             let ahead = results.next().unwrap_or_default().pop();
@@ -550,24 +656,18 @@ impl Inner {
             if let Some(h) = results.next().unwrap_or_default().pop() {
                 holder = h.value.owner;
             }
-            if !ours.is_some_and(|e| e.create_revision == mine) {
+            if !alive || !ours.is_some_and(|e| e.create_revision == mine) {
                 return Ok(None);
             }
+            match ahead {
+                Some(next) => p = next,
+                None => {
+                    guard.disarm();
+                    return Ok(Some(self.fresh(opts, &grant, mine, sent)));
+                }
+            }
             watch_from = revision(&resp) + 1;
-            pred = ahead;
-            waited_out = true;
         }
-
-        // Ours is the oldest entry. Before saying so, make sure our lease is still alive (a
-        // waiter whose lease ran out must not report success: etcd issue 11456); the same
-        // keep-alive restarts the lease's TTL for the new holder.
-        let sent = Instant::now();
-        if waited_out && !self.keep_alive(grant.id).await? {
-            return Ok(None);
-        }
-        guard.disarm();
-        self.remember(key, &opts.owner, mine);
-        Ok(Some(acquired(mine, if waited_out { sent } else { grant.sent })))
     }
 
     fn timeout(&self, opts: &LockOptions, holder: String, started: Instant) -> LockError {
@@ -618,7 +718,20 @@ impl Inner {
             }
             sent
         };
-        self.remember(&opts.key, &opts.owner, head.create_revision);
+        self.remember(
+            &opts.key,
+            &opts.owner,
+            Held {
+                token: head.create_revision,
+                entry: head.key.clone(),
+                mod_revision: revision(&resp),
+                lease: if longer { grant.id } else { head.lease },
+                depth: value.depth,
+                want: if longer { grant.want } else { value.ttl },
+                ttl: value.ttl,
+                renewed: valid_from,
+            },
+        );
         Ok(Some(Acquired {
             lease: Lease {
                 key: opts.key.clone(),
@@ -699,10 +812,39 @@ impl Inner {
 
     /// One level of `key` held by `owner` (and carrying `token`, when given).
     async fn release(self: &Arc<Self>, key: &str, owner: &str, token: Option<i64>) -> Result<()> {
+        let lower = |c: &Held| {
+            if c.depth > 1 {
+                let value = Value { depth: c.depth - 1, ttl: c.ttl, owner: owner.to_string() };
+                TxnOp::put(c.entry.clone(), value.encode(), Some(PutOptions::new().with_ignore_lease()))
+            } else {
+                TxnOp::delete(c.entry.clone(), None)
+            }
+        };
+        // Fast path: the entry exactly as this provider last wrote it, released in one round
+        // trip; if it changed, the same transaction reads who holds the lock now.
+        let mut seen = None;
+        if let Some(c) = self.recall(key, owner).filter(|c| token.map_or(true, |t| t == c.token)) {
+            let resp = self
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(c.entry.clone(), CompareOp::Equal, c.mod_revision)])
+                        .and_then([lower(&c)])
+                        .or_else([TxnOp::get(self.layout.dir(key), Some(self.head_get(key)))]),
+                )
+                .await?;
+            if resp.succeeded() {
+                self.lowered(key, owner, &c, revision(&resp));
+                return Ok(());
+            }
+            seen = Some(gets(&resp).pop().and_then(|mut g| g.pop()));
+        }
         loop {
-            let head = self.head(key).await?;
+            let head = match seen.take() {
+                Some(head) => head,
+                None => self.head(key).await?,
+            };
             let Some(h) = head else {
-                return Err(if self.forget(key, owner) {
+                return Err(if self.forget(key, owner).is_some() {
                     LockError::LeaseLost { key: key.to_string() }
                 } else {
                     LockError::NotHeld { key: key.to_string() }
@@ -712,27 +854,52 @@ impl Inner {
                 self.forget(key, owner);
                 return Err(LockError::NotOwner { key: key.to_string(), holder: Some(h.value.owner) });
             }
-            let op = if h.value.depth > 1 {
-                let value = Value { depth: h.value.depth - 1, ..h.value.clone() };
-                TxnOp::put(h.key.clone(), value.encode(), Some(PutOptions::new().with_ignore_lease()))
-            } else {
-                TxnOp::delete(h.key.clone(), None)
+            let known =
+                self.recall(key, owner).filter(|c| c.token == h.create_revision && c.lease == h.lease);
+            let is_known = known.is_some();
+            let c = match known {
+                Some(c) => Held { mod_revision: h.mod_revision, depth: h.value.depth, ..c },
+                None => Held {
+                    token: h.create_revision,
+                    entry: h.key.clone(),
+                    mod_revision: h.mod_revision,
+                    lease: h.lease,
+                    depth: h.value.depth,
+                    want: h.value.ttl,
+                    ttl: h.value.ttl,
+                    renewed: Instant::now(),
+                },
             };
             let resp = self
                 .txn(
                     Txn::new()
                         .when([Compare::mod_revision(h.key.clone(), CompareOp::Equal, h.mod_revision)])
-                        .and_then([op]),
+                        .and_then([lower(&c)]),
                 )
                 .await?;
             if resp.succeeded() {
-                if h.value.depth == 1 {
+                if c.depth == 1 && !is_known {
+                    // Taken by this owner elsewhere (another process): nothing is known about
+                    // its lease's age, so it is revoked rather than kept for reuse.
                     self.forget(key, owner);
-                    // The entry is gone; its lease holds nothing any more.
-                    self.revoke_in_background(h.lease);
+                    self.revoke_in_background(c.lease);
+                } else {
+                    self.lowered(key, owner, &c, revision(&resp));
                 }
                 return Ok(());
             }
+        }
+    }
+
+    /// Bookkeeping after one level of `c` was released at `revision`.
+    fn lowered(self: &Arc<Self>, key: &str, owner: &str, c: &Held, revision: i64) {
+        if c.depth > 1 {
+            let next = Held { depth: c.depth - 1, mod_revision: revision, ..c.clone() };
+            self.remember(key, owner, next);
+        } else {
+            self.forget(key, owner);
+            // The entry is gone; its lease holds nothing any more.
+            self.park(c);
         }
     }
 
@@ -752,10 +919,25 @@ impl Inner {
                 valid_until: valid_from + secs(ttl),
                 depth: h.value.depth,
             };
+            // Remember the entry as it is now, so that `unlock` takes the fast path.
+            let note = |lease: i64, want: i64, ttl: i64, mod_revision: i64, renewed: Instant| {
+                let held = Held {
+                    token: h.create_revision,
+                    entry: h.key.clone(),
+                    mod_revision,
+                    lease,
+                    depth: h.value.depth,
+                    want,
+                    ttl,
+                    renewed,
+                };
+                self.remember(key, owner, held);
+            };
             if want == h.value.ttl {
                 // Same TTL: a keep-alive restarts the lease.
                 let sent = Instant::now();
                 if self.keep_alive(h.lease).await? {
+                    note(h.lease, want, h.value.ttl, h.mod_revision, sent);
                     return Ok(lease(h.value.ttl, sent));
                 }
                 continue; // gone: the next read says so
@@ -769,6 +951,7 @@ impl Inner {
                 drop(guard);
                 let sent = Instant::now();
                 if self.keep_alive(h.lease).await? {
+                    note(h.lease, want, h.value.ttl, h.mod_revision, sent);
                     return Ok(lease(h.value.ttl, sent));
                 }
                 continue;
@@ -788,6 +971,7 @@ impl Inner {
             if resp.succeeded() {
                 guard.disarm();
                 self.revoke_in_background(h.lease);
+                note(grant.id, grant.want, grant.ttl, revision(&resp), grant.sent);
                 return Ok(lease(grant.ttl, grant.sent));
             }
         }
@@ -962,6 +1146,10 @@ impl LockProvider for EtcdLockProvider {
 
     async fn close(&self) -> Result<()> {
         self.inner.closed.send_replace(true);
+        let spares = std::mem::take(&mut *self.inner.spares.lock().unwrap());
+        for s in spares {
+            self.inner.revoke_in_background(s.id);
+        }
         Ok(())
     }
 }

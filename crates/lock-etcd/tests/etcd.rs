@@ -175,3 +175,28 @@ async fn a_waiter_whose_lease_vanished_never_reports_a_dead_lock() {
     assert_eq!((info.owner.as_str(), info.token), ("bob", lease.token));
     assert_eq!(entries(q.client(), &prefix, "k").await, vec![(entry, live)]);
 }
+
+/// A released lock's empty lease is kept and reused by the next acquisition with the same
+/// TTL; a kept lease that died meanwhile is noticed and replaced, never trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_leases_are_reused_only_while_alive() {
+    let Some((p, _)) = provider("reuse").await else { return };
+    p.lock(&opts("a", "alice")).await.unwrap();
+    let (_, first) = p.holder_entry("a").await.unwrap().unwrap();
+    p.unlock("a", "alice").await.unwrap();
+    assert!(lease_alive(p.client(), first).await, "kept for reuse");
+
+    p.lock(&opts("b", "alice")).await.unwrap();
+    let (_, second) = p.holder_entry("b").await.unwrap().unwrap();
+    assert_eq!(second, first, "the next acquisition with the same TTL reuses it");
+    p.unlock("b", "alice").await.unwrap();
+
+    // The kept lease disappears behind the provider's back.
+    p.client().lease_client().revoke(first).await.unwrap();
+    let lease = p.lock(&opts("c", "alice")).await.expect("a dead spare is replaced");
+    let (_, third) = p.holder_entry("c").await.unwrap().unwrap();
+    assert_ne!(third, first);
+    assert!(lease_alive(p.client(), third).await);
+    let info = p.is_locked("c").await.unwrap().expect("held on a live lease");
+    assert_eq!(info.token, lease.token);
+}
