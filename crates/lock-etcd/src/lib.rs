@@ -31,9 +31,11 @@
 //! - **Round trips.** `unlock` compares the entry's mod revision as this provider last wrote
 //!   it and deletes it in one transaction (falling back to a read when it changed). The empty
 //!   lease of a released lock is kept (up to 64, TTL up to 10 min, while younger than half its
-//!   TTL) and reused by the next acquisition with the same TTL, renewed by a keep-alive sent
-//!   alongside the acquiring transaction: an uncontended `lock` + `unlock` costs two writes,
-//!   like a bare put-if-absent and delete. A kept lease that died is never trusted: the
+//!   TTL) and reused by the next acquisition with the same TTL: an uncontended `lock` +
+//!   `unlock` costs two writes, like a bare put-if-absent and delete. A kept lease renewed
+//!   less than min(1 s, TTL/10) ago is used as it is (the lock then ends that much earlier
+//!   than asked, and `Lease::valid_until` says so); an older one is renewed by a keep-alive
+//!   sent alongside the acquiring transaction. A kept lease that died is never trusted: the
 //!   keep-alive or the put says so and the attempt starts over with a new grant.
 //! - **Cancel safety.** The acquisition runs in its own task; a dropped or timed-out caller
 //!   has its lease revoked, which deletes its entry, and an acquisition nobody received is

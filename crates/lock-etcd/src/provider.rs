@@ -67,6 +67,10 @@ struct Inner {
 const MAX_SPARES: usize = 64;
 /// Leases longer than this are not kept for reuse (an idle spare lives until its TTL ends).
 const MAX_SPARE_TTL: i64 = 600;
+/// A kept lease renewed less than this long ago (and less than a tenth of its TTL) is used
+/// as it is: the lock then ends at most this much earlier than asked, and its `valid_until`
+/// says so. An older one is renewed alongside the acquiring transaction.
+const FRESH_SPARE: Duration = Duration::from_secs(1);
 
 /// What this provider knows about a lock it holds: enough to release it in one round trip.
 #[derive(Clone, Debug)]
@@ -239,7 +243,7 @@ struct Granted {
     ttl: i64,
     /// When the grant (or last renewal) was sent: the lease cannot end before `sent + ttl`.
     sent: Instant,
-    /// A reused spare: the first request of the attempt renews it at the same time.
+    /// A kept lease to renew: the first request of the attempt renews it at the same time.
     reused: bool,
 }
 
@@ -427,7 +431,11 @@ impl Inner {
                 spares.iter().rposition(|s| s.want == want).map(|i| spares.swap_remove(i))
             };
             let Some(s) = spare else { break };
-            if s.renewed.elapsed() < secs(s.ttl) / 2 {
+            let age = s.renewed.elapsed();
+            if age < FRESH_SPARE.min(secs(s.ttl) / 10) {
+                return Ok(Granted { id: s.id, want, ttl: s.ttl, sent: s.renewed, reused: false });
+            }
+            if age < secs(s.ttl) / 2 {
                 return Ok(Granted { id: s.id, want, ttl: s.ttl, sent: s.renewed, reused: true });
             }
             self.revoke_in_background(s.id);

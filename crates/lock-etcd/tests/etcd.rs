@@ -191,12 +191,30 @@ async fn released_leases_are_reused_only_while_alive() {
     assert_eq!(second, first, "the next acquisition with the same TTL reuses it");
     p.unlock("b", "alice").await.unwrap();
 
+    // Older than a second: renewed alongside the acquisition.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let renewed = p.lock(&opts("c", "alice")).await.unwrap();
+    assert_eq!(p.holder_entry("c").await.unwrap().unwrap().1, first);
+    let left = p.client().lease_client().time_to_live(first, None).await.unwrap().ttl();
+    assert!(left >= 28, "the kept lease was renewed: {left} s left");
+    assert!(renewed.remaining() > Duration::from_secs(28));
+    p.unlock("c", "alice").await.unwrap();
+
     // The kept lease disappears behind the provider's back.
     p.client().lease_client().revoke(first).await.unwrap();
-    let lease = p.lock(&opts("c", "alice")).await.expect("a dead spare is replaced");
-    let (_, third) = p.holder_entry("c").await.unwrap().unwrap();
-    assert_ne!(third, first);
-    assert!(lease_alive(p.client(), third).await);
-    let info = p.is_locked("c").await.unwrap().expect("held on a live lease");
+    let lease = p.lock(&opts("d", "alice")).await.expect("a dead spare is replaced");
+    let (_, fourth) = p.holder_entry("d").await.unwrap().unwrap();
+    assert_ne!(fourth, first);
+    assert!(lease_alive(p.client(), fourth).await);
+    let info = p.is_locked("d").await.unwrap().expect("held on a live lease");
     assert_eq!(info.token, lease.token);
+
+    // The same for a kept lease that is renewed before use.
+    p.unlock("d", "alice").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    p.client().lease_client().revoke(fourth).await.unwrap();
+    p.lock(&opts("e", "alice")).await.expect("a dead spare is replaced");
+    let (_, fifth) = p.holder_entry("e").await.unwrap().unwrap();
+    assert_ne!(fifth, fourth);
+    assert!(lease_alive(p.client(), fifth).await);
 }
