@@ -610,7 +610,7 @@ impl Inner {
 
         // Wait for each predecessor in turn to go away.
         loop {
-            let wake = match self.wait_deleted(&p.key, watch_from, deadline, grant, closed, tx).await {
+            let wake = match self.wait_deleted(&p.key, watch_from, deadline, &mut grant, closed, tx).await {
                 Ok(w) => w,
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     tracing::debug!(key, error = %e, "watch failed; checking again");
@@ -630,10 +630,11 @@ impl Inner {
                     return Err(LockError::Closed);
                 }
             }
-            // Who is ahead now, and is our own entry still there? In the same round trip,
-            // renew our lease: if nothing is ahead, a live lease is what lets us report success
-            // (a waiter whose lease ran out must not believe it holds the lock: etcd issue
-            // 11456), and it restarts the TTL for the new holder.
+            // Who is ahead now, and is our own entry still there? Success needs our entry: a
+            // waiter whose lease ran out (its entry deleted with it) must not believe it holds
+            // the lock (etcd issue 11456). Unless the lease was renewed under min(1 s, TTL/10)
+            // ago, it is renewed in the same round trip, restarting the TTL for the new holder
+            // (and only a live lease counts).
             let check = Txn::new().and_then([
                 TxnOp::get(
                     dir.clone(),
@@ -648,8 +649,13 @@ impl Inner {
                 TxnOp::get(entry.clone(), None),
                 TxnOp::get(dir.clone(), Some(self.head_get(key))),
             ]);
+            let renew = grant.sent.elapsed() >= FRESH_SPARE.min(secs(grant.ttl) / 10);
             let sent = Instant::now();
-            let (resp, alive) = tokio::join!(self.txn(check), self.keep_alive(grant.id));
+            let (resp, alive) = if renew {
+                tokio::join!(self.txn(check), self.keep_alive(grant.id))
+            } else {
+                (self.txn(check).await, Ok(true))
+            };
             let (resp, alive) = match (resp, alive) {
                 (Ok(r), Ok(a)) => (r, a),
                 (Err(e), _) | (_, Err(e)) if e.is_retryable() && Instant::now() < deadline => {
@@ -671,7 +677,8 @@ impl Inner {
                 Some(next) => p = next,
                 None => {
                     guard.disarm();
-                    return Ok(Some(self.fresh(opts, &grant, mine, sent)));
+                    let valid_from = if renew { sent } else { grant.sent };
+                    return Ok(Some(self.fresh(opts, &grant, mine, valid_from)));
                 }
             }
             watch_from = revision(&resp) + 1;
@@ -754,13 +761,13 @@ impl Inner {
     }
 
     /// Waits until the entry `key` is deleted (or something else calls for a look), keeping
-    /// the waiter's own lease alive meanwhile.
+    /// the waiter's own lease alive meanwhile (`grant.sent` follows the renewals).
     async fn wait_deleted(
         &self,
         key: &[u8],
         from: i64,
         deadline: Instant,
-        grant: Granted,
+        grant: &mut Granted,
         closed: &mut watch::Receiver<bool>,
         tx: &mut oneshot::Sender<Result<Acquired>>,
     ) -> Result<Wake> {
@@ -782,9 +789,11 @@ impl Inner {
                 _ = tx.closed() => return Ok(Wake::Cancelled),
                 _ = tokio::time::sleep_until(deadline) => return Ok(Wake::Deadline),
                 _ = tokio::time::sleep_until(next_keep_alive) => {
+                    let sent = Instant::now();
                     if !self.keep_alive(grant.id).await? {
                         return Ok(Wake::Recheck);
                     }
+                    grant.sent = sent;
                     next_keep_alive = Instant::now() + every;
                 }
                 msg = stream.message() => match msg.map_err(map_err)? {
