@@ -103,8 +103,10 @@ impl EtcdConfig {
         if self.endpoints.is_empty() {
             return Err(LockError::Config("etcd: no endpoint given".into()));
         }
-        if self.prefix.contains('\0') {
-            return Err(LockError::Config("etcd: the key prefix must not contain a NUL byte".into()));
+        if self.prefix.is_empty() || self.prefix.contains('\0') {
+            return Err(LockError::Config(
+                "etcd: the key prefix must be non-empty and must not contain a NUL byte".into(),
+            ));
         }
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(LockError::Config("etcd: timeouts must be greater than zero".into()));
@@ -137,5 +139,6 @@ mod tests {
         c.validate().unwrap();
         assert!(EtcdConfig::from_list("").validate().is_err());
         assert!(EtcdConfig::new(["x"]).prefix("a\0").validate().is_err());
+        assert!(EtcdConfig::new(["x"]).prefix("").validate().is_err());
     }
 }
