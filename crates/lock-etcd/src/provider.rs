@@ -63,6 +63,8 @@ struct Inner {
     spares: Mutex<Vec<Spare>>,
 }
 
+/// Past this many remembered locks, those whose lease has surely ended are forgotten.
+const MAX_REMEMBERED: usize = 4096;
 /// At most this many empty leases are kept for reuse.
 const MAX_SPARES: usize = 64;
 /// Leases longer than this are not kept for reuse (an idle spare lives until its TTL ends).
@@ -414,7 +416,14 @@ impl Inner {
     }
 
     fn remember(&self, key: &str, owner: &str, held: Held) {
-        self.held.lock().unwrap().insert((key.to_string(), owner.to_string()), held);
+        let mut all = self.held.lock().unwrap();
+        if all.len() >= MAX_REMEMBERED {
+            // Locks that expired without an unlock: long past their lease, forget them (an
+            // unlock of one then answers NotHeld rather than LeaseLost).
+            let now = Instant::now();
+            all.retain(|_, h| h.renewed + secs(h.ttl) > now);
+        }
+        all.insert((key.to_string(), owner.to_string()), held);
     }
 
     fn recall(&self, key: &str, owner: &str) -> Option<Held> {
@@ -564,9 +573,12 @@ impl Inner {
             }
             match gets(&resp).pop().and_then(|mut g| g.pop()) {
                 Some(head) if head.value.owner == *opts.owner => {
-                    match self.reenter(opts, &head, grant, &mut guard).await? {
-                        Some(got) => return Ok(Some(got)),
-                        None => continue,
+                    match self.reenter(opts, &head, grant, &mut guard).await {
+                        Ok(Some(got)) => return Ok(Some(got)),
+                        Ok(None) => continue,
+                        // A kept lease that died, met when moving to it: start over.
+                        Err(e) if lease_not_found(&e) => return Ok(None),
+                        Err(e) => return Err(e),
                     }
                 }
                 Some(head) => break head,
@@ -598,7 +610,11 @@ impl Inner {
                     ),
                 ]),
             )
-            .await?;
+            .await;
+        let resp = match resp {
+            Err(e) if lease_not_found(&e) => return Ok(None),
+            r => r?,
+        };
         let mine = revision(&resp);
         let pred = gets(&resp).pop().unwrap_or_default().into_iter().find(|e| e.create_revision < mine);
         let mut watch_from = mine + 1;
