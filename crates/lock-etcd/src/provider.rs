@@ -273,6 +273,35 @@ enum Wake {
     Closed,
 }
 
+/// What an acquisition waits within: its wait budget, the provider's close signal and the
+/// caller still listening, whichever ends first.
+struct Budget<'a> {
+    started: Instant,
+    deadline: Instant,
+    closed: watch::Receiver<bool>,
+    caller: &'a mut oneshot::Sender<Result<Acquired>>,
+}
+
+impl Budget<'_> {
+    fn left(&self) -> bool {
+        Instant::now() < self.deadline
+    }
+
+    /// Resolves with the reason the wait must end.
+    async fn ended(&mut self) -> Wake {
+        tokio::select! {
+            biased;
+            _ = is_closed(&mut self.closed) => Wake::Closed,
+            _ = self.caller.closed() => Wake::Cancelled,
+            _ = tokio::time::sleep_until(self.deadline) => Wake::Deadline,
+        }
+    }
+}
+
+fn timeout(opts: &LockOptions, holder: String, budget: &Budget<'_>) -> LockError {
+    LockError::Timeout { key: opts.key.to_string(), holder: Some(holder), waited: budget.started.elapsed() }
+}
+
 /// Revokes a lease when dropped unless disarmed: whatever path an attempt leaves by, its
 /// lease (and so its entry) does not outlive it unless the attempt succeeded.
 struct LeaseGuard {
@@ -480,13 +509,16 @@ impl Inner {
         opts: &LockOptions,
         tx: &mut oneshot::Sender<Result<Acquired>>,
     ) -> Result<Acquired> {
-        let started = Instant::now();
-        let deadline = Backoff::new(&opts.wait).deadline();
-        let mut closed = self.closed.subscribe();
+        let mut budget = Budget {
+            started: Instant::now(),
+            deadline: Backoff::new(&opts.wait).deadline(),
+            closed: self.closed.subscribe(),
+            caller: tx,
+        };
         loop {
             let grant = self.lease_for(opts.ttl).await?;
             let guard = LeaseGuard::new(self, grant.id);
-            if let Some(got) = self.attempt(opts, grant, guard, started, deadline, &mut closed, tx).await? {
+            if let Some(got) = self.attempt(opts, grant, guard, &mut budget).await? {
                 return Ok(got);
             }
             // The attempt's lease is gone: a reused spare had expired, or the queued entry
@@ -526,16 +558,12 @@ impl Inner {
     }
 
     /// One attempt with one lease. `Ok(None)`: the lease is gone; start over with another.
-    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         self: &Arc<Self>,
         opts: &LockOptions,
         mut grant: Granted,
         mut guard: LeaseGuard,
-        started: Instant,
-        deadline: Instant,
-        closed: &mut watch::Receiver<bool>,
-        tx: &mut oneshot::Sender<Result<Acquired>>,
+        budget: &mut Budget<'_>,
     ) -> Result<Option<Acquired>> {
         let key = &*opts.key;
         let dir = self.layout.dir(key);
@@ -588,9 +616,9 @@ impl Inner {
             }
         };
         let mut holder = head.value.owner;
-        if Instant::now() >= deadline {
+        if !budget.left() {
             guard.revoke().await;
-            return Err(self.timeout(opts, holder, started));
+            return Err(timeout(opts, holder, budget));
         }
 
         // Queue: the entry's create revision is its place; the newest entry before it is the
@@ -626,9 +654,9 @@ impl Inner {
 
         // Wait for each predecessor in turn to go away.
         loop {
-            let wake = match self.wait_deleted(&p.key, watch_from, deadline, &mut grant, closed, tx).await {
+            let wake = match self.wait_deleted(&p.key, watch_from, &mut grant, budget).await {
                 Ok(w) => w,
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                Err(e) if e.is_retryable() && budget.left() => {
                     tracing::debug!(key, error = %e, "watch failed; checking again");
                     tokio::time::sleep(RETRY_PAUSE).await;
                     Wake::Recheck
@@ -639,7 +667,7 @@ impl Inner {
                 Wake::Recheck => {}
                 Wake::Deadline => {
                     guard.revoke().await;
-                    return Err(self.timeout(opts, holder, started));
+                    return Err(timeout(opts, holder, budget));
                 }
                 Wake::Cancelled | Wake::Closed => {
                     guard.revoke().await;
@@ -674,7 +702,7 @@ impl Inner {
             };
             let (resp, alive) = match (resp, alive) {
                 (Ok(r), Ok(a)) => (r, a),
-                (Err(e), _) | (_, Err(e)) if e.is_retryable() && Instant::now() < deadline => {
+                (Err(e), _) | (_, Err(e)) if e.is_retryable() && budget.left() => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                     continue;
                 }
@@ -699,10 +727,6 @@ impl Inner {
             }
             watch_from = revision(&resp) + 1;
         }
-    }
-
-    fn timeout(&self, opts: &LockOptions, holder: String, started: Instant) -> LockError {
-        LockError::Timeout { key: opts.key.to_string(), holder: Some(holder), waited: started.elapsed() }
     }
 
     /// Re-entry by the holder: one more level on its entry, guarded by the entry's mod
@@ -782,10 +806,8 @@ impl Inner {
         &self,
         key: &[u8],
         from: i64,
-        deadline: Instant,
         grant: &mut Granted,
-        closed: &mut watch::Receiver<bool>,
-        tx: &mut oneshot::Sender<Result<Acquired>>,
+        budget: &mut Budget<'_>,
     ) -> Result<Wake> {
         let every = (secs(grant.ttl) / 3).max(Duration::from_millis(500));
         let mut next_keep_alive = Instant::now() + every;
@@ -793,17 +815,13 @@ impl Inner {
         let mut client = self.client.watch_client();
         let mut stream = tokio::select! {
             biased;
-            _ = is_closed(closed) => return Ok(Wake::Closed),
-            _ = tx.closed() => return Ok(Wake::Cancelled),
-            _ = tokio::time::sleep_until(deadline) => return Ok(Wake::Deadline),
+            end = budget.ended() => return Ok(end),
             s = self.call(client.watch(key, Some(options))) => s?,
         };
         loop {
             tokio::select! {
                 biased;
-                _ = is_closed(closed) => return Ok(Wake::Closed),
-                _ = tx.closed() => return Ok(Wake::Cancelled),
-                _ = tokio::time::sleep_until(deadline) => return Ok(Wake::Deadline),
+                end = budget.ended() => return Ok(end),
                 _ = tokio::time::sleep_until(next_keep_alive) => {
                     let sent = Instant::now();
                     if !self.keep_alive(grant.id).await? {
