@@ -386,8 +386,14 @@ impl Inner {
                 Ok(Ok(resp)) => {
                     return Ok(Granted { id: resp.id(), want, ttl: resp.ttl(), sent, reused: false })
                 }
-                // A random id that is taken: pick another.
-                Ok(Err(e)) if attempts < 3 && e.to_string().contains("lease already exists") => attempts += 1,
+                // A random id that is taken (by somebody else's lease: never revoke it): pick
+                // another.
+                Ok(Err(e)) if e.to_string().contains("lease already exists") => {
+                    attempts += 1;
+                    if attempts > 3 {
+                        return Err(map_err(e));
+                    }
+                }
                 Ok(Err(e)) => {
                     // The grant may have been applied before the error: do not leave it.
                     self.revoke_in_background(id);
