@@ -218,3 +218,21 @@ async fn released_leases_are_reused_only_while_alive() {
     assert_ne!(fifth, fourth);
     assert!(lease_alive(p.client(), fifth).await);
 }
+
+/// Keys that extend each other are separate locks: the entries of `jobs` and `jobs/a` never
+/// share a range, so neither is mistaken for the other's holder or queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_extend_each_other_are_separate_locks() {
+    let Some((p, _)) = provider("nested").await else { return };
+    let outer = p.lock(&opts("jobs", "alice")).await.unwrap();
+    let inner = p.lock(&opts("jobs/a", "bob")).await.expect("another lock, free");
+    assert!(inner.token > outer.token);
+    assert_eq!(p.is_locked("jobs").await.unwrap().unwrap().owner, "alice");
+    assert_eq!(p.is_locked("jobs/a").await.unwrap().unwrap().owner, "bob");
+    let listed: Vec<_> = p.list("jobs").await.unwrap().into_iter().map(|i| (i.key, i.owner)).collect();
+    assert_eq!(listed, vec![("jobs".into(), "alice".into()), ("jobs/a".into(), "bob".into())]);
+    assert!(matches!(p.unlock("jobs", "bob").await, Err(LockError::NotOwner { .. })));
+    p.unlock("jobs", "alice").await.unwrap();
+    assert_eq!(p.is_locked("jobs").await.unwrap(), None);
+    assert_eq!(p.is_locked("jobs/a").await.unwrap().unwrap().token, inner.token);
+}
