@@ -236,3 +236,40 @@ async fn keys_that_extend_each_other_are_separate_locks() {
     assert_eq!(p.is_locked("jobs").await.unwrap(), None);
     assert_eq!(p.is_locked("jobs/a").await.unwrap().unwrap().token, inner.token);
 }
+
+/// A waiter keeps its own lease alive while it waits: queued for longer than its TTL, it
+/// still holds its place and acquires on the lease it queued with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_outlives_its_own_ttl_in_the_queue() {
+    let Some((p, prefix)) = provider("long-wait").await else { return };
+    p.lock(&opts("k", "alice")).await.unwrap();
+    let q = EtcdLockProvider::with_client(
+        p.client().clone(),
+        &EtcdConfig::new(["unused"]).prefix(prefix.clone()),
+    );
+    let waiter = tokio::spawn(async move {
+        let o =
+            opts("k", "bob").ttl(Duration::from_secs(2)).wait(WaitPolicy::deadline(Duration::from_secs(30)));
+        let l = q.lock(&o).await;
+        (q, l)
+    });
+    let mut queued = Vec::new();
+    for _ in 0..50 {
+        queued = entries(p.client(), &prefix, "k").await;
+        if queued.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued.len(), 2, "bob should be queued");
+    let (holder_entry, _) = p.holder_entry("k").await.unwrap().unwrap();
+    let (bobs_entry, bobs_lease) = queued.into_iter().find(|(k, _)| *k != holder_entry).unwrap();
+    // Three times bob's TTL: without keep-alives his entry would be gone by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(lease_alive(p.client(), bobs_lease).await, "the waiting lease was kept alive");
+    p.unlock("k", "alice").await.unwrap();
+    let (q, lease) = tokio::time::timeout(Duration::from_secs(30), waiter).await.unwrap().unwrap();
+    let lease = lease.expect("bob acquires");
+    assert_eq!(q.holder_entry("k").await.unwrap(), Some((bobs_entry, bobs_lease)), "same place, same lease");
+    assert_eq!(lease.ttl, Duration::from_secs(2));
+}
