@@ -136,6 +136,7 @@ const EXAMPLES: &[(&str, &str, &str)] = &[
 ];
 
 fn ci() -> Result {
+    services::ensure_build_tools()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
     let counts = test(&[])?;
@@ -167,7 +168,7 @@ fn ci() -> Result {
 }
 
 /// Benches per backend crate; each prints a summary table after criterion's output.
-const BENCHES: &[(&str, &str)] = &[("lock-memory", "memory"), ("lock-mysql", "mysql")];
+const BENCHES: &[(&str, &str)] = &[("lock-memory", "memory"), ("lock-mysql", "mysql"), ("lock-etcd", "etcd")];
 
 fn bench() -> Result {
     let envs = services::up(&services::needed())?;

@@ -129,8 +129,19 @@ fn start(s: &Service) -> Result {
     Err(format!("{} did not open port {} within 60 s; see target/services/{}.log", s.name, s.port, s.name))
 }
 
+/// Build tools the workspace's crates need: etcd-client compiles etcd's protobuf definitions
+/// with `protoc`.
+pub(crate) fn ensure_build_tools() -> Result {
+    let has_protoc = Command::new("protoc").arg("--version").output().is_ok_and(|o| o.status.success());
+    if Path::new("crates/lock-etcd").exists() && !has_protoc {
+        apt_install("protobuf-compiler")?;
+    }
+    Ok(())
+}
+
 /// Makes every service reachable; returns the environment the tests need to find them.
 pub(crate) fn up(services: &[&Service]) -> Result<Vec<(String, String)>> {
+    ensure_build_tools()?;
     let mut env = Vec::new();
     for s in services {
         if reachable(s.port) {

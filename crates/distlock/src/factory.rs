@@ -45,7 +45,7 @@ impl LockProviderFactory {
             LockProviderType::Memory => self.memory()?,
             LockProviderType::Mysql => self.mysql(config).await?,
             LockProviderType::Redis => return Err(disabled(LockProviderType::Redis)),
-            LockProviderType::Etcd => return Err(disabled(LockProviderType::Etcd)),
+            LockProviderType::Etcd => self.etcd(config).await?,
         };
         Ok(Arc::new(Traced::new(provider)))
     }
@@ -90,5 +90,22 @@ impl LockProviderFactory {
     #[cfg(not(feature = "mysql"))]
     async fn mysql(&self, _config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
         Err(disabled(LockProviderType::Mysql))
+    }
+
+    #[cfg(feature = "etcd")]
+    async fn etcd(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
+        if config.etcd.endpoints.is_empty() {
+            return Err(LockError::Config("provider `etcd` needs etcd.endpoints".into()));
+        }
+        let mut settings = lock_etcd::EtcdConfig::new(config.etcd.endpoints.iter().cloned());
+        if let Some(user) = &config.etcd.user {
+            settings = settings.user(user.clone(), config.etcd.password.clone().unwrap_or_default());
+        }
+        Ok(Arc::new(lock_etcd::EtcdLockProvider::connect(settings).await?))
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    async fn etcd(&self, _config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
+        Err(disabled(LockProviderType::Etcd))
     }
 }

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `memory` (default) | in-process | `memory` (`lock-memory`) |
 //! | `mysql` | MySQL / MariaDB table, on sqlx | `mysql` (`lock-mysql`) |
+//! | `etcd` | etcd v3 (leases, revisions, watch) | `etcd` (`lock-etcd`) |
 //! | `all-backends` | every backend above | |
 //!
 //! Every backend passes the same conformance suite (`lock-testkit`) and keeps the same
@@ -50,6 +51,12 @@ pub mod memory {
 #[cfg(feature = "mysql")]
 pub mod mysql {
     pub use lock_mysql::*;
+}
+
+/// The etcd backend (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub mod etcd {
+    pub use lock_etcd::*;
 }
 
 /// The README's examples, compiled and run as doctests.

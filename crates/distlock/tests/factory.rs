@@ -57,3 +57,31 @@ async fn mysql_on_the_applications_pool() {
     manager.close().await.unwrap();
     assert!(!pool.is_closed(), "closing the manager leaves the application's pool open");
 }
+
+#[tokio::test]
+async fn etcd_without_endpoints_is_a_config_error() {
+    let config = LockConfig { provider: distlock::LockProviderType::Etcd, ..LockConfig::default() };
+    match LockProviderFactory::new(None).create_lock_provider(&config).await {
+        Err(LockError::Config(msg)) => assert!(msg.contains("etcd.endpoints"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn etcd_from_config() {
+    let endpoints =
+        std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
+    let mut config = LockConfig { provider: distlock::LockProviderType::Etcd, ..LockConfig::default() };
+    config.etcd.endpoints = endpoints.split(',').map(String::from).collect();
+    config.key_prefix = format!("distlock-test/factory/{:08x}/", std::process::id());
+    let manager = LockManager::new(None, config).await;
+    let Some(manager) = lock_testkit::require_or_skip("etcd_from_config", manager.map_err(|e| e.to_string()))
+    else {
+        return;
+    };
+    assert_eq!(manager.lock_provider().name(), "etcd");
+    let h = manager.workflow_lock_provider().lock_workflow_execution("e1").await.unwrap();
+    assert!(manager.lock_provider().is_locked(h.lock_key()).await.unwrap().is_some());
+    h.unlock().await.unwrap();
+    manager.close().await.unwrap();
+}

@@ -1,0 +1,168 @@
+//! How locks are laid out in etcd's key space.
+//!
+//! Every acquisition attempt writes one *entry*:
+//!
+//! ```text
+//! <prefix><lock key> NUL <lease id, 16 hex digits>   =   "<depth> <granted ttl s> <owner>"
+//! ```
+//!
+//! attached to the attempt's own lease. The entries of one lock are exactly the keys in
+//! `[<prefix><lock key> NUL, <prefix><lock key> 0x01)`: lock keys never contain a NUL byte (the
+//! input rules forbid it), so no other lock's entries fall in that range, not even those of
+//! a lock whose key extends this one (`jobs` and `jobs/a`). The holder is the entry with the
+//! lowest create revision; the others are the queue, in create-revision order.
+
+use etcd_client::KeyValue;
+
+/// Key space of one provider.
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Layout { prefix: prefix.to_string() }
+    }
+
+    /// First key of `key`'s entries.
+    pub(crate) fn dir(&self, key: &str) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.prefix.len() + key.len() + 1);
+        v.extend_from_slice(self.prefix.as_bytes());
+        v.extend_from_slice(key.as_bytes());
+        v.push(0);
+        v
+    }
+
+    /// End (exclusive) of `key`'s entries.
+    pub(crate) fn dir_end(&self, key: &str) -> Vec<u8> {
+        let mut v = self.dir(key);
+        *v.last_mut().expect("dir ends with NUL") = 1;
+        v
+    }
+
+    /// The entry of an attempt made with lease `lease`.
+    pub(crate) fn entry(&self, key: &str, lease: i64) -> Vec<u8> {
+        let mut v = self.dir(key);
+        v.extend_from_slice(format!("{lease:016x}").as_bytes());
+        v
+    }
+
+    /// First key of every lock whose key starts with `prefix`.
+    pub(crate) fn scan(&self, prefix: &str) -> Vec<u8> {
+        format!("{}{prefix}", self.prefix).into_bytes()
+    }
+
+    /// End (exclusive) of [`scan`](Self::scan): the etcd "prefix end".
+    pub(crate) fn scan_end(&self, prefix: &str) -> Vec<u8> {
+        let mut end = self.scan(prefix);
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                return end;
+            }
+        }
+        // Everything from the start: etcd's "\0" range end means "to the end of the key space".
+        vec![0]
+    }
+
+    /// The lock key of an entry, if `raw` is one of this layout's entries.
+    pub(crate) fn lock_key<'a>(&self, raw: &'a [u8]) -> Option<&'a str> {
+        let rest = raw.strip_prefix(self.prefix.as_bytes())?;
+        let nul = rest.iter().rposition(|&b| b == 0)?;
+        std::str::from_utf8(&rest[..nul]).ok()
+    }
+}
+
+/// What an entry's value says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Value {
+    /// Reentry depth (1 for a first acquisition and for every queued attempt).
+    pub(crate) depth: u32,
+    /// TTL in whole seconds that etcd granted the entry's lease.
+    pub(crate) ttl: i64,
+    /// The owner.
+    pub(crate) owner: String,
+}
+
+impl Value {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        format!("{} {} {}", self.depth, self.ttl, self.owner).into_bytes()
+    }
+
+    pub(crate) fn decode(raw: &[u8]) -> Option<Value> {
+        let text = std::str::from_utf8(raw).ok()?;
+        let mut parts = text.splitn(3, ' ');
+        let depth = parts.next()?.parse().ok()?;
+        let ttl = parts.next()?.parse().ok()?;
+        let owner = parts.next()?.to_string();
+        Some(Value { depth, ttl, owner })
+    }
+}
+
+/// One entry as read from etcd.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) key: Vec<u8>,
+    pub(crate) create_revision: i64,
+    pub(crate) mod_revision: i64,
+    pub(crate) lease: i64,
+    pub(crate) value: Value,
+}
+
+impl Entry {
+    /// An entry from a key-value pair; a value not written by this crate is reported with
+    /// the raw value as owner, so that it is still visible (and never taken for ours).
+    pub(crate) fn from_kv(kv: &KeyValue) -> Entry {
+        let value = Value::decode(kv.value()).unwrap_or_else(|| Value {
+            depth: 1,
+            ttl: 0,
+            owner: String::from_utf8_lossy(kv.value()).into_owned(),
+        });
+        Entry {
+            key: kv.key().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+            value,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_range_holds_only_its_own_entries() {
+        let l = Layout::new("p/");
+        let (dir, end) = (l.dir("jobs"), l.dir_end("jobs"));
+        let mine = l.entry("jobs", 0x2a);
+        let longer = l.entry("jobs/a", 0x2a);
+        assert!(dir <= mine && mine < end);
+        assert!(!(dir <= longer && longer < end), "jobs/a is another lock");
+        assert_eq!(l.lock_key(&mine), Some("jobs"));
+        assert_eq!(l.lock_key(&longer), Some("jobs/a"));
+        assert_eq!(l.lock_key(b"other/jobs\0x"), None);
+        assert_eq!(&mine[mine.len() - 16..], b"000000000000002a");
+    }
+
+    #[test]
+    fn scan_covers_every_lock_under_a_prefix() {
+        let l = Layout::new("p/");
+        let (start, end) = (l.scan("jobs/"), l.scan_end("jobs/"));
+        for k in ["jobs/a", "jobs/b/c"] {
+            let e = l.entry(k, 1);
+            assert!(start <= e && e < end, "{k}");
+        }
+        assert!(l.entry("jobs0", 1) >= end);
+        assert_eq!(Layout::new("").scan_end(""), vec![0]);
+    }
+
+    #[test]
+    fn values_round_trip_with_spaces_in_the_owner() {
+        let v = Value { depth: 3, ttl: 30, owner: "host a:12 b".into() };
+        assert_eq!(Value::decode(&v.encode()), Some(v));
+        assert_eq!(Value::decode(b"garbage"), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! # lock-etcd
+//!
+//! The etcd backend of [distlock](https://docs.rs/distlock), on the `etcd-client` crate.
+//! Applications normally use it through the facade (feature `etcd`).
+//!
+//! ## Protocol
+//!
+//! - **One lease per attempt.** `lock` grants a lease with the lock's TTL (rounded up to whole
+//!   seconds, at least etcd's minimum lease TTL, 2 s with default election settings) under a
+//!   lease id chosen by the client, and writes an *entry* `<prefix><key> NUL <lease id hex>`
+//!   attached to it, whose value records depth, granted TTL and owner. Expiry is etcd's:
+//!   when the lease runs out, etcd deletes the entry.
+//! - **Holder = oldest entry.** The entry with the lowest create revision in the lock's
+//!   range holds the lock. A free lock is taken in one transaction ("if the range is empty,
+//!   put"); otherwise the attempt queues by putting its entry.
+//! - **FIFO by revision, no herd.** A waiter watches only the newest entry older than its own
+//!   (its predecessor), for a delete; then it looks again (the predecessor may have been a
+//!   waiter that gave up). While waiting it keeps its own lease alive. When nothing is
+//!   ahead, it checks that its entry still exists and renews its lease before reporting
+//!   success, so an attempt whose lease ran out while waiting never believes it holds the
+//!   lock (the lesson of etcd issue 11456).
+//! - **Fencing token = create revision** of the holder's entry: cluster-wide monotonic, so
+//!   strictly increasing per key and never reused.
+//! - **Re-entry** by the same owner bumps the depth on the holder's entry in a transaction
+//!   guarded by its mod revision. `unlock` decrements or deletes the entry the same way.
+//! - **Refresh.** Same TTL: a keep-alive. Another TTL (a lease's TTL is fixed at grant): a new
+//!   lease, then a transaction guarded by the entry's mod revision re-puts the entry under
+//!   it; the entry keeps its key and create revision, so the token and queue order stay; the
+//!   old lease is revoked. A lease that is gone (expired, revoked) gives
+//!   [`LeaseLost`](lock_core::LockError::LeaseLost).
+//! - **Round trips.** `unlock` compares the entry's mod revision as this provider last wrote
+//!   it and deletes it in one transaction (falling back to a read when it changed). The empty
+//!   lease of a released lock is kept (up to 64, TTL up to 10 min, while younger than half its
+//!   TTL) and reused by the next acquisition with the same TTL: an uncontended `lock` +
+//!   `unlock` costs two writes, like a bare put-if-absent and delete. A kept lease renewed
+//!   less than min(1 s, TTL/10) ago is used as it is (the lock then ends that much earlier
+//!   than asked, and `Lease::valid_until` says so); an older one is renewed by a keep-alive
+//!   sent alongside the acquiring transaction. A kept lease that died is never trusted: the
+//!   keep-alive or the put says so and the attempt starts over with a new grant.
+//! - **Cancel safety.** The acquisition runs in its own task; a dropped or timed-out caller
+//!   has its lease revoked, which deletes its entry, and an acquisition nobody received is
+//!   taken back.
+//!
+//! See `docs/etcd.md` in the repository for failover behaviour and measurements.
+
+mod config;
+mod keys;
+mod provider;
+
+pub use config::{EtcdConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT};
+pub use provider::EtcdLockProvider;
+
+/// The client crate, re-exported so that callers name the same version.
+pub use etcd_client;
