@@ -40,8 +40,10 @@ pub struct Lease {
     pub token: FencingToken,
     /// The TTL the server granted, counted from the server's clock.
     pub ttl: Duration,
-    /// A conservative local deadline: the instant the request was *sent* plus `ttl`. The
-    /// server's lease cannot end before it unless clocks run at different speeds.
+    /// A conservative local deadline, never later than the server's expiry: the instant the
+    /// request that granted or last renewed the lease was *sent*, plus the TTL the server
+    /// counts from then. The server's lease cannot end before it unless clocks run at
+    /// different speeds.
     pub valid_until: Instant,
     /// Reentry depth: 1 for a first acquisition, n for the n-th nested one.
     pub depth: u32,

@@ -47,7 +47,9 @@ pub struct Health {
 ///   server is touched;
 /// - a busy lock fails with [`Timeout`](crate::LockError::Timeout) once the wait policy ran out;
 /// - `unlock` by a non-holder fails with [`NotOwner`](crate::LockError::NotOwner) (someone else
-///   holds it; untouched) or [`NotHeld`](crate::LockError::NotHeld) (nobody does);
+///   holds it; untouched) or [`NotHeld`](crate::LockError::NotHeld) (nobody does); a backend
+///   that can tell that the caller's own lease was lost may answer
+///   [`LeaseLost`](crate::LockError::LeaseLost) instead of `NotHeld`;
 /// - `refresh_lock` by an owner that no longer holds the lock fails with
 ///   [`LeaseLost`](crate::LockError::LeaseLost);
 /// - after [`close`](LockProvider::close) every operation fails with

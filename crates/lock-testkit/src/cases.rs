@@ -408,6 +408,47 @@ pub async fn distinct_keys_are_independent(ctx: &Ctx) {
     assert_eq!(p.is_locked(&b).await.unwrap().unwrap().owner, "bob");
 }
 
+/// Keys that extend one another (`jobs`, `jobs/a`, `jobs:a`) are separate locks; `list`
+/// treats the shorter one as a prefix.
+pub async fn keys_extending_each_other_are_independent(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let (jobs, slash, colon) = (ctx.key("jobs"), ctx.key("jobs/a"), ctx.key("jobs:a"));
+    p.lock(&opts(&jobs, "alice")).await.unwrap();
+    p.lock(&opts(&slash, "bob")).await.expect("jobs/a is not jobs");
+    p.lock(&opts(&colon, "carol")).await.expect("jobs:a is not jobs");
+    assert_eq!(p.is_locked(&jobs).await.unwrap().unwrap().owner, "alice");
+    assert_eq!(p.is_locked(&slash).await.unwrap().unwrap().owner, "bob");
+    assert!(matches!(p.unlock(&jobs, "bob").await, Err(LockError::NotOwner { .. })));
+    p.unlock(&jobs, "alice").await.unwrap();
+    assert_eq!(p.is_locked(&jobs).await.unwrap(), None);
+    assert_eq!(p.is_locked(&slash).await.unwrap().unwrap().owner, "bob");
+    let under: Vec<_> = p.list(&jobs).await.unwrap().into_iter().map(|i| i.key).collect();
+    assert_eq!(under, vec![slash.clone(), colon.clone()]);
+}
+
+/// A waiter that queued for longer than its own TTL still gets a whole lease when its turn
+/// comes: waiting must not eat into the lease.
+pub async fn long_waiter_gets_a_full_lease(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl() * 2;
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    let k2 = key.clone();
+    let waiter = tokio::spawn(async move { q.lock(&patient(&k2, "bob").ttl(ttl)).await });
+    tokio::time::sleep(ttl * 3 / 2).await;
+    p.unlock(&key, "alice").await.unwrap();
+    let lease = waiter.await.unwrap().expect("the waiter acquires");
+    let info = p.is_locked(&key).await.unwrap().expect("the waiter holds the lock");
+    assert_eq!(info.owner, "bob");
+    assert!(
+        info.remaining_ttl > ttl / 2,
+        "only {:?} of a {ttl:?} lease left right after the grant",
+        info.remaining_ttl
+    );
+    assert!(lease.remaining() > ttl / 2, "the lease's local deadline must count from the grant");
+}
+
 /// N tasks x M iterations on one key: never two in the critical section, a shared counter
 /// that ends at N*M, and fencing tokens that strictly increase in acquisition order.
 pub async fn mutual_exclusion_under_contention(ctx: &Ctx) {

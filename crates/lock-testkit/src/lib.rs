@@ -154,6 +154,8 @@ macro_rules! conformance_suite {
             cancel_racing_release_leaves_no_orphan,
             dropped_lock_in_flight_leaves_no_lock,
             distinct_keys_are_independent,
+            keys_extending_each_other_are_independent,
+            long_waiter_gets_a_full_lease,
             mutual_exclusion_under_contention,
             invalid_inputs_rejected,
             invalid_input_rejected_before_anything_else,
