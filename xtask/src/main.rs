@@ -101,7 +101,7 @@ fn ci() -> Result {
 }
 
 /// Benches per backend crate; each prints a summary table after criterion's output.
-const BENCHES: &[(&str, &str)] = &[("lock-memory", "memory")];
+const BENCHES: &[(&str, &str)] = &[("lock-memory", "memory"), ("lock-redis", "redis")];
 
 fn bench() -> Result {
     let envs = services::up(&services::needed())?;

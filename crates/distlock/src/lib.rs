@@ -7,6 +7,7 @@
 //! | feature | backend | crate |
 //! |---|---|---|
 //! | `memory` (default) | in-process | [`memory`] (`lock-memory`) |
+//! | `redis` | Redis: single node, cluster, Redlock | [`redis`] (`lock-redis`) |
 //! | `all-backends` | every backend above | |
 //!
 //! Every backend passes the same conformance suite (`lock-testkit`) and keeps the same
@@ -35,6 +36,12 @@ pub use lock_core::*;
 #[cfg(feature = "memory")]
 pub mod memory {
     pub use lock_memory::*;
+}
+
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use lock_redis::*;
 }
 
 /// The README's examples, compiled and run as doctests.

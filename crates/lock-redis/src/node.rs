@@ -1,0 +1,239 @@
+//! One Redis deployment (a server, or a cluster): its connection pool and the typed calls of
+//! the [scripts](crate::scripts).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fred::clients::{Pool, SubscriberClient};
+use fred::error::{Error, ErrorKind};
+use fred::interfaces::ClientLike;
+use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::Builder;
+use lock_core::LockError;
+
+use crate::keys::KeyNames;
+use crate::scripts::{self, reply, Scripts};
+use crate::NAME;
+
+/// Answer of the acquire script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Grant {
+    /// Granted: the token, the reentry depth and the TTL now on the lease.
+    Acquired { token: u64, depth: u32, ttl: Duration },
+    /// Held by `holder`, whose lease has `left` to run (`None`: no expiry set).
+    Busy { holder: String, left: Option<Duration> },
+}
+
+/// Answer of the release script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// One level released; `left` levels remain (0: the lock is free).
+    Yes { left: u32 },
+    /// Nobody holds the lock.
+    NotHeld,
+    /// Somebody else (or, when a token was given, another acquisition) holds it.
+    NotOwner { holder: String },
+}
+
+/// A held lock as read from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) owner: String,
+    pub(crate) token: u64,
+    pub(crate) depth: u32,
+    pub(crate) left: Duration,
+}
+
+/// A connected deployment.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) pool: Pool,
+    builder: Builder,
+    scripts: Scripts,
+    /// Acquire script calls made (each is one round trip).
+    pub(crate) attempts: AtomicU64,
+}
+
+fn ms(d: Duration) -> String {
+    // validate::ttl guarantees at least 1 ms; round up so a lease is never shorter than asked.
+    let ms = d.as_micros().div_ceil(1000).max(1);
+    ms.to_string()
+}
+
+fn left(pttl: i64) -> Option<Duration> {
+    u64::try_from(pttl).ok().map(Duration::from_millis)
+}
+
+impl Node {
+    /// Connects the pool to `url` and loads the scripts.
+    pub(crate) async fn connect(
+        url: &str,
+        pool_size: usize,
+        command_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Node, LockError> {
+        let config =
+            Config::from_url(url).map_err(|e| LockError::Config(format!("redis: bad URL `{url}`: {e}")))?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = connect_timeout;
+                c.internal_command_timeout = command_timeout;
+                // Never write a command twice: an acquire whose connection dropped after the
+                // server ran it would re-enter the caller's own lock. The caller sees
+                // `Unavailable` instead and decides.
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = command_timeout;
+                // Room for bursts of release messages on the subscriber connection.
+                p.broadcast_channel_capacity = 4096;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 20, 2_000, 2));
+        let pool = builder.build_pool(pool_size).map_err(|e| LockError::Config(format!("redis: {e}")))?;
+        let connected = async {
+            pool.init().await?;
+            Scripts::default().load(pool.next()).await
+        };
+        match tokio::time::timeout(connect_timeout + command_timeout, connected).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = pool.quit().await;
+                return Err(map_err(e));
+            }
+            Err(_) => {
+                let _ = pool.quit().await;
+                return Err(LockError::unavailable(NAME, format!("no connection to {url} in time")));
+            }
+        }
+        Ok(Node { pool, builder, scripts: Scripts::default(), attempts: AtomicU64::new(0) })
+    }
+
+    /// A new, unconnected subscriber client for the same deployment.
+    pub(crate) fn subscriber(&self) -> SubscriberClient {
+        self.builder.build_subscriber_client().expect("the builder already built a pool with this config")
+    }
+
+    /// The acquire script: one round trip.
+    pub(crate) async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Grant, Error> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let v = scripts::call(
+            self.pool.next(),
+            &self.scripts.acquire,
+            &[&names.lock, &names.fence],
+            &[owner, &ms(ttl)],
+        )
+        .await?;
+        if reply::int(&v, 0, "acquire")? == 1 {
+            Ok(Grant::Acquired {
+                token: reply::token(&v, 1, "acquire")?,
+                depth: reply::int(&v, 2, "acquire")? as u32,
+                ttl: Duration::from_millis(reply::int(&v, 3, "acquire")?.max(0) as u64),
+            })
+        } else {
+            Ok(Grant::Busy {
+                holder: reply::text(&v, 1, "acquire")?,
+                left: left(reply::int(&v, 2, "acquire")?),
+            })
+        }
+    }
+
+    /// The release script: one round trip. With `token`, only that acquisition is released.
+    pub(crate) async fn release(
+        &self,
+        names: &KeyNames,
+        owner: &str,
+        token: Option<u64>,
+    ) -> Result<Released, Error> {
+        let token = token.map(|t| t.to_string()).unwrap_or_default();
+        let v = scripts::call(
+            self.pool.next(),
+            &self.scripts.release,
+            &[&names.lock],
+            &[owner, &token, &names.channel],
+        )
+        .await?;
+        Ok(match reply::int(&v, 0, "release")? {
+            1 => Released::Yes { left: reply::int(&v, 1, "release")? as u32 },
+            0 => Released::NotHeld,
+            _ => Released::NotOwner { holder: reply::text(&v, 1, "release")? },
+        })
+    }
+
+    /// The refresh script: one round trip. `None` when `owner` does not hold the lock.
+    pub(crate) async fn refresh(
+        &self,
+        names: &KeyNames,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<(u64, u32)>, Error> {
+        let v = scripts::call(self.pool.next(), &self.scripts.refresh, &[&names.lock], &[owner, &ms(ttl)])
+            .await?;
+        if reply::int(&v, 0, "refresh")? != 1 {
+            return Ok(None);
+        }
+        Ok(Some((reply::token(&v, 1, "refresh")?, reply::int(&v, 2, "refresh")? as u32)))
+    }
+
+    /// The inspect script: one round trip.
+    pub(crate) async fn inspect(&self, lock_key: &str) -> Result<Option<Held>, Error> {
+        let v = scripts::call(self.pool.next(), &self.scripts.inspect, &[lock_key], &[]).await?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Held {
+            owner: reply::text(&v, 0, "inspect")?,
+            token: reply::token(&v, 1, "inspect")?,
+            depth: reply::int(&v, 2, "inspect")? as u32,
+            left: left(reply::int(&v, 3, "inspect")?).unwrap_or_default(),
+        }))
+    }
+
+    /// Closes the pool.
+    pub(crate) async fn quit(&self) {
+        let _ = self.pool.quit().await;
+    }
+}
+
+/// Maps a client error: a connection problem or an answer that means "try again" is
+/// [`Unavailable`](LockError::Unavailable), anything else [`Backend`](LockError::Backend).
+pub(crate) fn map_err(e: Error) -> LockError {
+    const RETRYABLE_REPLIES: &[&str] =
+        &["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "NOREPLICAS"];
+    let transient = match e.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Cluster
+        | ErrorKind::Routing
+        | ErrorKind::Sentinel => true,
+        _ => RETRYABLE_REPLIES.iter().any(|p| e.details().starts_with(p)),
+    };
+    if transient {
+        LockError::unavailable(NAME, e)
+    } else {
+        LockError::backend(NAME, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_sent_in_whole_milliseconds_rounded_up() {
+        assert_eq!(ms(Duration::from_millis(1)), "1");
+        assert_eq!(ms(Duration::from_micros(1_500)), "2");
+        assert_eq!(ms(Duration::from_secs(30)), "30000");
+    }
+
+    #[test]
+    fn connection_errors_are_retryable_and_script_errors_are_not() {
+        assert!(map_err(Error::new(ErrorKind::IO, "reset")).is_retryable());
+        assert!(map_err(Error::new(ErrorKind::Timeout, "slow")).is_retryable());
+        assert!(map_err(Error::new(ErrorKind::Unknown, "LOADING dataset")).is_retryable());
+        let e = map_err(Error::new(ErrorKind::InvalidArgument, "WRONGTYPE not a hash"));
+        assert!(e.is_system() && !e.is_retryable(), "{e:?}");
+    }
+}

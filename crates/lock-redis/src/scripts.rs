@@ -1,0 +1,173 @@
+//! The Lua scripts that make every operation one atomic round trip, and how they are called.
+//!
+//! Scripts are loaded once when a provider connects (`SCRIPT LOAD`, on every primary of a
+//! cluster) and then called by digest with `EVALSHA`. A server that lost its script cache
+//! (restart, failover, `SCRIPT FLUSH`) answers `NOSCRIPT`: the script is loaded again and the
+//! call repeated once, which is safe because a `NOSCRIPT` call ran nothing.
+//!
+//! The lock hash holds `o` (owner), `d` (reentry depth) and `t` (fencing token, a decimal
+//! string). Expiry is the key's own `PEXPIRE`, so the server's clock decides it.
+
+use fred::clients::Client;
+use fred::error::Error;
+use fred::interfaces::LuaInterface;
+use fred::types::scripts::Script;
+use fred::types::Value;
+
+/// Acquires or re-enters a lock.
+///
+/// `KEYS`: lock, fencing counter. `ARGV`: owner, TTL in ms.
+///
+/// Replies `{1, token, depth, ttl_ms}` when granted, `{0, holder, pttl_ms}` when busy.
+///
+/// A new acquisition takes the next token from the counter, raised to at least the server's
+/// time in microseconds: tokens then keep increasing even if the counter is lost (a restart
+/// without persistence, a failover that lost the last writes, an eviction), as long as the
+/// server's clock does not step back. Re-entry keeps the token and extends the lease to the
+/// longer of what is left and the TTL asked for.
+pub(crate) const ACQUIRE: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 'o', 'd', 't')
+if not h[1] then
+  local now = redis.call('TIME')
+  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local t = (tonumber(redis.call('GET', KEYS[2])) or 0) + 1
+  if t < floor then t = floor end
+  local ts = string.format('%d', t)
+  redis.call('SET', KEYS[2], ts)
+  redis.call('HSET', KEYS[1], 'o', ARGV[1], 'd', '1', 't', ts)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, ts, 1, tonumber(ARGV[2])}
+end
+if h[1] == ARGV[1] then
+  local d = redis.call('HINCRBY', KEYS[1], 'd', 1)
+  local left = redis.call('PTTL', KEYS[1])
+  local want = tonumber(ARGV[2])
+  if left < want then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    left = want
+  end
+  return {1, h[3], d, left}
+end
+return {0, h[1], redis.call('PTTL', KEYS[1])}
+"#;
+
+/// Releases one level of a lock, publishing on its channel when the lock becomes free.
+///
+/// `KEYS`: lock. `ARGV`: owner, token (empty: any), channel.
+///
+/// Replies `{1, depth_left}` when released, `{0}` when nobody holds the lock, `{-1, holder}`
+/// when somebody else (or another acquisition, when a token is given) does.
+pub(crate) const RELEASE: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 'o', 'd', 't')
+if not h[1] then return {0} end
+if h[1] ~= ARGV[1] or (ARGV[2] ~= '' and h[3] ~= ARGV[2]) then return {-1, h[1]} end
+local d = tonumber(h[2]) - 1
+if d > 0 then
+  redis.call('HSET', KEYS[1], 'd', d)
+  return {1, d}
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[3], h[3])
+return {1, 0}
+"#;
+
+/// Sets a held lock's TTL.
+///
+/// `KEYS`: lock. `ARGV`: owner, TTL in ms.
+///
+/// Replies `{1, token, depth}` when refreshed, `{0}` when the owner does not hold the lock.
+pub(crate) const REFRESH: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 'o', 'd', 't')
+if h[1] ~= ARGV[1] then return {0} end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, h[3], tonumber(h[2])}
+"#;
+
+/// Reads a lock.
+///
+/// `KEYS`: lock. Replies `{}` when free, `{owner, token, depth, pttl_ms}` when held.
+pub(crate) const INSPECT: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 'o', 'd', 't')
+if not h[1] then return {} end
+return {h[1], h[3], tonumber(h[2]), redis.call('PTTL', KEYS[1])}
+"#;
+
+/// The scripts, with their digests computed once.
+#[derive(Clone, Debug)]
+pub(crate) struct Scripts {
+    pub(crate) acquire: Script,
+    pub(crate) release: Script,
+    pub(crate) refresh: Script,
+    pub(crate) inspect: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts {
+            acquire: Script::from_lua(ACQUIRE),
+            release: Script::from_lua(RELEASE),
+            refresh: Script::from_lua(REFRESH),
+            inspect: Script::from_lua(INSPECT),
+        }
+    }
+}
+
+impl Scripts {
+    /// Loads every script into the server's cache (every primary of a cluster).
+    pub(crate) async fn load(&self, client: &Client) -> Result<(), Error> {
+        for s in [&self.acquire, &self.release, &self.refresh, &self.inspect] {
+            s.load(client).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `true` for the server's answer to `EVALSHA` of a script it does not have.
+pub(crate) fn is_noscript(e: &Error) -> bool {
+    e.details().starts_with("NOSCRIPT")
+}
+
+/// One `EVALSHA`; on `NOSCRIPT`, loads the script and calls it once more.
+pub(crate) async fn call(
+    client: &Client,
+    script: &Script,
+    keys: &[&str],
+    args: &[&str],
+) -> Result<Vec<Value>, Error> {
+    let keys_of = || keys.iter().map(|k| fred::types::Key::from(*k)).collect::<Vec<_>>();
+    let args_of = || args.iter().map(|a| Value::from(*a)).collect::<Vec<_>>();
+    match client.evalsha(script.sha1().clone(), keys_of(), args_of()).await {
+        Err(e) if is_noscript(&e) => {
+            tracing::debug!(script = %script.sha1(), "script cache lost on the server; loading it again");
+            script.load(client).await?;
+            client.evalsha(script.sha1().clone(), keys_of(), args_of()).await
+        }
+        other => other,
+    }
+}
+
+/// Reply fields, decoded with the types the scripts promise.
+pub(crate) mod reply {
+    use fred::types::Value;
+
+    use super::Error;
+
+    fn bad(what: &str, v: &[Value]) -> Error {
+        Error::new(fred::error::ErrorKind::Parse, format!("unexpected script reply for {what}: {v:?}"))
+    }
+
+    /// Integer field `i`.
+    pub(crate) fn int(v: &[Value], i: usize, what: &str) -> Result<i64, Error> {
+        v.get(i).and_then(Value::as_i64).ok_or_else(|| bad(what, v))
+    }
+
+    /// Text field `i`.
+    pub(crate) fn text(v: &[Value], i: usize, what: &str) -> Result<String, Error> {
+        v.get(i).and_then(Value::as_string).ok_or_else(|| bad(what, v))
+    }
+
+    /// A fencing token (decimal text) at field `i`.
+    pub(crate) fn token(v: &[Value], i: usize, what: &str) -> Result<u64, Error> {
+        v.get(i).and_then(Value::as_u64).ok_or_else(|| bad(what, v))
+    }
+}
