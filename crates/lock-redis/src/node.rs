@@ -27,8 +27,8 @@ pub(crate) enum Grant {
 /// Answer of the release script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Released {
-    /// One level released; `left` levels remain (0: the lock is free).
-    Yes { left: u32 },
+    /// One level of acquisition `token` released; `left` levels remain (0: the lock is free).
+    Yes { left: u32, token: u64 },
     /// Nobody holds the lock.
     NotHeld,
     /// Somebody else (or, when a token was given, another acquisition) holds it.
@@ -154,7 +154,10 @@ impl Node {
         )
         .await?;
         Ok(match reply::int(&v, 0, "release")? {
-            1 => Released::Yes { left: reply::int(&v, 1, "release")? as u32 },
+            1 => Released::Yes {
+                left: reply::int(&v, 1, "release")? as u32,
+                token: reply::token(&v, 2, "release")?,
+            },
             0 => Released::NotHeld,
             _ => Released::NotOwner { holder: reply::text(&v, 1, "release")? },
         })

@@ -99,6 +99,7 @@ impl Drop for Granted {
         let names = self.names.clone();
         rt.spawn(async move {
             let inner = &guard.0;
+            inner.wakers.released(&names.channel, Some(&lease.owner), Some(lease.token.0));
             match inner.node.release(&names, &lease.owner, Some(lease.token.0)).await {
                 Ok(_) => tracing::debug!(key = %lease.key, token = %lease.token, "gave back a lock whose caller left"),
                 Err(e) => tracing::warn!(key = %lease.key, error = %e, "cannot give back a lock whose caller left; it expires with its TTL"),
@@ -228,16 +229,20 @@ impl LockProvider for RedisLockProvider {
         let names = Arc::new(inner.keys.names(&opts.key));
         let interest: Option<Interest> =
             (!matches!(opts.wait, WaitPolicy::NoWait)).then(|| inner.wakers.interest(&names.channel));
+        let first = AtomicBool::new(true);
         let attempt = || async {
-            let first = inner.attempt(&names, opts).await?;
-            if let (Attempt::Busy { .. }, Some(interest)) = (&first, &interest) {
-                // First time this key is busy for a local waiter: subscribe to its releases,
-                // then look again, since a release before the subscription sends no message.
-                if interest.ensure_subscribed().await {
-                    return inner.attempt(&names, opts).await;
-                }
+            let Some(interest) = &interest else { return inner.attempt(&names, opts).await };
+            if let Some(settled) = interest.settled(&opts.owner, first.swap(false, Ordering::Relaxed)) {
+                return Ok(settled);
             }
-            Ok(first)
+            let mut answer = inner.attempt(&names, opts).await?;
+            // First time this key is busy for a local waiter: subscribe to its releases, then
+            // look again, since a release before the subscription sends no message.
+            if matches!(answer, Attempt::Busy { .. }) && interest.ensure_subscribed().await {
+                answer = inner.attempt(&names, opts).await?;
+            }
+            interest.record(&answer);
+            Ok(answer)
         };
         tokio::select! {
             biased;
@@ -251,7 +256,19 @@ impl LockProvider for RedisLockProvider {
         validate::owner(owner)?;
         self.inner.check_open()?;
         let names = self.inner.keys.names(key);
-        match self.inner.node.release(&names, owner, None).await.map_err(map_err)? {
+        let released = self.inner.node.release(&names, owner, None).await.map_err(map_err)?;
+        match released {
+            Released::Yes { left: 1.., .. } => {}
+            Released::Yes { left: 0, token } => {
+                self.inner.wakers.released(&names.channel, Some(owner), Some(token));
+                self.inner.wakers.freed(&names.channel, token);
+            }
+            // Gone already: this provider's waiters must stop assuming it is held.
+            Released::NotHeld | Released::NotOwner { .. } => {
+                self.inner.wakers.released(&names.channel, Some(owner), None)
+            }
+        }
+        match released {
             Released::Yes { .. } => Ok(()),
             Released::NotHeld => Err(LockError::NotHeld { key: key.to_owned() }),
             Released::NotOwner { holder } => {
@@ -274,7 +291,10 @@ impl LockProvider for RedisLockProvider {
                 valid_until: sent + ttl,
                 depth,
             }),
-            None => Err(LockError::LeaseLost { key: key.to_owned() }),
+            None => {
+                self.inner.wakers.released(&names.channel, Some(owner), None);
+                Err(LockError::LeaseLost { key: key.to_owned() })
+            }
         }
     }
 

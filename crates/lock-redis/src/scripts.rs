@@ -55,8 +55,9 @@ return {0, h[1], redis.call('PTTL', KEYS[1])}
 ///
 /// `KEYS`: lock. `ARGV`: owner, token (empty: any), channel.
 ///
-/// Replies `{1, depth_left}` when released, `{0}` when nobody holds the lock, `{-1, holder}`
-/// when somebody else (or another acquisition, when a token is given) does.
+/// Replies `{1, depth_left, token}` when released, `{0}` when nobody holds the lock,
+/// `{-1, holder}` when somebody else (or another acquisition, when a token is given) does. The
+/// message published is the released token.
 pub(crate) const RELEASE: &str = r#"
 local h = redis.call('HMGET', KEYS[1], 'o', 'd', 't')
 if not h[1] then return {0} end
@@ -64,11 +65,11 @@ if h[1] ~= ARGV[1] or (ARGV[2] ~= '' and h[3] ~= ARGV[2]) then return {-1, h[1]}
 local d = tonumber(h[2]) - 1
 if d > 0 then
   redis.call('HSET', KEYS[1], 'd', d)
-  return {1, d}
+  return {1, d, h[3]}
 end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[3], h[3])
-return {1, 0}
+return {1, 0, h[3]}
 "#;
 
 /// Sets a held lock's TTL.
