@@ -4,7 +4,7 @@
 //!
 //! | what | Redis name | type |
 //! |---|---|---|
-//! | the lock | `p{enc(k)}` | hash: `o` owner, `d` depth, `t` token; expires with the lease |
+//! | the lock | `p{enc(k)}` | string `"<token> <depth> <owner>"`; expires with the lease |
 //! | its fencing counter | `p{enc(k)}:fence` | string (integer); never expires |
 //! | its release channel | `p{enc(k)}:released` | pub/sub channel |
 //!
@@ -17,7 +17,7 @@
 /// The names of one key's lock, counter and channel.
 #[derive(Clone, Debug)]
 pub(crate) struct KeyNames {
-    /// The lock hash.
+    /// The lock key.
     pub(crate) lock: String,
     /// The fencing counter.
     pub(crate) fence: String,
@@ -40,7 +40,7 @@ impl KeySpace {
         KeySpace { prefix: prefix.to_owned() }
     }
 
-    /// The lock hash of `key`.
+    /// The lock key of `key`.
     pub(crate) fn lock_key(&self, key: &str) -> String {
         let mut s = String::with_capacity(self.prefix.len() + key.len() + 2);
         s.push_str(&self.prefix);
@@ -56,7 +56,7 @@ impl KeySpace {
         KeyNames { fence: format!("{lock}{FENCE_SUFFIX}"), channel: format!("{lock}{CHANNEL_SUFFIX}"), lock }
     }
 
-    /// The `SCAN MATCH` pattern that finds every lock hash whose user key starts with
+    /// The `SCAN MATCH` pattern that finds every lock key whose user key starts with
     /// `prefix` (and also their counters, which [`decode_lock_key`](Self::decode_lock_key)
     /// filters out).
     pub(crate) fn scan_pattern(&self, prefix: &str) -> String {
@@ -69,7 +69,7 @@ impl KeySpace {
         pattern
     }
 
-    /// The user key of a lock hash name, or `None` for any other name (a counter, a foreign key).
+    /// The user key of a lock key name, or `None` for any other name (a counter, a foreign key).
     pub(crate) fn decode_lock_key(&self, name: &str) -> Option<String> {
         let tag = name.strip_prefix(&self.prefix)?.strip_prefix('{')?.strip_suffix('}')?;
         if tag.contains(['{', '}']) {

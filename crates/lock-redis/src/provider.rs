@@ -1,8 +1,11 @@
 //! [`RedisLockProvider`]: the [`LockProvider`] on one Redis deployment.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,7 +13,7 @@ use lock_core::{
     acquire_with_backoff, async_trait, validate, Attempt, Capabilities, FencingToken, Health, Lease,
     LockError, LockInfo, LockOptions, LockProvider, Result, WaitPolicy,
 };
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{RedisConfig, RedisMode};
@@ -39,15 +42,14 @@ struct Inner {
     command_timeout: Duration,
 }
 
-/// Counts the background attempt tasks that may still have to give back a lock, so that
-/// `close` lets them finish before it closes the connections.
+/// Counts acquire requests in flight (including those finished in the background for a
+/// caller that left), so that `close` lets them give their locks back before it closes the
+/// connections.
 #[derive(Debug, Default)]
 struct Inflight {
     count: AtomicUsize,
     idle: Notify,
 }
-
-struct InflightGuard(Arc<Inner>);
 
 impl Inflight {
     async fn wait_idle(&self, bound: Duration) {
@@ -66,6 +68,15 @@ impl Inflight {
     }
 }
 
+struct InflightGuard(Arc<Inner>);
+
+impl InflightGuard {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.inflight.count.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(inner.clone())
+    }
+}
+
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         if self.0.inflight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -74,37 +85,56 @@ impl Drop for InflightGuard {
     }
 }
 
-/// A lease granted by a background attempt, not yet seen by its caller. If it is dropped
-/// unseen (the caller's future was cancelled), the acquisition is given back: one level of
-/// exactly this acquisition, matched by owner and token, so a later holder is never touched.
-struct Granted {
-    lease: Option<Lease>,
+type GrantFuture = Pin<Box<dyn Future<Output = std::result::Result<Grant, fred::error::Error>> + Send>>;
+
+/// One acquire round trip, polled in place by its caller. If the caller's future is dropped
+/// before the answer arrives (the request may already have been executed), the request is
+/// finished in a task of its own and a lock it granted is given back: one level of exactly
+/// this acquisition, matched by owner and token, so a later holder is never touched.
+struct AcquireRequest {
+    request: Option<GrantFuture>,
     names: Arc<KeyNames>,
-    guard: Option<InflightGuard>,
+    owner: Arc<str>,
+    guard: InflightGuard,
 }
 
-impl Granted {
-    fn take(mut self) -> Lease {
-        self.lease.take().expect("taken once")
+impl AcquireRequest {
+    fn new(inner: &Arc<Inner>, names: &Arc<KeyNames>, owner: &Arc<str>, ttl: Duration) -> Self {
+        let guard = InflightGuard::new(inner);
+        let (inner, names2, owner2) = (inner.clone(), names.clone(), owner.clone());
+        let request = Box::pin(async move { inner.node.acquire(&names2, &owner2, ttl).await });
+        AcquireRequest { request: Some(request), names: names.clone(), owner: owner.clone(), guard }
     }
 }
 
-impl Drop for Granted {
+impl Future for AcquireRequest {
+    type Output = std::result::Result<Grant, fred::error::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let request = self.request.as_mut().expect("polled after completion");
+        let out = ready!(request.as_mut().poll(cx));
+        self.request = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for AcquireRequest {
     fn drop(&mut self) {
-        let (Some(lease), Some(guard)) = (self.lease.take(), self.guard.take()) else { return };
+        let Some(request) = self.request.take() else { return };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(key = %lease.key, "cannot give back an unclaimed lock outside a runtime; it expires with its TTL");
+            tracing::warn!(key = %self.names.lock, "acquire abandoned outside a runtime; a lock it got expires with its TTL");
             return;
         };
-        let names = self.names.clone();
+        let (names, owner, guard) =
+            (self.names.clone(), self.owner.clone(), InflightGuard::new(&self.guard.0));
         rt.spawn(async move {
+            let Ok(Grant::Acquired { token, .. }) = request.await else { return };
             let inner = &guard.0;
-            inner.wakers.released(&names.channel, Some(&lease.owner), Some(lease.token.0));
-            match inner.node.release(&names, &lease.owner, Some(lease.token.0)).await {
-                Ok(_) => tracing::debug!(key = %lease.key, token = %lease.token, "gave back a lock whose caller left"),
-                Err(e) => tracing::warn!(key = %lease.key, error = %e, "cannot give back a lock whose caller left; it expires with its TTL"),
+            inner.wakers.released(&names.channel, Some(&owner), Some(token));
+            match inner.node.release(&names, &owner, Some(token)).await {
+                Ok(_) => tracing::debug!(key = %names.lock, token, "gave back a lock whose caller left"),
+                Err(e) => tracing::warn!(key = %names.lock, error = %e, "cannot give back a lock whose caller left; it expires with its TTL"),
             }
-            drop(guard);
         });
     }
 }
@@ -164,43 +194,21 @@ impl Inner {
         }
     }
 
-    /// One acquire round trip, run in its own task so that a caller who stops waiting
-    /// cannot leave a lock behind (see [`Granted`]).
+    /// One acquire round trip (see [`AcquireRequest`] for what happens if the caller leaves).
     async fn attempt(self: &Arc<Self>, names: &Arc<KeyNames>, opts: &LockOptions) -> Result<Attempt> {
         self.check_open()?;
-        self.inflight.count.fetch_add(1, Ordering::AcqRel);
-        let guard = InflightGuard(self.clone());
-        let (tx, rx) = oneshot::channel();
-        let (names, key, owner, ttl) = (names.clone(), opts.key.clone(), opts.owner.clone(), opts.ttl);
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let out = match guard.0.node.acquire(&names, &owner, ttl).await {
-                Ok(Grant::Acquired { token, depth, ttl }) => Ok(Ok(Granted {
-                    lease: Some(Lease {
-                        key,
-                        owner,
-                        token: FencingToken(token),
-                        ttl,
-                        valid_until: sent + ttl,
-                        depth,
-                    }),
-                    names,
-                    guard: Some(guard),
-                })),
-                Ok(Grant::Busy { holder, left }) => {
-                    Ok(Err(Attempt::Busy { holder: Some(holder), expires_in: left }))
-                }
-                Err(e) => Err(map_err(e)),
-            };
-            // A send to a caller that left returns the grant, whose drop gives the lock back.
-            let _ = tx.send(out);
-        });
-        match rx.await {
-            Ok(Ok(Ok(granted))) => Ok(Attempt::Acquired(granted.take())),
-            Ok(Ok(Err(busy))) => Ok(busy),
-            Ok(Err(e)) => Err(e),
-            // The task cannot vanish while the runtime runs; if it did, it released nothing.
-            Err(_) => Err(LockError::unavailable(NAME, "acquire task ended without an answer")),
+        let sent = Instant::now();
+        match AcquireRequest::new(self, names, &opts.owner, opts.ttl).await.map_err(map_err)? {
+            // From here on nothing awaits: the lease reaches the caller or nobody got it.
+            Grant::Acquired { token, depth, ttl } => Ok(Attempt::Acquired(Lease {
+                key: opts.key.clone(),
+                owner: opts.owner.clone(),
+                token: FencingToken(token),
+                ttl,
+                valid_until: sent + ttl,
+                depth,
+            })),
+            Grant::Busy { holder, left } => Ok(Attempt::Busy { holder: Some(holder), expires_in: left }),
         }
     }
 }
