@@ -1,0 +1,192 @@
+//! Redis-specific behaviour: awkward keys, a lost script cache, a server restart.
+
+mod common;
+
+use std::time::Duration;
+
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
+use lock_core::{LockError, LockOptions, LockProvider};
+use lock_redis::{RedisConfig, RedisLockProvider};
+
+fn opts(key: &str, owner: &str) -> LockOptions {
+    LockOptions::new(key, owner).ttl(Duration::from_secs(30)).no_wait()
+}
+
+/// The shared server, or `None` (skipped loudly, or failed under `DISTLOCK_REQUIRE_SERVICES=1`).
+async fn shared(test: &str) -> Option<RedisLockProvider> {
+    let url = common::url();
+    let h = RedisLockProvider::connect(RedisConfig::new(url.as_str()).pool_size(2))
+        .await
+        .map_err(|e| format!("{url}: {e}"));
+    lock_testkit::require_or_skip(test, h)
+}
+
+async fn raw_client(url: &str) -> fred::clients::Client {
+    let c = fred::types::Builder::from_config(fred::types::config::Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.expect("raw client connects");
+    c
+}
+
+fn run_prefix() -> String {
+    format!("distlock-test/{:016x}/", fastrand::u64(..))
+}
+
+#[tokio::test]
+async fn keys_with_glob_brace_space_and_unicode_characters_are_plain_keys() {
+    let Some(p) = shared("keys_with_glob_brace_space_and_unicode_characters_are_plain_keys").await else {
+        return;
+    };
+    let run = run_prefix();
+    let awkward = [
+        "a*",
+        "a?",
+        "a[bc]",
+        "a]",
+        "{",
+        "}",
+        "{tag}",
+        "}{",
+        "%7D",
+        "100%",
+        "with space",
+        "tab\there",
+        "\\",
+        "é漢字🔒",
+        "\u{1}\u{7f}",
+    ];
+    let mut tokens = Vec::new();
+    for (i, name) in awkward.iter().enumerate() {
+        let key = format!("{run}{name}");
+        let lease = p.lock(&opts(&key, &format!("owner {i} with spaces"))).await.expect(name);
+        tokens.push(lease.token);
+        let info = p.is_locked(&key).await.unwrap().expect(name);
+        assert_eq!((info.key.as_str(), info.owner.as_str()), (key.as_str(), lease.owner.as_ref()));
+    }
+    // A glob character in a key never matches other keys: each is its own lock.
+    for (i, name) in awkward.iter().enumerate() {
+        let key = format!("{run}{name}");
+        let err = p.try_lock(&opts(&key, "intruder")).await.unwrap_err();
+        assert!(err.is_timeout(), "{name}: {err:?}");
+        assert_eq!(p.is_locked(&key).await.unwrap().unwrap().token, tokens[i], "{name}");
+    }
+    // `list` treats the prefix literally: "a*" lists "a*" only, not "a?" or "a[bc]".
+    let listed: Vec<_> = p.list(&format!("{run}a*")).await.unwrap().into_iter().map(|i| i.key).collect();
+    assert_eq!(listed, vec![format!("{run}a*")]);
+    let listed: Vec<_> = p.list(&format!("{run}a[")).await.unwrap().into_iter().map(|i| i.key).collect();
+    assert_eq!(listed, vec![format!("{run}a[bc]")]);
+    let listed: Vec<_> = p.list(&format!("{run}{{")).await.unwrap().into_iter().map(|i| i.key).collect();
+    assert_eq!(listed, vec![format!("{run}{{"), format!("{run}{{tag}}")]);
+    let all = p.list(&run).await.unwrap();
+    assert_eq!(all.len(), awkward.len());
+    let mut sorted: Vec<_> = awkward.iter().map(|n| format!("{run}{n}")).collect();
+    sorted.sort();
+    assert_eq!(all.iter().map(|i| i.key.clone()).collect::<Vec<_>>(), sorted, "sorted by key");
+    for (i, name) in awkward.iter().enumerate() {
+        p.unlock(&format!("{run}{name}"), &format!("owner {i} with spaces")).await.expect(name);
+    }
+    assert!(p.list(&run).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn over_long_keys_are_rejected_before_redis_is_asked() {
+    let Some(p) = shared("over_long_keys_are_rejected_before_redis_is_asked").await else { return };
+    let long = "k".repeat(lock_core::validate::MAX_KEY_LEN + 1);
+    let err = p.lock(&opts(&long, "alice")).await.unwrap_err();
+    assert!(matches!(err, LockError::InvalidArgument { what: "key", .. }), "{err:?}");
+    // The longest accepted key, made of characters the layout escapes, still works.
+    let run = run_prefix();
+    let key = format!("{run}{}", "}".repeat(lock_core::validate::MAX_KEY_LEN - run.len()));
+    p.lock(&opts(&key, "alice")).await.unwrap();
+    p.unlock(&key, "alice").await.unwrap();
+}
+
+#[tokio::test]
+async fn operations_recover_from_a_flushed_script_cache() {
+    let Some(p) = shared("operations_recover_from_a_flushed_script_cache").await else { return };
+    let raw = raw_client(&common::url()).await;
+    let key = format!("{}k", run_prefix());
+    let first = p.lock(&opts(&key, "alice")).await.unwrap();
+    // Every script is gone from the server; each operation must load it again and succeed.
+    raw.script_flush(false).await.unwrap();
+    let again = p.lock(&opts(&key, "alice")).await.expect("acquire after SCRIPT FLUSH");
+    assert_eq!((again.depth, again.token), (2, first.token));
+    raw.script_flush(false).await.unwrap();
+    assert_eq!(p.is_locked(&key).await.expect("inspect after SCRIPT FLUSH").unwrap().depth, 2);
+    raw.script_flush(false).await.unwrap();
+    p.refresh_lock(&key, "alice", Duration::from_secs(60)).await.expect("refresh after SCRIPT FLUSH");
+    raw.script_flush(false).await.unwrap();
+    p.unlock(&key, "alice").await.expect("release after SCRIPT FLUSH");
+    p.unlock(&key, "alice").await.unwrap();
+    assert_eq!(p.is_locked(&key).await.unwrap(), None);
+    let _: () = raw.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_fencing_counter_outlives_its_lock_and_never_expires() {
+    let Some(p) = shared("the_fencing_counter_outlives_its_lock_and_never_expires").await else { return };
+    let raw = raw_client(&common::url()).await;
+    let key = format!("{}k", run_prefix());
+    let lease = p.lock(&opts(&key, "alice").ttl(Duration::from_millis(50))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.is_locked(&key).await.unwrap(), None, "the lock expired");
+    let fence = format!("distlock:{{{key}}}:fence");
+    let counter: Option<u64> = raw.get(&fence).await.unwrap();
+    assert_eq!(counter, Some(lease.token.0), "the counter keeps the last token");
+    let ttl: i64 = raw.pttl(&fence).await.unwrap();
+    assert_eq!(ttl, -1, "the counter has no expiry");
+    // Deleting the counter (eviction, a restart without persistence) never lets tokens go back.
+    let _: i64 = raw.del(&fence).await.unwrap();
+    let next = p.lock(&opts(&key, "bob")).await.unwrap();
+    assert!(next.token > lease.token, "{} after {}", next.token, lease.token);
+    p.unlock(&key, "bob").await.unwrap();
+    let _: () = raw.quit().await.unwrap();
+}
+
+/// Refreshes until the server answers (the client reconnects after the restart).
+async fn refresh_when_reachable(
+    p: &RedisLockProvider,
+    key: &str,
+    owner: &str,
+) -> lock_core::Result<lock_core::Lease> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match p.refresh_lock(key, owner, Duration::from_secs(30)).await {
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restart_without_persistence_makes_the_holders_refresh_fail_with_lease_lost() {
+    if !common::can_start_servers(
+        "a_restart_without_persistence_makes_the_holders_refresh_fail_with_lease_lost",
+    ) {
+        return;
+    }
+    let mut server = tokio::task::spawn_blocking(common::Server::start).await.unwrap();
+    let config = RedisConfig::new(server.url()).pool_size(2).command_timeout(Duration::from_secs(2));
+    let p = RedisLockProvider::connect(config).await.expect("connect to the throwaway server");
+    let lease = p.lock(&opts("job", "alice")).await.unwrap();
+    p.refresh_lock("job", "alice", Duration::from_secs(30)).await.expect("refresh before the restart");
+
+    server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+
+    let err = refresh_when_reachable(&p, "job", "alice").await.expect_err("the lock died with the server");
+    assert!(err.is_lease_lost(), "{err:?}");
+    assert_eq!(p.is_locked("job").await.unwrap(), None);
+    // The next holder's token is still above the lost one, although the counter died too.
+    let next = p.lock(&opts("job", "bob")).await.unwrap();
+    assert!(next.token > lease.token, "{} after {}", next.token, lease.token);
+    p.close().await.unwrap();
+    drop(server);
+}
