@@ -20,6 +20,10 @@
 //! - **Any key.** Keys with `{`, `}`, `*`, `?`, `[`, spaces or any UTF-8 are plain keys: the
 //!   layout escapes braces so the lock and its counter always share a cluster slot, and `list`
 //!   escapes glob characters in its `SCAN MATCH`.
+//! - **Three deployments** ([`RedisMode`]): one server; a Redis Cluster (`redis-cluster://`
+//!   URL; every script touches one slot); or Redlock over independent masters, where a lock
+//!   is held when a majority granted it within its validity time (TTL minus the time the round
+//!   took minus clock drift) and is given back on every master otherwise.
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> lock_core::Result<()> {
@@ -42,6 +46,7 @@
 //! See `docs/redis.md` in the repository for the key layout, the scripts and what each mode
 //! guarantees.
 
+mod backend;
 mod config;
 mod keys;
 mod node;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fred::clients::{Pool, SubscriberClient};
+use fred::clients::{Client, Pool, SubscriberClient};
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::ClientLike;
 use fred::types::config::{Config, ReconnectPolicy};
@@ -47,17 +47,29 @@ pub(crate) struct Held {
 /// A connected deployment.
 #[derive(Debug)]
 pub(crate) struct Node {
+    /// The URL, without credentials.
+    url: String,
     pub(crate) pool: Pool,
     builder: Builder,
     scripts: Scripts,
     /// Acquire script calls made (each is one round trip).
     pub(crate) attempts: AtomicU64,
+    /// Fail at once while disconnected instead of queueing until the connection is back.
+    fail_fast: bool,
 }
 
 fn ms(d: Duration) -> String {
     // validate::ttl guarantees at least 1 ms; round up so a lease is never shorter than asked.
     let ms = d.as_micros().div_ceil(1000).max(1);
     ms.to_string()
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
 }
 
 fn left(pttl: i64) -> Option<Duration> {
@@ -67,13 +79,15 @@ fn left(pttl: i64) -> Option<Duration> {
 impl Node {
     /// Connects the pool to `url` and loads the scripts.
     pub(crate) async fn connect(
-        url: &str,
+        url: String,
         pool_size: usize,
         command_timeout: Duration,
         connect_timeout: Duration,
+        fail_fast: bool,
     ) -> Result<Node, LockError> {
-        let config =
-            Config::from_url(url).map_err(|e| LockError::Config(format!("redis: bad URL `{url}`: {e}")))?;
+        let shown = redact(&url);
+        let config = Config::from_url(&url)
+            .map_err(|e| LockError::Config(format!("redis: bad URL `{shown}`: {e}")))?;
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -103,10 +117,26 @@ impl Node {
             }
             Err(_) => {
                 let _ = pool.quit().await;
-                return Err(LockError::unavailable(NAME, format!("no connection to {url} in time")));
+                return Err(LockError::unavailable(NAME, format!("no connection to {shown} in time")));
             }
         }
-        Ok(Node { pool, builder, scripts: Scripts::default(), attempts: AtomicU64::new(0) })
+        Ok(Node {
+            url: shown,
+            pool,
+            builder,
+            scripts: Scripts::default(),
+            attempts: AtomicU64::new(0),
+            fail_fast,
+        })
+    }
+
+    /// A pooled client to send the next command on.
+    fn client(&self) -> Result<&Client, Error> {
+        let client = self.pool.next_connected();
+        if self.fail_fast && !client.is_connected() {
+            return Err(Error::new(ErrorKind::IO, format!("not connected to {}", self.url)));
+        }
+        Ok(client)
     }
 
     /// A new, unconnected subscriber client for the same deployment.
@@ -118,7 +148,7 @@ impl Node {
     pub(crate) async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Grant, Error> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         let v = scripts::call(
-            self.pool.next(),
+            self.client()?,
             &self.scripts.acquire,
             &[&names.lock, &names.fence],
             &[owner, &ms(ttl)],
@@ -147,7 +177,7 @@ impl Node {
     ) -> Result<Released, Error> {
         let token = token.map(|t| t.to_string()).unwrap_or_default();
         let v = scripts::call(
-            self.pool.next(),
+            self.client()?,
             &self.scripts.release,
             &[&names.lock],
             &[owner, &token, &names.channel],
@@ -170,8 +200,8 @@ impl Node {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<(u64, u32)>, Error> {
-        let v = scripts::call(self.pool.next(), &self.scripts.refresh, &[&names.lock], &[owner, &ms(ttl)])
-            .await?;
+        let v =
+            scripts::call(self.client()?, &self.scripts.refresh, &[&names.lock], &[owner, &ms(ttl)]).await?;
         if reply::int(&v, 0, "refresh")? != 1 {
             return Ok(None);
         }
@@ -180,7 +210,7 @@ impl Node {
 
     /// The inspect script: one round trip.
     pub(crate) async fn inspect(&self, lock_key: &str) -> Result<Option<Held>, Error> {
-        let v = scripts::call(self.pool.next(), &self.scripts.inspect, &[lock_key], &[]).await?;
+        let v = scripts::call(self.client()?, &self.scripts.inspect, &[lock_key], &[]).await?;
         if v.is_empty() {
             return Ok(None);
         }
@@ -190,6 +220,37 @@ impl Node {
             depth: reply::int(&v, 2, "inspect")? as u32,
             left: left(reply::int(&v, 3, "inspect")?).unwrap_or_default(),
         }))
+    }
+
+    /// Every key matching `pattern` (on every primary of a cluster).
+    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Error> {
+        use futures::StreamExt;
+        let client = self.pool.next();
+        let mut names = if client.is_clustered() {
+            client.scan_cluster_buffered(pattern, Some(1000), None).boxed()
+        } else {
+            client.scan_buffered(pattern, Some(1000), None).boxed()
+        };
+        let mut out = Vec::new();
+        while let Some(name) = names.next().await {
+            if let Some(name) = name?.into_string() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `PING`, and what the server is.
+    pub(crate) async fn ping(&self) -> Result<String, Error> {
+        let client = self.pool.next();
+        let _: String = client.ping(None).await?;
+        let version = client.server_version().map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+        Ok(format!(
+            "redis {version} at {}, {} pooled connections{}",
+            self.url,
+            self.pool.size(),
+            if client.is_clustered() { ", cluster" } else { "" }
+        ))
     }
 
     /// Closes the pool.
@@ -223,6 +284,12 @@ pub(crate) fn map_err(e: Error) -> LockError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("redis://:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
 
     #[test]
     fn ttl_is_sent_in_whole_milliseconds_rounded_up() {

@@ -16,9 +16,10 @@ use lock_core::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::backend::{Acquire, Backend, Redlock, Release};
 use crate::config::{RedisConfig, RedisMode};
 use crate::keys::{KeyNames, KeySpace};
-use crate::node::{map_err, Grant, Node, Released};
+use crate::node::{map_err, Node};
 use crate::wake::{Interest, Wakers};
 use crate::NAME;
 
@@ -34,7 +35,7 @@ pub struct RedisLockProvider {
 #[derive(Debug)]
 struct Inner {
     keys: KeySpace,
-    node: Node,
+    backend: Backend,
     wakers: Arc<Wakers>,
     closed: AtomicBool,
     on_close: Notify,
@@ -85,14 +86,14 @@ impl Drop for InflightGuard {
     }
 }
 
-type GrantFuture = Pin<Box<dyn Future<Output = std::result::Result<Grant, fred::error::Error>> + Send>>;
+type AcquireFuture = Pin<Box<dyn Future<Output = Result<Acquire>> + Send>>;
 
 /// One acquire round trip, polled in place by its caller. If the caller's future is dropped
 /// before the answer arrives (the request may already have been executed), the request is
 /// finished in a task of its own and a lock it granted is given back: one level of exactly
 /// this acquisition, matched by owner and token, so a later holder is never touched.
 struct AcquireRequest {
-    request: Option<GrantFuture>,
+    request: Option<AcquireFuture>,
     names: Arc<KeyNames>,
     owner: Arc<str>,
     guard: InflightGuard,
@@ -102,13 +103,13 @@ impl AcquireRequest {
     fn new(inner: &Arc<Inner>, names: &Arc<KeyNames>, owner: &Arc<str>, ttl: Duration) -> Self {
         let guard = InflightGuard::new(inner);
         let (inner, names2, owner2) = (inner.clone(), names.clone(), owner.clone());
-        let request = Box::pin(async move { inner.node.acquire(&names2, &owner2, ttl).await });
+        let request = Box::pin(async move { inner.backend.acquire(&names2, &owner2, ttl).await });
         AcquireRequest { request: Some(request), names: names.clone(), owner: owner.clone(), guard }
     }
 }
 
 impl Future for AcquireRequest {
-    type Output = std::result::Result<Grant, fred::error::Error>;
+    type Output = Result<Acquire>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let request = self.request.as_mut().expect("polled after completion");
@@ -128,11 +129,11 @@ impl Drop for AcquireRequest {
         let (names, owner, guard) =
             (self.names.clone(), self.owner.clone(), InflightGuard::new(&self.guard.0));
         rt.spawn(async move {
-            let Ok(Grant::Acquired { token, .. }) = request.await else { return };
+            let Ok(Acquire::Granted(granted)) = request.await else { return };
             let inner = &guard.0;
-            inner.wakers.released(&names.channel, Some(&owner), Some(token));
-            match inner.node.release(&names, &owner, Some(token)).await {
-                Ok(_) => tracing::debug!(key = %names.lock, token, "gave back a lock whose caller left"),
+            inner.wakers.released(&names.channel, Some(&owner), Some(granted.token));
+            match inner.backend.give_back(&names, &owner, &granted.receipts).await {
+                Ok(()) => tracing::debug!(key = %names.lock, token = granted.token, "gave back a lock whose caller left"),
                 Err(e) => tracing::warn!(key = %names.lock, error = %e, "cannot give back a lock whose caller left; it expires with its TTL"),
             }
         });
@@ -146,18 +147,31 @@ impl RedisLockProvider {
     /// [`LockError::Unavailable`] when the server cannot be reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         config.validate()?;
-        if let RedisMode::Redlock { .. } = config.mode {
-            return Err(LockError::Config("redis: use RedlockProvider for RedisMode::Redlock".into()));
-        }
-        let node =
-            Node::connect(&config.url, config.pool_size, config.command_timeout, config.connect_timeout)
-                .await?;
-        let subscriber = node.subscriber();
+        let connect = |url: String, fail_fast: bool| {
+            Node::connect(url, config.pool_size, config.command_timeout, config.connect_timeout, fail_fast)
+        };
+        let backend = match &config.mode {
+            RedisMode::Single => Backend::Single(Box::new(connect(config.url.clone(), false).await?)),
+            RedisMode::Redlock { urls, clock_drift_factor } => {
+                // Every master must be reachable at start: a typo in one URL is a
+                // configuration error, not something to discover under load.
+                // A master that is down must not hold every attempt up for a command timeout.
+                let nodes = futures::future::join_all(urls.iter().map(|u| connect(u.clone(), true))).await;
+                let nodes = nodes.into_iter().collect::<Result<Vec<_>>>()?;
+                Backend::Redlock(Redlock {
+                    quorum: nodes.len() / 2 + 1,
+                    nodes,
+                    drift_factor: *clock_drift_factor,
+                })
+            }
+        };
+        let subscriber = backend.wake_node().subscriber();
+        let match_tokens = matches!(backend, Backend::Single(_));
         Ok(RedisLockProvider {
             inner: Arc::new(Inner {
                 keys: KeySpace::new(&config.key_prefix),
-                node,
-                wakers: Arc::new(Wakers::new(move || subscriber.clone_new())),
+                backend,
+                wakers: Arc::new(Wakers::new(match_tokens, move || subscriber.clone_new())),
                 closed: AtomicBool::new(false),
                 on_close: Notify::new(),
                 inflight: Inflight::default(),
@@ -169,7 +183,7 @@ impl RedisLockProvider {
     /// Acquire script calls made so far (each one round trip), for measurements: with many
     /// tasks on one key, this divided by the acquisitions shows how often callers tried in vain.
     pub fn acquire_attempts(&self) -> u64 {
-        self.inner.node.attempts.load(Ordering::Relaxed)
+        self.inner.backend.attempts()
     }
 }
 
@@ -198,17 +212,17 @@ impl Inner {
     async fn attempt(self: &Arc<Self>, names: &Arc<KeyNames>, opts: &LockOptions) -> Result<Attempt> {
         self.check_open()?;
         let sent = Instant::now();
-        match AcquireRequest::new(self, names, &opts.owner, opts.ttl).await.map_err(map_err)? {
+        match AcquireRequest::new(self, names, &opts.owner, opts.ttl).await? {
             // From here on nothing awaits: the lease reaches the caller or nobody got it.
-            Grant::Acquired { token, depth, ttl } => Ok(Attempt::Acquired(Lease {
+            Acquire::Granted(g) => Ok(Attempt::Acquired(Lease {
                 key: opts.key.clone(),
                 owner: opts.owner.clone(),
-                token: FencingToken(token),
-                ttl,
-                valid_until: sent + ttl,
-                depth,
+                token: FencingToken(g.token),
+                ttl: g.ttl,
+                valid_until: sent + g.ttl,
+                depth: g.depth,
             })),
-            Grant::Busy { holder, left } => Ok(Attempt::Busy { holder: Some(holder), expires_in: left }),
+            Acquire::Busy { holder, left } => Ok(Attempt::Busy { holder, expires_in: left }),
         }
     }
 }
@@ -222,7 +236,8 @@ impl LockProvider for RedisLockProvider {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             reentrant: true,
-            fencing: true,
+            // Redlock tokens come from independent counters: see `docs/redis.md`.
+            fencing: matches!(self.inner.backend, Backend::Single(_)),
             wakes_waiters: true,
             fifo: false,
             distributed: true,
@@ -264,22 +279,22 @@ impl LockProvider for RedisLockProvider {
         validate::owner(owner)?;
         self.inner.check_open()?;
         let names = self.inner.keys.names(key);
-        let released = self.inner.node.release(&names, owner, None).await.map_err(map_err)?;
+        let released = self.inner.backend.release(&names, owner).await?;
         match released {
-            Released::Yes { left: 1.., .. } => {}
-            Released::Yes { left: 0, token } => {
-                self.inner.wakers.released(&names.channel, Some(owner), Some(token));
+            Release::Yes { left: 1.., .. } => {}
+            Release::Yes { left: 0, token } => {
+                self.inner.wakers.released(&names.channel, Some(owner), token);
                 self.inner.wakers.freed(&names.channel, token);
             }
             // Gone already: this provider's waiters must stop assuming it is held.
-            Released::NotHeld | Released::NotOwner { .. } => {
+            Release::NotHeld | Release::NotOwner { .. } => {
                 self.inner.wakers.released(&names.channel, Some(owner), None)
             }
         }
         match released {
-            Released::Yes { .. } => Ok(()),
-            Released::NotHeld => Err(LockError::NotHeld { key: key.to_owned() }),
-            Released::NotOwner { holder } => {
+            Release::Yes { .. } => Ok(()),
+            Release::NotHeld => Err(LockError::NotHeld { key: key.to_owned() }),
+            Release::NotOwner { holder } => {
                 Err(LockError::NotOwner { key: key.to_owned(), holder: Some(holder) })
             }
         }
@@ -290,8 +305,8 @@ impl LockProvider for RedisLockProvider {
         self.inner.check_open()?;
         let names = self.inner.keys.names(key);
         let sent = Instant::now();
-        match self.inner.node.refresh(&names, owner, ttl).await.map_err(map_err)? {
-            Some((token, depth)) => Ok(Lease {
+        match self.inner.backend.refresh(&names, owner, ttl).await? {
+            Some((token, depth, ttl)) => Ok(Lease {
                 key: key.into(),
                 owner: owner.into(),
                 token: FencingToken(token),
@@ -310,7 +325,7 @@ impl LockProvider for RedisLockProvider {
         validate::key(key)?;
         self.inner.check_open()?;
         let lock_key = self.inner.keys.lock_key(key);
-        Ok(self.inner.node.inspect(&lock_key).await.map_err(map_err)?.map(|h| LockInfo {
+        Ok(self.inner.backend.inspect(&lock_key).await?.map(|h| LockInfo {
             key: key.to_owned(),
             owner: h.owner,
             token: FencingToken(h.token),
@@ -324,28 +339,34 @@ impl LockProvider for RedisLockProvider {
         self.inner.check_open()?;
         let inner = &self.inner;
         let pattern = inner.keys.scan_pattern(prefix);
-        let client = inner.node.pool.next();
         let mut found = BTreeMap::new();
-        {
-            use fred::interfaces::ClientLike;
-            let mut names = if client.is_clustered() {
-                client.scan_cluster_buffered(pattern, Some(1000), None).boxed()
-            } else {
-                client.scan_buffered(pattern, Some(1000), None).boxed()
-            };
-            while let Some(name) = names.next().await {
-                let name = name.map_err(map_err)?;
-                let Some(name) = name.as_str() else { continue };
-                // SCAN MATCH also finds counters and keys of other layouts; keep exact locks
-                // whose user key really starts with the prefix.
-                if let Some(key) = inner.keys.decode_lock_key(name).filter(|k| k.starts_with(prefix)) {
-                    found.insert(key, name.to_owned());
+        let nodes = inner.backend.nodes();
+        let mut scanned = 0;
+        for node in nodes {
+            match node.scan(&pattern).await {
+                Ok(names) => {
+                    scanned += 1;
+                    // SCAN MATCH also finds counters and keys of other layouts; keep exact
+                    // locks whose user key really starts with the prefix.
+                    for name in names {
+                        if let Some(key) = inner.keys.decode_lock_key(&name).filter(|k| k.starts_with(prefix))
+                        {
+                            found.insert(key, name);
+                        }
+                    }
                 }
+                // One master down does not hide the locks a quorum still holds.
+                Err(e) if nodes.len() > 1 => {
+                    tracing::debug!(error = %e, "list: a master could not be scanned")
+                }
+                Err(e) => return Err(map_err(e)),
             }
         }
+        if scanned == 0 {
+            return Err(LockError::unavailable(NAME, "list: no master could be scanned"));
+        }
         let reads = found.into_iter().map(|(key, name)| async move {
-            let held = inner.node.inspect(&name).await.map_err(map_err)?;
-            Ok::<_, LockError>(held.map(|h| LockInfo {
+            Ok::<_, LockError>(inner.backend.inspect(&name).await?.map(|h| LockInfo {
                 key,
                 owner: h.owner,
                 token: FencingToken(h.token),
@@ -363,21 +384,40 @@ impl LockProvider for RedisLockProvider {
 
     async fn health(&self) -> Result<Health> {
         self.inner.check_open()?;
-        use fred::interfaces::ClientLike;
-        let client = self.inner.node.pool.next();
         let started = Instant::now();
-        let _: String = client.ping(None).await.map_err(map_err)?;
+        let nodes = self.inner.backend.nodes();
+        let probes = futures::future::join_all(nodes.iter().map(Node::ping)).await;
         let latency = started.elapsed();
-        let version = client.server_version().map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
-        Ok(Health {
-            backend: NAME,
-            latency,
-            detail: format!(
-                "redis {version}, {} pooled connections{}",
-                self.inner.node.pool.size(),
-                if client.is_clustered() { ", cluster" } else { "" }
-            ),
-        })
+        let mut up = Vec::new();
+        let mut last_error = None;
+        for p in probes {
+            match p {
+                Ok(detail) => up.push(detail),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let needed = nodes.len() / 2 + 1;
+        match (&self.inner.backend, last_error) {
+            (Backend::Single(_), Some(e)) => return Err(map_err(e)),
+            (Backend::Redlock(_), Some(e)) if up.len() < needed => {
+                return Err(LockError::unavailable(
+                    NAME,
+                    format!(
+                        "{} of {} Redlock masters answered, a quorum needs {needed}: {e}",
+                        up.len(),
+                        nodes.len()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        let detail = match &self.inner.backend {
+            Backend::Single(_) => up.join(""),
+            Backend::Redlock(_) => {
+                format!("Redlock, {} of {} masters up: {}", up.len(), nodes.len(), up.join("; "))
+            }
+        };
+        Ok(Health { backend: NAME, latency, detail })
     }
 
     async fn close(&self) -> Result<()> {
@@ -390,7 +430,7 @@ impl LockProvider for RedisLockProvider {
         // Attempts already sent may still have to give a lock back: let them, boundedly.
         inner.inflight.wait_idle(inner.command_timeout * 2).await;
         inner.wakers.close();
-        inner.node.quit().await;
+        futures::future::join_all(inner.backend.nodes().iter().map(Node::quit)).await;
         Ok(())
     }
 }

@@ -94,6 +94,9 @@ enum Command {
 #[derive(Debug, Default)]
 struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Whether a release's token identifies the lease this provider recorded (one node), or
+    /// is only one master's token among several (Redlock).
+    match_tokens: bool,
 }
 
 impl Registry {
@@ -102,6 +105,7 @@ impl Registry {
     }
 
     fn released(&self, channel: &str, owner: Option<&str>, token: Option<u64>) {
+        let token = token.filter(|_| self.match_tokens);
         if let Some(e) = self.entries().get_mut(channel) {
             let ended = e.holder.as_ref().is_some_and(|h| {
                 owner.map_or(true, |o| *h.owner == *o) && token.map_or(true, |t| t == h.token)
@@ -155,9 +159,14 @@ impl std::fmt::Debug for Wakers {
 
 impl Wakers {
     /// Wake-ups whose subscriber connection is built by `make_subscriber` when first needed.
-    pub(crate) fn new(make_subscriber: impl Fn() -> SubscriberClient + Send + Sync + 'static) -> Self {
+    ///
+    /// `match_tokens`: release tokens identify leases (a single node; not Redlock).
+    pub(crate) fn new(
+        match_tokens: bool,
+        make_subscriber: impl Fn() -> SubscriberClient + Send + Sync + 'static,
+    ) -> Self {
         Wakers {
-            registry: Arc::default(),
+            registry: Arc::new(Registry { entries: Mutex::default(), match_tokens }),
             commands: OnceCell::new(),
             make_subscriber: Box::new(make_subscriber),
         }
@@ -193,8 +202,8 @@ impl Wakers {
 
     /// A local `unlock` freed the key (acquisition `token`): wake one local waiter now rather
     /// than when the release message comes back.
-    pub(crate) fn freed(&self, channel: &str, token: u64) {
-        self.registry.wake_one(channel, Some(token));
+    pub(crate) fn freed(&self, channel: &str, token: Option<u64>) {
+        self.registry.wake_one(channel, token);
     }
 
     /// Wakes every local waiter (used on close, where each then sees the provider closed).
