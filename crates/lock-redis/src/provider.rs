@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lock_core::{
-    acquire_with_backoff, async_trait, validate, Attempt, Capabilities, FencingToken, Health, Lease,
-    LockError, LockInfo, LockOptions, LockProvider, Result, WaitPolicy,
+    acquire_with_backoff, async_trait, validate, Attempt, Backoff, Capabilities, FencingToken, Health, Lease,
+    LockError, LockInfo, LockOptions, LockProvider, Result,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -250,8 +250,10 @@ impl LockProvider for RedisLockProvider {
         let inner = &self.inner;
         inner.check_open()?;
         let names = Arc::new(inner.keys.names(&opts.key));
-        let interest: Option<Interest> =
-            (!matches!(opts.wait, WaitPolicy::NoWait)).then(|| inner.wakers.interest(&names.channel));
+        // Only a caller whose policy lets it wait listens for releases (and may be answered
+        // from local knowledge); one that tries once always asks the server.
+        let may_wait = Backoff::new(&opts.wait).next_delay().is_some();
+        let interest: Option<Interest> = may_wait.then(|| inner.wakers.interest(&names.channel));
         let first = AtomicBool::new(true);
         let attempt = || async {
             let Some(interest) = &interest else { return inner.attempt(&names, opts).await };
