@@ -12,7 +12,7 @@ use fred::types::Builder;
 use lock_core::LockError;
 
 use crate::keys::KeyNames;
-use crate::scripts::{self, reply, Scripts};
+use crate::scripts::{self, Reply, Scripts};
 use crate::NAME;
 
 /// Answer of the acquire script.
@@ -147,24 +147,17 @@ impl Node {
     /// The acquire script: one round trip.
     pub(crate) async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Grant, Error> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
-        let v = scripts::call(
-            self.client()?,
-            &self.scripts.acquire,
-            &[&names.lock, &names.fence],
-            &[owner, &ms(ttl)],
-        )
-        .await?;
-        if reply::int(&v, 0, "acquire")? == 1 {
-            Ok(Grant::Acquired {
-                token: reply::token(&v, 1, "acquire")?,
-                depth: reply::int(&v, 2, "acquire")? as u32,
-                ttl: Duration::from_millis(reply::int(&v, 3, "acquire")?.max(0) as u64),
-            })
+        let keys = [names.lock.as_str(), names.fence.as_str()];
+        let text = scripts::call(self.client()?, &self.scripts.acquire, &keys, &[owner, &ms(ttl)]).await?;
+        // The holder in "0 <pttl> <holder>" may contain spaces: split off the status first.
+        let mut r = Reply::new(&text, 2, "acquire");
+        let granted = r.text()? == "1";
+        let mut r = Reply::new(r.text()?, 3, "acquire");
+        if granted {
+            Ok(Grant::Acquired { token: r.num()?, depth: r.num()?, ttl: Duration::from_millis(r.num()?) })
         } else {
-            Ok(Grant::Busy {
-                holder: reply::text(&v, 1, "acquire")?,
-                left: left(reply::int(&v, 2, "acquire")?),
-            })
+            let (pttl, holder) = (r.num()?, Reply::new(&text, 3, "acquire").nth(2)?);
+            Ok(Grant::Busy { left: left(pttl), holder: holder.to_owned() })
         }
     }
 
@@ -176,20 +169,17 @@ impl Node {
         token: Option<u64>,
     ) -> Result<Released, Error> {
         let token = token.map(|t| t.to_string()).unwrap_or_default();
-        let v = scripts::call(
-            self.client()?,
-            &self.scripts.release,
-            &[&names.lock],
-            &[owner, &token, &names.channel],
-        )
-        .await?;
-        Ok(match reply::int(&v, 0, "release")? {
-            1 => Released::Yes {
-                left: reply::int(&v, 1, "release")? as u32,
-                token: reply::token(&v, 2, "release")?,
-            },
-            0 => Released::NotHeld,
-            _ => Released::NotOwner { holder: reply::text(&v, 1, "release")? },
+        let args = [owner, &token, &names.channel];
+        let text = scripts::call(self.client()?, &self.scripts.release, &[&names.lock], &args).await?;
+        // The holder in "-1 <holder>" may contain spaces: split off the status first.
+        let mut r = Reply::new(&text, 2, "release");
+        Ok(match r.text()? {
+            "1" => {
+                let mut r = Reply::new(r.text()?, 2, "release");
+                Released::Yes { left: r.num()?, token: r.num()? }
+            }
+            "0" => Released::NotHeld,
+            _ => Released::NotOwner { holder: r.text()?.to_owned() },
         })
     }
 
@@ -200,26 +190,24 @@ impl Node {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<(u64, u32)>, Error> {
-        let v =
+        let text =
             scripts::call(self.client()?, &self.scripts.refresh, &[&names.lock], &[owner, &ms(ttl)]).await?;
-        if reply::int(&v, 0, "refresh")? != 1 {
+        let mut r = Reply::new(&text, 3, "refresh");
+        if r.text()? != "1" {
             return Ok(None);
         }
-        Ok(Some((reply::token(&v, 1, "refresh")?, reply::int(&v, 2, "refresh")? as u32)))
+        Ok(Some((r.num()?, r.num()?)))
     }
 
     /// The inspect script: one round trip.
     pub(crate) async fn inspect(&self, lock_key: &str) -> Result<Option<Held>, Error> {
-        let v = scripts::call(self.client()?, &self.scripts.inspect, &[lock_key], &[]).await?;
-        if v.is_empty() {
+        let text = scripts::call(self.client()?, &self.scripts.inspect, &[lock_key], &[]).await?;
+        let mut r = Reply::new(&text, 5, "inspect");
+        if r.text()? != "1" {
             return Ok(None);
         }
-        Ok(Some(Held {
-            owner: reply::text(&v, 0, "inspect")?,
-            token: reply::token(&v, 1, "inspect")?,
-            depth: reply::int(&v, 2, "inspect")? as u32,
-            left: left(reply::int(&v, 3, "inspect")?).unwrap_or_default(),
-        }))
+        let (token, depth, pttl) = (r.num()?, r.num()?, r.num()?);
+        Ok(Some(Held { token, depth, left: left(pttl).unwrap_or_default(), owner: r.text()?.to_owned() }))
     }
 
     /// Every key matching `pattern` (on every primary of a cluster).

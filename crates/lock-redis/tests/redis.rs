@@ -68,7 +68,15 @@ async fn keys_with_glob_brace_space_and_unicode_characters_are_plain_keys() {
     for (i, name) in awkward.iter().enumerate() {
         let key = format!("{run}{name}");
         let err = p.try_lock(&opts(&key, "intruder")).await.unwrap_err();
-        assert!(err.is_timeout(), "{name}: {err:?}");
+        match err {
+            LockError::Timeout { holder, .. } => assert_eq!(holder, Some(format!("owner {i} with spaces"))),
+            other => panic!("{name}: {other:?}"),
+        }
+        let err = p.unlock(&key, "intruder").await.unwrap_err();
+        assert!(
+            matches!(&err, LockError::NotOwner { holder: Some(h), .. } if *h == format!("owner {i} with spaces")),
+            "{name}: {err:?}"
+        );
         assert_eq!(p.is_locked(&key).await.unwrap().unwrap().token, tokens[i], "{name}");
     }
     // `list` treats the prefix literally: "a*" lists "a*" only, not "a?" or "a[bc]".
