@@ -2,8 +2,9 @@
 //!
 //! Scripts are loaded once when a provider connects (`SCRIPT LOAD`, on every primary of a
 //! cluster) and then called by digest with `EVALSHA`. A server that lost its script cache
-//! (restart, failover, `SCRIPT FLUSH`) answers `NOSCRIPT`: the script is loaded again and the
-//! call repeated once, which is safe because a `NOSCRIPT` call ran nothing.
+//! (restart, failover, `SCRIPT FLUSH`) answers `NOSCRIPT`: the call is repeated once as `EVAL`
+//! with the script's text, which also puts it back in the cache. That is safe because a
+//! `NOSCRIPT` call ran nothing.
 //!
 //! The lock is a string `"<token> <depth> <owner>"` (the owner last: it may contain spaces);
 //! its expiry is the key's own `PX`, so the server's clock decides it. A string with `SET ...
@@ -136,7 +137,8 @@ pub(crate) fn is_noscript(e: &Error) -> bool {
     e.details().starts_with("NOSCRIPT")
 }
 
-/// One `EVALSHA`; on `NOSCRIPT`, loads the script and calls it once more.
+/// One `EVALSHA`; on `NOSCRIPT`, one `EVAL` with the script's text, which runs it whatever the
+/// cache holds (another flush may come at any time) and caches it again for the next calls.
 pub(crate) async fn call(
     client: &Client,
     script: &Script,
@@ -147,9 +149,9 @@ pub(crate) async fn call(
     let args_of = || args.iter().map(|a| Value::from(*a)).collect::<Vec<_>>();
     match client.evalsha(script.sha1().clone(), keys_of(), args_of()).await {
         Err(e) if is_noscript(&e) => {
-            tracing::debug!(script = %script.sha1(), "script cache lost on the server; loading it again");
-            script.load(client).await?;
-            client.evalsha(script.sha1().clone(), keys_of(), args_of()).await
+            tracing::debug!(script = %script.sha1(), "script cache lost on the server; sending the script itself");
+            let lua = script.lua().expect("scripts are built from their text").clone();
+            client.eval(lua, keys_of(), args_of()).await
         }
         other => other,
     }

@@ -152,6 +152,44 @@ async fn the_fencing_counter_outlives_its_lock_and_never_expires() {
     let _: () = raw.quit().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_abandoned_in_flight_leaves_no_lock_behind() {
+    let Some(p) = shared("an_acquire_abandoned_in_flight_leaves_no_lock_behind").await else { return };
+    let p = std::sync::Arc::new(p);
+    let run = run_prefix();
+    let mut abandoned = 0;
+    for round in 0..60u64 {
+        let key = format!("{run}{round}");
+        let (p2, k2) = (p.clone(), key.clone());
+        // A free key: the request is granted on the server whether or not its caller is still
+        // there to hear it. Abort at varying points around the round trip.
+        let caller = tokio::spawn(async move { p2.lock(&opts(&k2, "alice")).await });
+        // Timers are too coarse for this: spin 0 to 190 µs while the caller runs on the other
+        // worker, so that some aborts land before, some during and some after the round trip.
+        let until = std::time::Instant::now() + Duration::from_micros(round % 20 * 10);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        caller.abort();
+        let kept = match caller.await {
+            Ok(lease) => Some(lease.expect("a free key is granted")),
+            Err(_) => {
+                abandoned += 1;
+                None
+            }
+        };
+        if let Some(lease) = kept {
+            p.unlock(&key, &lease.owner).await.unwrap();
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while p.is_locked(&key).await.unwrap().is_some() {
+            assert!(tokio::time::Instant::now() < until, "round {round}: an abandoned acquire kept the lock");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(abandoned > 0, "no round abandoned its caller: the test proved nothing");
+}
+
 /// Refreshes until the server answers (the client reconnects after the restart).
 async fn refresh_when_reachable(
     p: &RedisLockProvider,
