@@ -190,6 +190,49 @@ async fn an_acquire_abandoned_in_flight_leaves_no_lock_behind() {
     assert!(abandoned > 0, "no round abandoned its caller: the test proved nothing");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_sharing_providers_take_turns_on_a_hot_key() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let test = "callers_sharing_providers_take_turns_on_a_hot_key";
+    let (Some(a), Some(b)) = (shared(test).await, shared(test).await) else { return };
+    // Two providers (two processes, as far as Redis can tell), four callers on each: releases
+    // reach the other provider by pub/sub and the same provider by its own unlock, and local
+    // knowledge answers some attempts without a round trip. None of it may break exclusion.
+    let providers = [Arc::new(a), Arc::new(b)];
+    let key = format!("{}hot", run_prefix());
+    let inside = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let last_token = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let p = providers[t % 2].clone();
+        let (key, inside, done, last_token) = (key.clone(), inside.clone(), done.clone(), last_token.clone());
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("caller-{t}");
+            let o = LockOptions::new(key.as_str(), owner.as_str())
+                .ttl(Duration::from_secs(30))
+                .wait(lock_core::WaitPolicy::deadline(Duration::from_secs(60)));
+            for _ in 0..20 {
+                let lease = p.lock(&o).await.expect("lock");
+                assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                let previous = last_token.swap(lease.token.0, Ordering::SeqCst);
+                assert!(lease.token.0 > previous, "token {} after {previous}", lease.token);
+                tokio::task::yield_now().await;
+                inside.store(false, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                p.unlock(&key, &owner).await.expect("unlock");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 160);
+    assert_eq!(providers[0].is_locked(&key).await.unwrap(), None);
+}
+
 /// Refreshes until the server answers (the client reconnects after the restart).
 async fn refresh_when_reachable(
     p: &RedisLockProvider,
