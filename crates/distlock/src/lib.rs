@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `memory` (default) | in-process | `memory` (`lock-memory`) |
 //! | `mysql` | MySQL / MariaDB table, on sqlx | `mysql` (`lock-mysql`) |
+//! | `redis` | Redis: single node, cluster, Redlock | `redis` (`lock-redis`) |
 //! | `etcd` | etcd v3 (leases, revisions, watch) | `etcd` (`lock-etcd`) |
 //! | `all-backends` | every backend above | |
 //!
@@ -57,6 +58,12 @@ pub mod mysql {
 #[cfg(feature = "etcd")]
 pub mod etcd {
     pub use lock_etcd::*;
+}
+
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use lock_redis::*;
 }
 
 /// The README's examples, compiled and run as doctests.

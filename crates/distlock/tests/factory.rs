@@ -85,3 +85,29 @@ async fn etcd_from_config() {
     h.unlock().await.unwrap();
     manager.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn redis_without_address_is_a_config_error() {
+    let config = LockConfig { provider: distlock::LockProviderType::Redis, ..LockConfig::default() };
+    match LockProviderFactory::new(None).create_lock_provider(&config).await {
+        Err(LockError::Config(msg)) => assert!(msg.contains("redis.url"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn redis_from_addr_password_db() {
+    let mut config = LockConfig { provider: distlock::LockProviderType::Redis, ..LockConfig::default() };
+    config.redis.addr = Some("127.0.0.1:6379".into());
+    config.key_prefix = format!("distlock-test/factory/{:08x}/", std::process::id());
+    let manager = LockManager::new(None, config).await;
+    let Some(manager) = lock_testkit::require_or_skip("redis_from_addr", manager.map_err(|e| e.to_string()))
+    else {
+        return;
+    };
+    assert_eq!(manager.lock_provider().name(), "redis");
+    let h = manager.workflow_lock_provider().lock_workflow_execution("e1").await.unwrap();
+    assert!(manager.lock_provider().is_locked(h.lock_key()).await.unwrap().is_some());
+    h.unlock().await.unwrap();
+    manager.close().await.unwrap();
+}

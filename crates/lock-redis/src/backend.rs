@@ -1,0 +1,311 @@
+//! The deployment behind a provider: one node (a server or a cluster), or Redlock over
+//! independent masters. Both answer the same four questions; errors are already mapped to
+//! [`LockError`].
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::join_all;
+use lock_core::{LockError, Result};
+use tokio::time::Instant;
+
+use crate::keys::KeyNames;
+use crate::node::{map_err, Grant, Held, Node, Released};
+use crate::NAME;
+
+/// An acquisition the deployment granted, with what it takes to give it back.
+#[derive(Debug, Clone)]
+pub(crate) struct Granted {
+    pub(crate) token: u64,
+    pub(crate) depth: u32,
+    /// TTL of the lease, counted from when the request was sent.
+    pub(crate) ttl: Duration,
+    /// The nodes that granted it, with each node's token.
+    pub(crate) receipts: Vec<(usize, u64)>,
+}
+
+/// Answer of one acquire attempt.
+#[derive(Debug, Clone)]
+pub(crate) enum Acquire {
+    Granted(Granted),
+    Busy { holder: Option<String>, left: Option<Duration> },
+}
+
+/// Answer of a release: `Yes` carries the levels left and, for the node whose channel this
+/// provider listens to, the released token.
+#[derive(Debug, Clone)]
+pub(crate) enum Release {
+    Yes { left: u32, token: Option<u64> },
+    NotHeld,
+    NotOwner { holder: String },
+}
+
+/// Redlock over independent masters.
+#[derive(Debug)]
+pub(crate) struct Redlock {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) quorum: usize,
+    pub(crate) drift_factor: f64,
+}
+
+/// Where the locks live.
+#[derive(Debug)]
+pub(crate) enum Backend {
+    Single(Box<Node>),
+    Redlock(Redlock),
+}
+
+impl Backend {
+    /// Every node.
+    pub(crate) fn nodes(&self) -> &[Node] {
+        match self {
+            Backend::Single(n) => std::slice::from_ref(&**n),
+            Backend::Redlock(r) => &r.nodes,
+        }
+    }
+
+    /// The node whose release messages wake this provider's waiters.
+    pub(crate) fn wake_node(&self) -> &Node {
+        &self.nodes()[0]
+    }
+
+    /// Acquire script calls made (each one round trip, to every node at once in Redlock).
+    pub(crate) fn attempts(&self) -> u64 {
+        self.wake_node().attempts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Acquire> {
+        match self {
+            Backend::Single(n) => Ok(match n.acquire(names, owner, ttl).await.map_err(map_err)? {
+                Grant::Acquired { token, depth, ttl } => {
+                    Acquire::Granted(Granted { token, depth, ttl, receipts: vec![(0, token)] })
+                }
+                Grant::Busy { holder, left } => Acquire::Busy { holder: Some(holder), left },
+            }),
+            Backend::Redlock(r) => r.acquire(names, owner, ttl).await,
+        }
+    }
+
+    /// Gives back one level of exactly the acquisition `receipts` describe.
+    pub(crate) async fn give_back(
+        &self,
+        names: &KeyNames,
+        owner: &str,
+        receipts: &[(usize, u64)],
+    ) -> Result<()> {
+        let nodes = self.nodes();
+        let calls = receipts.iter().map(|&(i, token)| nodes[i].release(names, owner, Some(token)));
+        for r in join_all(calls).await {
+            r.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn release(&self, names: &KeyNames, owner: &str) -> Result<Release> {
+        match self {
+            Backend::Single(n) => Ok(match n.release(names, owner, None).await.map_err(map_err)? {
+                Released::Yes { left, token } => Release::Yes { left, token: Some(token) },
+                Released::NotHeld => Release::NotHeld,
+                Released::NotOwner { holder } => Release::NotOwner { holder },
+            }),
+            Backend::Redlock(r) => r.release(names, owner).await,
+        }
+    }
+
+    /// Sets a held lock's TTL: `(token, depth, ttl)`, or `None` when `owner` does not hold it.
+    pub(crate) async fn refresh(
+        &self,
+        names: &KeyNames,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<(u64, u32, Duration)>> {
+        match self {
+            Backend::Single(n) => {
+                Ok(n.refresh(names, owner, ttl).await.map_err(map_err)?.map(|(t, d)| (t, d, ttl)))
+            }
+            Backend::Redlock(r) => r.refresh(names, owner, ttl).await,
+        }
+    }
+
+    pub(crate) async fn inspect(&self, lock_key: &str) -> Result<Option<Held>> {
+        match self {
+            Backend::Single(n) => n.inspect(lock_key).await.map_err(map_err),
+            Backend::Redlock(r) => r.inspect(lock_key).await,
+        }
+    }
+}
+
+impl Redlock {
+    /// The share of `ttl` set aside for clock drift between masters, plus 2 ms for the
+    /// granularity of their expiry.
+    fn drift(&self, ttl: Duration) -> Duration {
+        ttl.mul_f64(self.drift_factor) + Duration::from_millis(2)
+    }
+
+    fn too_few(&self, answered: usize, what: &str) -> LockError {
+        LockError::unavailable(
+            NAME,
+            format!(
+                "Redlock {what}: only {answered} of {} masters answered, a quorum needs {}",
+                self.nodes.len(),
+                self.quorum
+            ),
+        )
+    }
+
+    /// Asks every master at once; granted by a quorum within the validity time, or given back
+    /// on every master that granted it.
+    async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Acquire> {
+        let started = Instant::now();
+        let answers = join_all(self.nodes.iter().map(|n| n.acquire(names, owner, ttl))).await;
+        let elapsed = started.elapsed();
+        let mut receipts = Vec::new();
+        let (mut token, mut depth) = (0, 0);
+        let mut holders: HashMap<String, usize> = HashMap::new();
+        let mut left: Option<Duration> = None;
+        let mut answered = 0;
+        let mut last_error = None;
+        for (i, a) in answers.into_iter().enumerate() {
+            match a {
+                Ok(Grant::Acquired { token: t, depth: d, .. }) => {
+                    answered += 1;
+                    receipts.push((i, t));
+                    token = token.max(t);
+                    depth = depth.max(d);
+                }
+                Ok(Grant::Busy { holder, left: l }) => {
+                    answered += 1;
+                    *holders.entry(holder).or_default() += 1;
+                    left = match (left, l) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let validity = ttl.checked_sub(elapsed + self.drift(ttl)).filter(|v| !v.is_zero());
+        if receipts.len() >= self.quorum {
+            if let Some(validity) = validity {
+                return Ok(Acquire::Granted(Granted { token, depth, ttl: validity, receipts }));
+            }
+        }
+        if !receipts.is_empty() {
+            // No quorum (or no time left): give back what the minority granted.
+            if let Err(e) = self.give_back(names, owner, &receipts).await {
+                tracing::warn!(key = %names.lock, error = %e, "Redlock: could not give back a minority grant; it expires with its TTL");
+            }
+        }
+        if answered < self.quorum {
+            let mut e = self.too_few(answered, "acquire");
+            if let Some(last) = last_error {
+                e = LockError::unavailable(NAME, format!("{e} (last error: {last})"));
+            }
+            return Err(e);
+        }
+        let holder = holders.into_iter().max_by_key(|(h, n)| (*n, Reverse(h.clone()))).map(|(h, _)| h);
+        Ok(Acquire::Busy { holder, left })
+    }
+
+    async fn give_back(&self, names: &KeyNames, owner: &str, receipts: &[(usize, u64)]) -> Result<()> {
+        let calls = receipts.iter().map(|&(i, token)| self.nodes[i].release(names, owner, Some(token)));
+        for r in join_all(calls).await {
+            r.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Releases on every master; released when any master held it for `owner`.
+    async fn release(&self, names: &KeyNames, owner: &str) -> Result<Release> {
+        let answers = join_all(self.nodes.iter().map(|n| n.release(names, owner, None))).await;
+        let mut released: Option<(u32, Option<u64>)> = None;
+        let mut other = None;
+        let mut answered = 0;
+        for (i, a) in answers.into_iter().enumerate() {
+            match a {
+                Ok(Released::Yes { left, token }) => {
+                    answered += 1;
+                    let token = (i == 0).then_some(token);
+                    released = Some(match released {
+                        Some((l, t)) => (l.max(left), t.or(token)),
+                        None => (left, token),
+                    });
+                }
+                Ok(Released::NotOwner { holder }) => {
+                    answered += 1;
+                    other.get_or_insert(holder);
+                }
+                Ok(Released::NotHeld) => answered += 1,
+                Err(e) => {
+                    tracing::debug!(key = %names.lock, error = %e, "Redlock: a master did not answer a release")
+                }
+            }
+        }
+        if let Some((left, token)) = released {
+            return Ok(Release::Yes { left, token });
+        }
+        if answered < self.quorum {
+            return Err(self.too_few(answered, "release"));
+        }
+        Ok(match other {
+            Some(holder) => Release::NotOwner { holder },
+            None => Release::NotHeld,
+        })
+    }
+
+    /// Refreshes on every master; kept when a quorum refreshed within the new validity time.
+    async fn refresh(
+        &self,
+        names: &KeyNames,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<(u64, u32, Duration)>> {
+        let started = Instant::now();
+        let answers = join_all(self.nodes.iter().map(|n| n.refresh(names, owner, ttl))).await;
+        let elapsed = started.elapsed();
+        let (mut kept, mut answered, mut token, mut depth) = (0, 0, 0, 0);
+        for a in answers.into_iter().flatten() {
+            answered += 1;
+            if let Some((t, d)) = a {
+                kept += 1;
+                token = token.max(t);
+                depth = depth.max(d);
+            }
+        }
+        let validity = ttl.checked_sub(elapsed + self.drift(ttl)).filter(|v| !v.is_zero());
+        match validity {
+            Some(v) if kept >= self.quorum => Ok(Some((token, depth, v))),
+            _ if answered < self.quorum => Err(self.too_few(answered, "refresh")),
+            _ => Ok(None),
+        }
+    }
+
+    /// The holder a quorum of masters agrees on, if any.
+    async fn inspect(&self, lock_key: &str) -> Result<Option<Held>> {
+        let answers = join_all(self.nodes.iter().map(|n| n.inspect(lock_key))).await;
+        let mut answered = 0;
+        let mut by_owner: HashMap<String, Vec<Held>> = HashMap::new();
+        for a in answers.into_iter().flatten() {
+            answered += 1;
+            if let Some(h) = a {
+                by_owner.entry(h.owner.clone()).or_default().push(h);
+            }
+        }
+        if answered < self.quorum {
+            return Err(self.too_few(answered, "inspect"));
+        }
+        let Some((owner, mut held)) = by_owner.into_iter().find(|(_, h)| h.len() >= self.quorum) else {
+            return Ok(None);
+        };
+        // A quorum holds it for at least the quorum-th longest remaining time.
+        held.sort_by_key(|h| Reverse(h.left));
+        Ok(Some(Held {
+            owner,
+            token: held.iter().map(|h| h.token).max().unwrap_or_default(),
+            depth: held.iter().map(|h| h.depth).max().unwrap_or_default(),
+            left: held[self.quorum - 1].left,
+        }))
+    }
+}

@@ -1,0 +1,200 @@
+//! How to reach Redis: [`RedisConfig`] and its deployment [`RedisMode`].
+
+use std::time::Duration;
+
+use lock_core::{LockError, Result};
+
+/// Default key prefix: every key the backend writes starts with it.
+pub const DEFAULT_KEY_PREFIX: &str = "distlock:";
+/// Default number of connections in the command pool (each one pipelines many callers).
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default bound on one command's round trip; past it the call fails as unavailable.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bound on opening a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default Redlock clock drift factor: 1 % of the TTL, as in the Redlock description.
+pub const DEFAULT_CLOCK_DRIFT_FACTOR: f64 = 0.01;
+/// Longest accepted key prefix, in bytes.
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// Which Redis deployment the locks live on.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum RedisMode {
+    /// One server, or a Redis Cluster when the URL says so (`redis-cluster://host:port?node=...`):
+    /// a lock and its fencing counter share a hash slot, so every script touches one node.
+    Single,
+    /// Redlock over independent masters (not replicas of each other, not a cluster). A lock is
+    /// held when a majority (`n / 2 + 1`) granted it within its validity time
+    /// (TTL minus the time the round took minus clock drift); otherwise it is released on all.
+    Redlock {
+        /// One URL per master; `RedisConfig::url` is not used in this mode.
+        urls: Vec<String>,
+        /// Fraction of the TTL set aside for clock drift between the masters (plus 2 ms).
+        clock_drift_factor: f64,
+    },
+}
+
+/// Configuration of a [`RedisLockProvider`](crate::RedisLockProvider).
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_redis::RedisConfig;
+///
+/// let config = RedisConfig::new("redis://:secret@10.0.0.5:6379/2")
+///     .pool_size(8)
+///     .key_prefix("orders:locks:")
+///     .command_timeout(Duration::from_secs(2));
+/// assert_eq!(config.key_prefix, "orders:locks:");
+///
+/// // The original design's fields: address, password, database.
+/// let same = RedisConfig::from_addr("10.0.0.5:6379", Some("secret"), 2);
+/// assert_eq!(same.url, "redis://:secret@10.0.0.5:6379/2");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Server URL: `redis://[[user]:password@]host[:port][/db]`, or `redis-cluster://...` for a
+    /// Redis Cluster. Not used in [`RedisMode::Redlock`].
+    pub url: String,
+    /// Connections in the command pool, per node.
+    pub pool_size: usize,
+    /// Prefix of every key and channel the backend uses (must not contain `{` or `}`).
+    pub key_prefix: String,
+    /// Bound on one command's round trip.
+    pub command_timeout: Duration,
+    /// Bound on opening a connection.
+    pub connect_timeout: Duration,
+    /// Deployment mode.
+    pub mode: RedisMode,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig::new("redis://127.0.0.1:6379")
+    }
+}
+
+impl RedisConfig {
+    /// A single-node (or, with a `redis-cluster://` URL, cluster) configuration.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            pool_size: DEFAULT_POOL_SIZE,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            mode: RedisMode::Single,
+        }
+    }
+
+    /// The original design's `Addr`, `Password`, `DB`.
+    pub fn from_addr(addr: &str, password: Option<&str>, db: u8) -> Self {
+        let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+        RedisConfig::new(format!("redis://{auth}{addr}/{db}"))
+    }
+
+    /// Redlock over the independent masters at `urls`.
+    pub fn redlock<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisConfig {
+            mode: RedisMode::Redlock {
+                urls: urls.into_iter().map(Into::into).collect(),
+                clock_drift_factor: DEFAULT_CLOCK_DRIFT_FACTOR,
+            },
+            ..RedisConfig::new(String::new())
+        }
+    }
+
+    /// Sets the pool size.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Sets the key prefix.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the command timeout.
+    pub fn command_timeout(mut self, d: Duration) -> Self {
+        self.command_timeout = d;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Sets the Redlock clock drift factor (no effect in single mode).
+    pub fn clock_drift_factor(mut self, f: f64) -> Self {
+        if let RedisMode::Redlock { clock_drift_factor, .. } = &mut self.mode {
+            *clock_drift_factor = f;
+        }
+        self
+    }
+
+    /// Checks the configuration; [`LockError::Config`] names what is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(LockError::Config(format!("redis: {why}")));
+        if self.pool_size == 0 {
+            return bad("pool_size must be at least 1".into());
+        }
+        if self.key_prefix.len() > MAX_PREFIX_LEN {
+            return bad(format!("key_prefix is longer than {MAX_PREFIX_LEN} bytes"));
+        }
+        if self.key_prefix.contains(['{', '}', '\0']) {
+            return bad("key_prefix must not contain `{`, `}` or NUL (the layout adds the hash tag)".into());
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("timeouts must be greater than zero".into());
+        }
+        match &self.mode {
+            RedisMode::Single if self.url.is_empty() => bad("url is empty".into()),
+            RedisMode::Redlock { urls, clock_drift_factor } => {
+                if urls.is_empty() {
+                    return bad("Redlock needs at least one master URL".into());
+                }
+                if !(0.0..0.5).contains(clock_drift_factor) {
+                    return bad(format!("clock_drift_factor {clock_drift_factor} is outside 0.0..0.5"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unusable_settings() {
+        assert!(RedisConfig::default().validate().is_ok());
+        for bad in [
+            RedisConfig::default().pool_size(0),
+            RedisConfig::default().key_prefix("a{b}:"),
+            RedisConfig::default().key_prefix("x".repeat(MAX_PREFIX_LEN + 1)),
+            RedisConfig::default().command_timeout(Duration::ZERO),
+            RedisConfig::new(""),
+            RedisConfig::redlock(Vec::<String>::new()),
+            RedisConfig::redlock(["redis://a"]).clock_drift_factor(0.9),
+        ] {
+            assert!(matches!(bad.validate(), Err(LockError::Config(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn from_addr_builds_the_url() {
+        assert_eq!(RedisConfig::from_addr("h:1", None, 0).url, "redis://h:1/0");
+        assert_eq!(RedisConfig::from_addr("h:1", Some("pw"), 3).url, "redis://:pw@h:1/3");
+    }
+}

@@ -1,0 +1,64 @@
+//! # lock-redis
+//!
+//! The Redis backend of distlock, on [fred](https://docs.rs/fred). Use it through the
+//! `distlock` facade (feature `redis`).
+//!
+//! - **One round trip per operation.** Acquire (including re-entry and the fencing token),
+//!   release and refresh are Lua scripts, loaded once and called by digest (`EVALSHA`); a
+//!   server that lost its script cache gets them again on `NOSCRIPT`.
+//! - **Server clock.** A lease is the lock key's `PEXPIRE`; a busy answer carries the
+//!   holder's `PTTL`, so a waiter tries again right when the lease runs out.
+//! - **Owner-checked.** Release and refresh compare the owner inside the script: a stale
+//!   holder can never delete or extend somebody else's lock.
+//! - **Fencing tokens** from a per-key counter that never expires, raised to at least the
+//!   server's time in microseconds, so tokens keep increasing even after the counter is lost.
+//! - **Reentrant** by owner: depth counted, each `lock` needs its `unlock`.
+//! - **Wake-ups over pub/sub.** A release publishes on the key's channel; the provider's single
+//!   subscriber connection (subscribed to the keys its callers wait for) wakes one local waiter.
+//! - **Cancel safe.** Each attempt runs in its own task; a lock granted to a caller that stopped
+//!   waiting is given back (matched by owner and token).
+//! - **Any key.** Keys with `{`, `}`, `*`, `?`, `[`, spaces or any UTF-8 are plain keys: the
+//!   layout escapes braces so the lock and its counter always share a cluster slot, and `list`
+//!   escapes glob characters in its `SCAN MATCH`.
+//! - **Three deployments** ([`RedisMode`]): one server; a Redis Cluster (`redis-cluster://`
+//!   URL; every script touches one slot); or Redlock over independent masters, where a lock
+//!   is held when a majority granted it within its validity time (TTL minus the time the round
+//!   took minus clock drift) and is given back on every master otherwise.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> lock_core::Result<()> {
+//! use std::time::Duration;
+//! use lock_core::{LockOptions, LockProvider, WaitPolicy};
+//! use lock_redis::{RedisConfig, RedisLockProvider};
+//!
+//! let locks = RedisLockProvider::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
+//! let lease = locks
+//!     .lock(&LockOptions::new("jobs:nightly", "worker-1")
+//!         .ttl(Duration::from_secs(30))
+//!         .wait(WaitPolicy::deadline(Duration::from_secs(5))))
+//!     .await?;
+//! // ... pass lease.token along with every write the lock protects ...
+//! locks.unlock(&lease.key, &lease.owner).await?;
+//! locks.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/redis.md` in the repository for the key layout, the scripts and what each mode
+//! guarantees.
+
+mod backend;
+mod config;
+mod keys;
+mod node;
+mod provider;
+mod scripts;
+mod wake;
+
+pub use config::{
+    RedisConfig, RedisMode, DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEY_PREFIX, DEFAULT_POOL_SIZE, MAX_PREFIX_LEN,
+};
+pub use provider::RedisLockProvider;
+
+/// The backend's name, as reported by `LockProvider::name`.
+pub const NAME: &str = "redis";

@@ -1,0 +1,297 @@
+//! One Redis deployment (a server, or a cluster): its connection pool and the typed calls of
+//! the [scripts](crate::scripts).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fred::clients::{Client, Pool, SubscriberClient};
+use fred::error::{Error, ErrorKind};
+use fred::interfaces::ClientLike;
+use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::Builder;
+use lock_core::LockError;
+
+use crate::keys::KeyNames;
+use crate::scripts::{self, Reply, Scripts};
+use crate::NAME;
+
+/// Answer of the acquire script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Grant {
+    /// Granted: the token, the reentry depth and the TTL now on the lease.
+    Acquired { token: u64, depth: u32, ttl: Duration },
+    /// Held by `holder`, whose lease has `left` to run (`None`: no expiry set).
+    Busy { holder: String, left: Option<Duration> },
+}
+
+/// Answer of the release script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// One level of acquisition `token` released; `left` levels remain (0: the lock is free).
+    Yes { left: u32, token: u64 },
+    /// Nobody holds the lock.
+    NotHeld,
+    /// Somebody else (or, when a token was given, another acquisition) holds it.
+    NotOwner { holder: String },
+}
+
+/// A held lock as read from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) owner: String,
+    pub(crate) token: u64,
+    pub(crate) depth: u32,
+    pub(crate) left: Duration,
+}
+
+/// A connected deployment.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// The URL, without credentials.
+    url: String,
+    pub(crate) pool: Pool,
+    builder: Builder,
+    scripts: Scripts,
+    /// Acquire script calls made (each is one round trip).
+    pub(crate) attempts: AtomicU64,
+    /// Fail at once while disconnected instead of queueing until the connection is back.
+    fail_fast: bool,
+}
+
+fn ms(d: Duration) -> String {
+    // validate::ttl guarantees at least 1 ms; round up so a lease is never shorter than asked.
+    let ms = d.as_micros().div_ceil(1000).max(1);
+    ms.to_string()
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn left(pttl: i64) -> Option<Duration> {
+    u64::try_from(pttl).ok().map(Duration::from_millis)
+}
+
+impl Node {
+    /// Connects the pool to `url` and loads the scripts.
+    pub(crate) async fn connect(
+        url: String,
+        pool_size: usize,
+        command_timeout: Duration,
+        connect_timeout: Duration,
+        fail_fast: bool,
+    ) -> Result<Node, LockError> {
+        let shown = redact(&url);
+        let config = Config::from_url(&url)
+            .map_err(|e| LockError::Config(format!("redis: bad URL `{shown}`: {e}")))?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = connect_timeout;
+                c.internal_command_timeout = command_timeout;
+                // Never write a command twice: an acquire whose connection dropped after the
+                // server ran it would re-enter the caller's own lock. The caller sees
+                // `Unavailable` instead and decides.
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = command_timeout;
+                // Room for bursts of release messages on the subscriber connection.
+                p.broadcast_channel_capacity = 4096;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 20, 2_000, 2));
+        let pool = builder.build_pool(pool_size).map_err(|e| LockError::Config(format!("redis: {e}")))?;
+        let connected = async {
+            pool.init().await?;
+            Scripts::default().load(pool.next()).await
+        };
+        match tokio::time::timeout(connect_timeout + command_timeout, connected).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = pool.quit().await;
+                return Err(map_err(e));
+            }
+            Err(_) => {
+                let _ = pool.quit().await;
+                return Err(LockError::unavailable(NAME, format!("no connection to {shown} in time")));
+            }
+        }
+        Ok(Node {
+            url: shown,
+            pool,
+            builder,
+            scripts: Scripts::default(),
+            attempts: AtomicU64::new(0),
+            fail_fast,
+        })
+    }
+
+    /// A pooled client to send the next command on.
+    fn client(&self) -> Result<&Client, Error> {
+        let client = self.pool.next_connected();
+        if self.fail_fast && !client.is_connected() {
+            return Err(Error::new(ErrorKind::IO, format!("not connected to {}", self.url)));
+        }
+        Ok(client)
+    }
+
+    /// A new, unconnected subscriber client for the same deployment.
+    pub(crate) fn subscriber(&self) -> SubscriberClient {
+        self.builder.build_subscriber_client().expect("the builder already built a pool with this config")
+    }
+
+    /// The acquire script: one round trip.
+    pub(crate) async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Grant, Error> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let keys = [names.lock.as_str(), names.fence.as_str()];
+        let text = scripts::call(self.client()?, &self.scripts.acquire, &keys, &[owner, &ms(ttl)]).await?;
+        // The holder in "0 <pttl> <holder>" may contain spaces: split off the status first.
+        let mut r = Reply::new(&text, 2, "acquire");
+        let granted = r.text()? == "1";
+        let mut r = Reply::new(r.text()?, 3, "acquire");
+        if granted {
+            Ok(Grant::Acquired { token: r.num()?, depth: r.num()?, ttl: Duration::from_millis(r.num()?) })
+        } else {
+            let (pttl, holder) = (r.num()?, Reply::new(&text, 3, "acquire").nth(2)?);
+            Ok(Grant::Busy { left: left(pttl), holder: holder.to_owned() })
+        }
+    }
+
+    /// The release script: one round trip. With `token`, only that acquisition is released.
+    pub(crate) async fn release(
+        &self,
+        names: &KeyNames,
+        owner: &str,
+        token: Option<u64>,
+    ) -> Result<Released, Error> {
+        let token = token.map(|t| t.to_string()).unwrap_or_default();
+        let args = [owner, &token, &names.channel];
+        let text = scripts::call(self.client()?, &self.scripts.release, &[&names.lock], &args).await?;
+        // The holder in "-1 <holder>" may contain spaces: split off the status first.
+        let mut r = Reply::new(&text, 2, "release");
+        Ok(match r.text()? {
+            "1" => {
+                let mut r = Reply::new(r.text()?, 2, "release");
+                Released::Yes { left: r.num()?, token: r.num()? }
+            }
+            "0" => Released::NotHeld,
+            _ => Released::NotOwner { holder: r.text()?.to_owned() },
+        })
+    }
+
+    /// The refresh script: one round trip. `None` when `owner` does not hold the lock.
+    pub(crate) async fn refresh(
+        &self,
+        names: &KeyNames,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<(u64, u32)>, Error> {
+        let text =
+            scripts::call(self.client()?, &self.scripts.refresh, &[&names.lock], &[owner, &ms(ttl)]).await?;
+        let mut r = Reply::new(&text, 3, "refresh");
+        if r.text()? != "1" {
+            return Ok(None);
+        }
+        Ok(Some((r.num()?, r.num()?)))
+    }
+
+    /// The inspect script: one round trip.
+    pub(crate) async fn inspect(&self, lock_key: &str) -> Result<Option<Held>, Error> {
+        let text = scripts::call(self.client()?, &self.scripts.inspect, &[lock_key], &[]).await?;
+        let mut r = Reply::new(&text, 5, "inspect");
+        if r.text()? != "1" {
+            return Ok(None);
+        }
+        let (token, depth, pttl) = (r.num()?, r.num()?, r.num()?);
+        Ok(Some(Held { token, depth, left: left(pttl).unwrap_or_default(), owner: r.text()?.to_owned() }))
+    }
+
+    /// Every key matching `pattern` (on every primary of a cluster).
+    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Error> {
+        use futures::StreamExt;
+        let client = self.pool.next();
+        let mut names = if client.is_clustered() {
+            client.scan_cluster_buffered(pattern, Some(1000), None).boxed()
+        } else {
+            client.scan_buffered(pattern, Some(1000), None).boxed()
+        };
+        let mut out = Vec::new();
+        while let Some(name) = names.next().await {
+            if let Some(name) = name?.into_string() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `PING`, and what the server is.
+    pub(crate) async fn ping(&self) -> Result<String, Error> {
+        let client = self.pool.next();
+        let _: String = client.ping(None).await?;
+        let version = client.server_version().map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+        Ok(format!(
+            "redis {version} at {}, {} pooled connections{}",
+            self.url,
+            self.pool.size(),
+            if client.is_clustered() { ", cluster" } else { "" }
+        ))
+    }
+
+    /// Closes the pool.
+    pub(crate) async fn quit(&self) {
+        let _ = self.pool.quit().await;
+    }
+}
+
+/// Maps a client error: a connection problem or an answer that means "try again" is
+/// [`Unavailable`](LockError::Unavailable), anything else [`Backend`](LockError::Backend).
+pub(crate) fn map_err(e: Error) -> LockError {
+    const RETRYABLE_REPLIES: &[&str] =
+        &["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "NOREPLICAS"];
+    let transient = match e.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Cluster
+        | ErrorKind::Routing
+        | ErrorKind::Sentinel => true,
+        _ => RETRYABLE_REPLIES.iter().any(|p| e.details().starts_with(p)),
+    };
+    if transient {
+        LockError::unavailable(NAME, e)
+    } else {
+        LockError::backend(NAME, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("redis://:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn ttl_is_sent_in_whole_milliseconds_rounded_up() {
+        assert_eq!(ms(Duration::from_millis(1)), "1");
+        assert_eq!(ms(Duration::from_micros(1_500)), "2");
+        assert_eq!(ms(Duration::from_secs(30)), "30000");
+    }
+
+    #[test]
+    fn connection_errors_are_retryable_and_script_errors_are_not() {
+        assert!(map_err(Error::new(ErrorKind::IO, "reset")).is_retryable());
+        assert!(map_err(Error::new(ErrorKind::Timeout, "slow")).is_retryable());
+        assert!(map_err(Error::new(ErrorKind::Unknown, "LOADING dataset")).is_retryable());
+        let e = map_err(Error::new(ErrorKind::InvalidArgument, "WRONGTYPE not a hash"));
+        assert!(e.is_system() && !e.is_retryable(), "{e:?}");
+    }
+}

@@ -1,0 +1,438 @@
+//! [`RedisLockProvider`]: the [`LockProvider`] on one Redis deployment.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lock_core::{
+    acquire_with_backoff, async_trait, validate, Attempt, Backoff, Capabilities, FencingToken, Health, Lease,
+    LockError, LockInfo, LockOptions, LockProvider, Result,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backend::{Acquire, Backend, Redlock, Release};
+use crate::config::{RedisConfig, RedisMode};
+use crate::keys::{KeyNames, KeySpace};
+use crate::node::{map_err, Node};
+use crate::wake::{Interest, Wakers};
+use crate::NAME;
+
+/// Distributed locks on Redis. See the [crate docs](crate) for the design.
+///
+/// Cheap to clone (the clones share one set of connections); [`close`](LockProvider::close)
+/// closes them all.
+#[derive(Clone, Debug)]
+pub struct RedisLockProvider {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    keys: KeySpace,
+    backend: Backend,
+    wakers: Arc<Wakers>,
+    closed: AtomicBool,
+    on_close: Notify,
+    inflight: Inflight,
+    command_timeout: Duration,
+}
+
+/// Counts acquire requests in flight (including those finished in the background for a
+/// caller that left), so that `close` lets them give their locks back before it closes the
+/// connections.
+#[derive(Debug, Default)]
+struct Inflight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Inflight {
+    async fn wait_idle(&self, bound: Duration) {
+        let _ = tokio::time::timeout(bound, async {
+            loop {
+                let idle = self.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
+}
+
+struct InflightGuard(Arc<Inner>);
+
+impl InflightGuard {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.inflight.count.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(inner.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.inflight.idle.notify_waiters();
+        }
+    }
+}
+
+type AcquireFuture = Pin<Box<dyn Future<Output = Result<Acquire>> + Send>>;
+
+/// One acquire round trip, polled in place by its caller. If the caller's future is dropped
+/// before the answer arrives (the request may already have been executed), the request is
+/// finished in a task of its own and a lock it granted is given back: one level of exactly
+/// this acquisition, matched by owner and token, so a later holder is never touched.
+struct AcquireRequest {
+    request: Option<AcquireFuture>,
+    names: Arc<KeyNames>,
+    owner: Arc<str>,
+    guard: InflightGuard,
+}
+
+impl AcquireRequest {
+    fn new(inner: &Arc<Inner>, names: &Arc<KeyNames>, owner: &Arc<str>, ttl: Duration) -> Self {
+        let guard = InflightGuard::new(inner);
+        let (inner, names2, owner2) = (inner.clone(), names.clone(), owner.clone());
+        let request = Box::pin(async move { inner.backend.acquire(&names2, &owner2, ttl).await });
+        AcquireRequest { request: Some(request), names: names.clone(), owner: owner.clone(), guard }
+    }
+}
+
+impl Future for AcquireRequest {
+    type Output = Result<Acquire>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let request = self.request.as_mut().expect("polled after completion");
+        let out = ready!(request.as_mut().poll(cx));
+        self.request = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for AcquireRequest {
+    fn drop(&mut self) {
+        let Some(request) = self.request.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = %self.names.lock, "acquire abandoned outside a runtime; a lock it got expires with its TTL");
+            return;
+        };
+        let (names, owner, guard) =
+            (self.names.clone(), self.owner.clone(), InflightGuard::new(&self.guard.0));
+        rt.spawn(async move {
+            let Ok(Acquire::Granted(granted)) = request.await else { return };
+            let inner = &guard.0;
+            inner.wakers.released(&names.channel, Some(&owner), Some(granted.token));
+            match inner.backend.give_back(&names, &owner, &granted.receipts).await {
+                Ok(()) => tracing::debug!(key = %names.lock, token = granted.token, "gave back a lock whose caller left"),
+                Err(e) => tracing::warn!(key = %names.lock, error = %e, "cannot give back a lock whose caller left; it expires with its TTL"),
+            }
+        });
+    }
+}
+
+impl RedisLockProvider {
+    /// Connects to the deployment `config` describes and loads the scripts.
+    ///
+    /// Fails with [`LockError::Config`] for a bad configuration and
+    /// [`LockError::Unavailable`] when the server cannot be reached.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        let connect = |url: String, fail_fast: bool| {
+            Node::connect(url, config.pool_size, config.command_timeout, config.connect_timeout, fail_fast)
+        };
+        let backend = match &config.mode {
+            RedisMode::Single => Backend::Single(Box::new(connect(config.url.clone(), false).await?)),
+            RedisMode::Redlock { urls, clock_drift_factor } => {
+                // Every master must be reachable at start: a typo in one URL is a
+                // configuration error, not something to discover under load.
+                // A master that is down must not hold every attempt up for a command timeout.
+                let nodes = futures::future::join_all(urls.iter().map(|u| connect(u.clone(), true))).await;
+                let nodes = nodes.into_iter().collect::<Result<Vec<_>>>()?;
+                Backend::Redlock(Redlock {
+                    quorum: nodes.len() / 2 + 1,
+                    nodes,
+                    drift_factor: *clock_drift_factor,
+                })
+            }
+        };
+        let subscriber = backend.wake_node().subscriber();
+        let match_tokens = matches!(backend, Backend::Single(_));
+        Ok(RedisLockProvider {
+            inner: Arc::new(Inner {
+                keys: KeySpace::new(&config.key_prefix),
+                backend,
+                wakers: Arc::new(Wakers::new(match_tokens, move || subscriber.clone_new())),
+                closed: AtomicBool::new(false),
+                on_close: Notify::new(),
+                inflight: Inflight::default(),
+                command_timeout: config.command_timeout,
+            }),
+        })
+    }
+
+    /// Acquire script calls made so far (each one round trip), for measurements: with many
+    /// tasks on one key, this divided by the acquisitions shows how often callers tried in vain.
+    pub fn acquire_attempts(&self) -> u64 {
+        self.inner.backend.attempts()
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(LockError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn closed(&self) {
+        loop {
+            let n = self.on_close.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// One acquire round trip (see [`AcquireRequest`] for what happens if the caller leaves).
+    async fn attempt(self: &Arc<Self>, names: &Arc<KeyNames>, opts: &LockOptions) -> Result<Attempt> {
+        self.check_open()?;
+        let sent = Instant::now();
+        match AcquireRequest::new(self, names, &opts.owner, opts.ttl).await? {
+            // From here on nothing awaits: the lease reaches the caller or nobody got it.
+            Acquire::Granted(g) => Ok(Attempt::Acquired(Lease {
+                key: opts.key.clone(),
+                owner: opts.owner.clone(),
+                token: FencingToken(g.token),
+                ttl: g.ttl,
+                valid_until: sent + g.ttl,
+                depth: g.depth,
+            })),
+            Acquire::Busy { holder, left } => Ok(Attempt::Busy { holder, expires_in: left }),
+        }
+    }
+}
+
+#[async_trait]
+impl LockProvider for RedisLockProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            reentrant: true,
+            // Redlock tokens come from independent counters: see `docs/redis.md`.
+            fencing: matches!(self.inner.backend, Backend::Single(_)),
+            wakes_waiters: true,
+            fifo: false,
+            distributed: true,
+            server_clock: true,
+        }
+    }
+
+    async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
+        opts.validate()?;
+        let inner = &self.inner;
+        inner.check_open()?;
+        let names = Arc::new(inner.keys.names(&opts.key));
+        // Only a caller whose policy lets it wait listens for releases (and may be answered
+        // from local knowledge); one that tries once always asks the server.
+        let may_wait = Backoff::new(&opts.wait).next_delay().is_some();
+        let interest: Option<Interest> = may_wait.then(|| inner.wakers.interest(&names.channel));
+        let first = AtomicBool::new(true);
+        let attempt = || async {
+            let Some(interest) = &interest else { return inner.attempt(&names, opts).await };
+            if let Some(settled) = interest.settled(&opts.owner, first.swap(false, Ordering::Relaxed)) {
+                return Ok(settled);
+            }
+            let mut answer = inner.attempt(&names, opts).await?;
+            // First time this key is busy for a local waiter: subscribe to its releases, then
+            // look again, since a release before the subscription sends no message.
+            if matches!(answer, Attempt::Busy { .. }) && interest.ensure_subscribed().await {
+                answer = inner.attempt(&names, opts).await?;
+            }
+            interest.record(&answer);
+            Ok(answer)
+        };
+        tokio::select! {
+            biased;
+            r = acquire_with_backoff(opts, interest.as_ref().map(Interest::notify), attempt) => r,
+            () = inner.closed() => Err(LockError::Closed),
+        }
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<()> {
+        validate::key(key)?;
+        validate::owner(owner)?;
+        self.inner.check_open()?;
+        let names = self.inner.keys.names(key);
+        let released = self.inner.backend.release(&names, owner).await?;
+        match released {
+            Release::Yes { left: 1.., .. } => {}
+            Release::Yes { left: 0, token } => {
+                self.inner.wakers.released(&names.channel, Some(owner), token);
+                self.inner.wakers.freed(&names.channel, token);
+            }
+            // Gone already: this provider's waiters must stop assuming it is held.
+            Release::NotHeld | Release::NotOwner { .. } => {
+                self.inner.wakers.released(&names.channel, Some(owner), None)
+            }
+        }
+        match released {
+            Release::Yes { .. } => Ok(()),
+            Release::NotHeld => Err(LockError::NotHeld { key: key.to_owned() }),
+            Release::NotOwner { holder } => {
+                Err(LockError::NotOwner { key: key.to_owned(), holder: Some(holder) })
+            }
+        }
+    }
+
+    async fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
+        validate::key_owner_ttl(key, owner, ttl)?;
+        self.inner.check_open()?;
+        let names = self.inner.keys.names(key);
+        let sent = Instant::now();
+        match self.inner.backend.refresh(&names, owner, ttl).await? {
+            Some((token, depth, ttl)) => Ok(Lease {
+                key: key.into(),
+                owner: owner.into(),
+                token: FencingToken(token),
+                ttl,
+                valid_until: sent + ttl,
+                depth,
+            }),
+            None => {
+                self.inner.wakers.released(&names.channel, Some(owner), None);
+                Err(LockError::LeaseLost { key: key.to_owned() })
+            }
+        }
+    }
+
+    async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
+        validate::key(key)?;
+        self.inner.check_open()?;
+        let lock_key = self.inner.keys.lock_key(key);
+        Ok(self.inner.backend.inspect(&lock_key).await?.map(|h| LockInfo {
+            key: key.to_owned(),
+            owner: h.owner,
+            token: FencingToken(h.token),
+            remaining_ttl: h.left,
+            depth: h.depth,
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        validate::prefix(prefix)?;
+        self.inner.check_open()?;
+        let inner = &self.inner;
+        let pattern = inner.keys.scan_pattern(prefix);
+        let mut found = BTreeMap::new();
+        let nodes = inner.backend.nodes();
+        let mut scanned = 0;
+        for node in nodes {
+            match node.scan(&pattern).await {
+                Ok(names) => {
+                    scanned += 1;
+                    // SCAN MATCH also finds counters and keys of other layouts; keep exact
+                    // locks whose user key really starts with the prefix.
+                    for name in names {
+                        if let Some(key) = inner.keys.decode_lock_key(&name).filter(|k| k.starts_with(prefix))
+                        {
+                            found.insert(key, name);
+                        }
+                    }
+                }
+                // One master down does not hide the locks a quorum still holds.
+                Err(e) if nodes.len() > 1 => {
+                    tracing::debug!(error = %e, "list: a master could not be scanned")
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        if scanned == 0 {
+            return Err(LockError::unavailable(NAME, "list: no master could be scanned"));
+        }
+        let reads = found.into_iter().map(|(key, name)| async move {
+            Ok::<_, LockError>(inner.backend.inspect(&name).await?.map(|h| LockInfo {
+                key,
+                owner: h.owner,
+                token: FencingToken(h.token),
+                remaining_ttl: h.left,
+                depth: h.depth,
+            }))
+        });
+        let mut out = Vec::new();
+        let mut reads = futures::stream::iter(reads).buffered(64);
+        while let Some(info) = reads.next().await {
+            out.extend(info?);
+        }
+        Ok(out)
+    }
+
+    async fn health(&self) -> Result<Health> {
+        self.inner.check_open()?;
+        let started = Instant::now();
+        let nodes = self.inner.backend.nodes();
+        let probes = futures::future::join_all(nodes.iter().map(Node::ping)).await;
+        let latency = started.elapsed();
+        let mut up = Vec::new();
+        let mut last_error = None;
+        for p in probes {
+            match p {
+                Ok(detail) => up.push(detail),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let needed = nodes.len() / 2 + 1;
+        match (&self.inner.backend, last_error) {
+            (Backend::Single(_), Some(e)) => return Err(map_err(e)),
+            (Backend::Redlock(_), Some(e)) if up.len() < needed => {
+                return Err(LockError::unavailable(
+                    NAME,
+                    format!(
+                        "{} of {} Redlock masters answered, a quorum needs {needed}: {e}",
+                        up.len(),
+                        nodes.len()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        let detail = match &self.inner.backend {
+            Backend::Single(_) => up.join(""),
+            Backend::Redlock(_) => {
+                format!("Redlock, {} of {} masters up: {}", up.len(), nodes.len(), up.join("; "))
+            }
+        };
+        Ok(Health { backend: NAME, latency, detail })
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        inner.on_close.notify_waiters();
+        inner.wakers.wake_all();
+        // Attempts already sent may still have to give a lock back: let them, boundedly.
+        inner.inflight.wait_idle(inner.command_timeout * 2).await;
+        inner.wakers.close();
+        futures::future::join_all(inner.backend.nodes().iter().map(Node::quit)).await;
+        Ok(())
+    }
+}

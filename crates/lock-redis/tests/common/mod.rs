@@ -1,0 +1,183 @@
+//! Helpers of the Redis integration tests: the shared server's URL and throwaway
+//! `redis-server` processes on free loopback ports.
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shared test server.
+pub(crate) fn url() -> String {
+    std::env::var("DISTLOCK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The `redis-server` binary (`REDIS_SERVER` overrides the Debian path).
+fn binary() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "/usr/bin/redis-server".into())
+}
+
+/// The `redis-cli` binary, installed with `redis-server` (`REDIS_CLI` overrides it).
+fn cli() -> String {
+    std::env::var("REDIS_CLI").unwrap_or_else(|_| "/usr/bin/redis-cli".into())
+}
+
+/// Whether this machine can start throwaway servers; otherwise the caller skips (loudly) or,
+/// with `DISTLOCK_REQUIRE_SERVICES=1`, fails.
+pub(crate) fn can_start_servers(test: &str) -> bool {
+    let missing: Vec<_> =
+        [binary(), cli()].into_iter().filter(|b| !std::path::Path::new(b).exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if lock_testkit::services_required() {
+        panic!("{test}: {missing:?} not found and DISTLOCK_REQUIRE_SERVICES=1");
+    }
+    eprintln!("SKIPPED {test}: {missing:?} not found");
+    false
+}
+
+/// A `redis-server` without persistence on a free loopback port, stopped on drop.
+pub(crate) struct Server {
+    pub(crate) port: u16,
+    child: Option<Child>,
+    /// A Redis Cluster node keeps its cluster state in a file of its own.
+    cluster_dir: Option<std::path::PathBuf>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn reachable(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_ok()
+}
+
+impl Server {
+    /// Starts a server on a free port and waits until it accepts connections.
+    pub(crate) fn start() -> Server {
+        let mut s = Server { port: free_port(), child: None, cluster_dir: None };
+        s.restart();
+        s
+    }
+
+    /// Starts a Redis Cluster node (no slots yet) on a free port.
+    fn start_cluster_node() -> Server {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("distlock-cluster-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cluster node dir");
+        let mut s = Server { port, child: None, cluster_dir: Some(dir) };
+        s.restart();
+        s
+    }
+
+    /// The server's URL.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Number of keys on this server (`DBSIZE`).
+    pub(crate) fn dbsize(&self) -> u64 {
+        let out =
+            Command::new(cli()).args(["-p", &self.port.to_string(), "dbsize"]).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("DBSIZE answers a number")
+    }
+
+    /// Kills the server (no shutdown save: its data is gone).
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while reachable(self.port) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        let mut cmd = Command::new(binary());
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()]).args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]);
+        if let Some(dir) = &self.cluster_dir {
+            cmd.current_dir(dir).args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while !reachable(self.port) {
+            assert!(Instant::now() < until, "redis-server did not open port {} in 10 s", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(dir) = &self.cluster_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A Redis Cluster of `n` primaries (no replicas) on free loopback ports, stopped on drop.
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Server>,
+}
+
+impl Cluster {
+    /// Starts the nodes, assigns every slot with `redis-cli --cluster create`, and waits until
+    /// every node reports the cluster up.
+    pub(crate) fn start(n: usize) -> Cluster {
+        let nodes: Vec<_> = (0..n).map(|_| Server::start_cluster_node()).collect();
+        let addrs: Vec<_> = nodes.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        let out = Command::new(cli())
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let until = Instant::now() + Duration::from_secs(30);
+        for s in &nodes {
+            loop {
+                let info = Command::new(cli())
+                    .args(["-p", &s.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli cluster info");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < until, "cluster on {addrs:?} not up in 30 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Cluster { nodes }
+    }
+
+    /// The cluster's URL for fred.
+    pub(crate) fn url(&self) -> String {
+        let mut ports = self.nodes.iter().map(|s| s.port);
+        let first = ports.next().expect("at least one node");
+        let others: Vec<_> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
+        format!("redis-cluster://127.0.0.1:{first}?{}", others.join("&"))
+    }
+}

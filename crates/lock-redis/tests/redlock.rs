@@ -1,0 +1,100 @@
+//! Redlock over three throwaway `redis-server` masters on free loopback ports: the whole
+//! conformance suite, then what happens when masters stop.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Server;
+use lock_core::{LockError, LockOptions, LockProvider};
+use lock_redis::{RedisConfig, RedisLockProvider};
+use lock_testkit::Harness;
+
+async fn masters(n: usize) -> Vec<Server> {
+    tokio::task::spawn_blocking(move || (0..n).map(|_| Server::start()).collect()).await.unwrap()
+}
+
+fn config(servers: &[Server]) -> RedisConfig {
+    RedisConfig::redlock(servers.iter().map(Server::url)).pool_size(2).command_timeout(Duration::from_secs(2))
+}
+
+/// Three masters per case, stopped when the case ends.
+struct Redlock {
+    servers: Vec<Server>,
+}
+
+#[async_trait::async_trait]
+impl Harness for Redlock {
+    async fn provider(&self) -> Arc<dyn LockProvider> {
+        Arc::new(RedisLockProvider::connect(config(&self.servers)).await.expect("connect to the masters"))
+    }
+}
+
+async fn harness() -> Result<Redlock, String> {
+    if !common::can_start_servers("redlock conformance") {
+        return Err("redis-server not installed".into());
+    }
+    Ok(Redlock { servers: masters(3).await })
+}
+
+lock_testkit::conformance_suite!(harness);
+
+fn opts(key: &str, owner: &str) -> LockOptions {
+    LockOptions::new(key, owner).ttl(Duration::from_secs(30)).no_wait()
+}
+
+#[tokio::test]
+async fn with_one_master_stopped_a_quorum_still_grants_and_with_two_it_fails_clearly() {
+    if !common::can_start_servers(
+        "with_one_master_stopped_a_quorum_still_grants_and_with_two_it_fails_clearly",
+    ) {
+        return;
+    }
+    let mut servers = masters(3).await;
+    let p = RedisLockProvider::connect(config(&servers)).await.unwrap();
+    let first = p.lock(&opts("job", "alice")).await.unwrap();
+
+    let mut stopped = servers.remove(2);
+    tokio::task::spawn_blocking(move || stopped.stop()).await.unwrap();
+    // Two of three masters still hold alice's lock: bob is refused, alice refreshes and
+    // releases, and the next lock is granted by the two that are left.
+    assert!(p.try_lock(&opts("job", "bob")).await.unwrap_err().is_timeout());
+    assert_eq!(p.is_locked("job").await.unwrap().unwrap().owner, "alice");
+    p.refresh_lock("job", "alice", Duration::from_secs(30)).await.expect("a quorum refreshes");
+    p.unlock("job", "alice").await.unwrap();
+    let second = p.lock(&opts("job", "bob")).await.expect("two of three masters are a quorum");
+    assert!(second.token > first.token);
+    assert!(p.health().await.unwrap().detail.contains("2 of 3 masters up"));
+
+    let mut stopped = servers.remove(1);
+    tokio::task::spawn_blocking(move || stopped.stop()).await.unwrap();
+    // One master left: no quorum, and the error says so instead of "busy".
+    let err = p.lock(&opts("other", "carol")).await.unwrap_err();
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("only 1 of 3 masters answered, a quorum needs 2"), "{err}");
+    let err = p.refresh_lock("job", "bob", Duration::from_secs(30)).await.unwrap_err();
+    assert!(err.is_system() && err.is_retryable(), "{err:?}");
+    assert!(p.health().await.unwrap_err().is_system());
+    // The one master that answered must not keep carol's minority grant.
+    let single = RedisLockProvider::connect(RedisConfig::new(servers[0].url())).await.unwrap();
+    assert_eq!(single.is_locked("other").await.unwrap(), None, "a minority grant was left behind");
+    p.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lock_held_on_a_minority_of_masters_is_not_held() {
+    if !common::can_start_servers("a_lock_held_on_a_minority_of_masters_is_not_held") {
+        return;
+    }
+    let servers = masters(3).await;
+    // Somebody holds "job" on one master only (a leftover of a failed round).
+    let single = RedisLockProvider::connect(RedisConfig::new(servers[0].url())).await.unwrap();
+    single.lock(&opts("job", "mallory")).await.unwrap();
+    let p = RedisLockProvider::connect(config(&servers)).await.unwrap();
+    assert_eq!(p.is_locked("job").await.unwrap(), None);
+    let lease = p.lock(&opts("job", "alice")).await.expect("two free masters are a quorum");
+    assert!(lease.ttl <= Duration::from_secs(30) && lease.ttl > Duration::from_secs(29), "{:?}", lease.ttl);
+    assert_eq!(p.is_locked("job").await.unwrap().unwrap().owner, "alice");
+    p.close().await.unwrap();
+}
