@@ -118,6 +118,74 @@ pub async fn reentrant_lock_needs_matching_unlocks(ctx: &Ctx) {
     assert!(matches!(p.unlock(&key, "alice").await, Err(LockError::NotHeld { .. })));
 }
 
+/// Re-entering with a longer TTL extends the lease; with a shorter one it never shortens it.
+pub async fn reentry_extends_to_the_longer_ttl(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    if !ctx.requires(p.capabilities(), |c| c.reentrant, "reentrant") {
+        return;
+    }
+    let key = ctx.key("k");
+    p.lock(&opts(&key, "alice").ttl(Duration::from_secs(10))).await.unwrap();
+    let longer = p.lock(&opts(&key, "alice").ttl(Duration::from_secs(60))).await.unwrap();
+    assert!(longer.ttl > Duration::from_secs(50), "{:?}", longer.ttl);
+    assert!(p.is_locked(&key).await.unwrap().unwrap().remaining_ttl > Duration::from_secs(50));
+    let shorter = p.lock(&opts(&key, "alice").ttl(Duration::from_secs(3))).await.unwrap();
+    assert_eq!(shorter.depth, 3);
+    assert!(
+        p.is_locked(&key).await.unwrap().unwrap().remaining_ttl > Duration::from_secs(50),
+        "re-entry shortened the lease"
+    );
+}
+
+/// Owners with spaces and punctuation come back unchanged from every place that reports them.
+pub async fn owners_with_spaces_round_trip(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    let key = ctx.key("k");
+    let owner = "host a:123 worker #7 (retry 2)";
+    p.lock(&opts(&key, owner)).await.unwrap();
+    assert_eq!(p.is_locked(&key).await.unwrap().unwrap().owner, owner);
+    assert_eq!(p.list(ctx.prefix()).await.unwrap()[0].owner, owner);
+    match p.try_lock(&opts(&key, "bob")).await {
+        Err(LockError::Timeout { holder, .. }) => assert!(holder.map_or(true, |h| h == owner)),
+        other => panic!("{other:?}"),
+    }
+    match p.unlock(&key, "bob").await {
+        Err(LockError::NotOwner { holder, .. }) => assert!(holder.map_or(true, |h| h == owner)),
+        other => panic!("{other:?}"),
+    }
+    p.unlock(&key, owner).await.unwrap();
+}
+
+/// Closing a provider while its `lock` calls are in flight leaves no lock behind.
+pub async fn close_during_acquire_leaves_no_lock(ctx: &Ctx) {
+    let observer = ctx.provider().await;
+    for round in 0..10u64 {
+        let p = ctx.provider().await;
+        let key = ctx.key(&format!("k{round}"));
+        let (p2, k2) = (p.clone(), key.clone());
+        let call = tokio::spawn(async move { p2.lock(&opts(&k2, "bob")).await });
+        tokio::time::sleep(Duration::from_micros(round * 100)).await;
+        p.close().await.unwrap();
+        match call.await.unwrap() {
+            // Acquired before the close: the lock is bob's, and releasing it is an operator's
+            // job now that his provider is closed.
+            Ok(_) => match observer.unlock(&key, "bob").await {
+                Ok(()) | Err(LockError::Closed) => {}
+                Err(e) => panic!("round {round}: {e:?}"),
+            },
+            Err(LockError::Closed) => {}
+            Err(e) => panic!("round {round}: {e:?}"),
+        }
+        if matches!(observer.is_locked(&key).await, Err(LockError::Closed)) {
+            // The harness hands out one shared provider (an in-process backend): closing it
+            // dropped every lock with it.
+            continue;
+        }
+        let left = eventually_free(&*observer, &key).await;
+        assert_eq!(left, None, "round {round}: a lock survived the close of its provider");
+    }
+}
+
 /// `unlock` by somebody else fails with `NotOwner` and leaves the holder's lock as it was.
 pub async fn unlock_by_non_owner_keeps_holder(ctx: &Ctx) {
     let p = ctx.provider().await;
@@ -450,7 +518,8 @@ pub async fn long_waiter_gets_a_full_lease(ctx: &Ctx) {
 }
 
 /// N tasks x M iterations on one key: never two in the critical section, a shared counter
-/// that ends at N*M, and fencing tokens that strictly increase in acquisition order.
+/// that ends at N*M, and fencing tokens that strictly increase in acquisition order. Half the
+/// tasks share one provider (callers of one process), the others have one each.
 pub async fn mutual_exclusion_under_contention(ctx: &Ctx) {
     const TASKS: usize = 8;
     const ITERS: usize = 25;
@@ -460,9 +529,10 @@ pub async fn mutual_exclusion_under_contention(ctx: &Ctx) {
     let counter = Arc::new(AtomicU64::new(0));
     let last_token = Arc::new(Mutex::new(0u64));
     let fencing = ctx.provider().await.capabilities().fencing;
+    let shared = ctx.provider().await;
     let mut tasks = Vec::new();
     for t in 0..TASKS {
-        let p = ctx.provider().await;
+        let p = if t % 2 == 0 { shared.clone() } else { ctx.provider().await };
         let (key, inside, overlaps, counter, last_token) =
             (key.clone(), inside.clone(), overlaps.clone(), counter.clone(), last_token.clone());
         tasks.push(tokio::spawn(async move {
