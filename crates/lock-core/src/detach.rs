@@ -1,17 +1,18 @@
 //! Cancel safety for server round trips: an acquisition whose caller went away is undone.
 //!
 //! When a `lock` future is dropped while its request is on the wire, the server may still
-//! grant the lock, and nobody would ever release it before its TTL. [`attempt_detached`]
-//! runs the attempt in its own task, so the request always completes; if the caller is gone
-//! by then and the attempt acquired, the backend's `undo` releases exactly that acquisition.
+//! grant the lock, and nobody would ever release it before its TTL. [`finish_on_drop`] wraps
+//! the request: its caller polls it in place (no task, no extra hop), and only if the caller
+//! drops it unfinished does the rest of it run in a task of its own, handing its outcome to a
+//! clean-up closure. [`attempt_detached`] is the common case: an acquisition that completes
+//! for nobody is released by the backend's [`Undo`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::sync::oneshot;
-
-use crate::error::{LockError, Result};
+use crate::error::Result;
 use crate::lease::Lease;
 use crate::wait::Attempt;
 
@@ -19,47 +20,78 @@ use crate::wait::Attempt;
 /// that it can never release a later acquisition of the same key.
 pub type Undo = Arc<dyn Fn(Lease) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// Holds the receiving end; on drop, a result that arrived but was never read is undone.
-struct Pending {
-    rx: oneshot::Receiver<Result<Attempt>>,
-    undo: Undo,
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Orphaned<T> = Box<dyn FnOnce(T) -> BoxFuture<()> + Send>;
+
+/// A future polled in place by its caller; if dropped before it completes, it is finished in a
+/// task of its own and its output goes to the clean-up closure. See [`finish_on_drop`].
+#[must_use = "a future does nothing unless polled"]
+pub struct FinishOnDrop<T: Send + 'static> {
+    fut: Option<BoxFuture<T>>,
+    orphaned: Option<Orphaned<T>>,
 }
 
-impl Drop for Pending {
+impl<T: Send + 'static> std::fmt::Debug for FinishOnDrop<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinishOnDrop").field("finished", &self.fut.is_none()).finish()
+    }
+}
+
+/// Wraps `fut` so that, if the caller drops it unfinished, it still runs to completion (in a
+/// spawned task) and `orphaned` receives its output, e.g. to release a lock nobody will use.
+/// The closure is dropped unused when the caller gets the output itself.
+///
+/// Without a tokio runtime at drop time, nothing can finish the request: a warning is logged
+/// and a lock it may have got expires with its TTL.
+pub fn finish_on_drop<F, O, OF>(fut: F, orphaned: O) -> FinishOnDrop<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+    O: FnOnce(F::Output) -> OF + Send + 'static,
+    OF: Future<Output = ()> + Send + 'static,
+{
+    FinishOnDrop { fut: Some(Box::pin(fut)), orphaned: Some(Box::new(move |out| Box::pin(orphaned(out)))) }
+}
+
+impl<T: Send + 'static> Future for FinishOnDrop<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = self.get_mut();
+        let fut = this.fut.as_mut().expect("FinishOnDrop polled after completion");
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        this.fut = None;
+        this.orphaned = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for FinishOnDrop<T> {
     fn drop(&mut self) {
-        self.rx.close();
-        if let Ok(Ok(Attempt::Acquired(lease))) = self.rx.try_recv() {
-            tracing::debug!(key = &*lease.key, "undoing an acquisition whose caller went away");
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn((self.undo)(lease));
+        let (Some(fut), Some(orphaned)) = (self.fut.take(), self.orphaned.take()) else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { orphaned(fut.await).await });
             }
+            Err(_) => tracing::warn!(
+                "a lock request was abandoned outside a runtime; a lock it got expires with its TTL"
+            ),
         }
     }
 }
 
-/// Runs `attempt` to completion in a task of its own and returns its outcome. If the caller
-/// drops the returned future first and the attempt acquired, `undo` runs on the lease.
-///
-/// Needs a tokio runtime (it spawns); a panicking attempt is reported as
-/// [`LockError::Backend`].
-pub async fn attempt_detached<F>(attempt: F, undo: Undo) -> Result<Attempt>
+/// Runs one acquisition attempt; if the caller drops it unfinished and it then acquires,
+/// `undo` releases exactly that acquisition.
+pub fn attempt_detached<F>(attempt: F, undo: Undo) -> FinishOnDrop<Result<Attempt>>
 where
     F: Future<Output = Result<Attempt>> + Send + 'static,
 {
-    let (tx, rx) = oneshot::channel();
-    let task_undo = undo.clone();
-    tokio::spawn(async move {
-        let outcome = attempt.await;
-        if let Err(Ok(Attempt::Acquired(lease))) = tx.send(outcome) {
-            // The caller is gone and never saw this lease.
-            task_undo(lease).await;
+    finish_on_drop(attempt, move |outcome| async move {
+        if let Ok(Attempt::Acquired(lease)) = outcome {
+            tracing::debug!(key = &*lease.key, "undoing an acquisition whose caller went away");
+            undo(lease).await;
         }
-    });
-    let mut pending = Pending { rx, undo };
-    match (&mut pending.rx).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(LockError::backend("detach", "lock attempt task ended without an outcome")),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -118,6 +150,16 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(seen.load(Ordering::SeqCst), 9, "the orphaned lease was released");
+    }
+
+    #[tokio::test]
+    async fn a_finished_future_never_calls_its_clean_up() {
+        let seen = Arc::new(AtomicU64::new(0));
+        let s2 = seen.clone();
+        let out = finish_on_drop(async { 5u64 }, move |v| async move { s2.store(v, Ordering::SeqCst) }).await;
+        assert_eq!(out, 5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub mod wait;
 pub mod wake;
 pub mod workflow;
 
-pub use detach::{attempt_detached, Undo};
+pub use detach::{attempt_detached, finish_on_drop, FinishOnDrop, Undo};
 pub use error::{BoxError, LockError, Result};
 pub use lease::{FencingToken, Lease, LockInfo};
 pub use observe::Traced;

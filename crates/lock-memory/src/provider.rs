@@ -347,9 +347,7 @@ impl LockProvider for MemoryLockProvider {
         self.check_open()?;
         let inner = &*self.inner;
         let started = Instant::now();
-        // The whole wait budget of the policy; zero (`NoWait`, no retries) means one attempt.
-        let deadline = Backoff::new(&opts.wait).deadline();
-        let (id, rx, mut holder, mut holder_expires) = {
+        let (id, rx, mut holder, mut holder_expires, deadline) = {
             let mut shard = lock(inner.shard(&opts.key));
             // Re-check under the shard lock: `close` drains queues under the same locks.
             self.check_open()?;
@@ -362,6 +360,9 @@ impl LockProvider for MemoryLockProvider {
             match try_acquire(inner, entry, opts, started) {
                 TryOutcome::Acquired(lease) => return Ok(lease),
                 TryOutcome::Busy { holder, expires_at } => {
+                    // The whole wait budget of the policy, worked out only when it is needed;
+                    // zero (`NoWait`, no retries) means this was the one attempt.
+                    let deadline = Backoff::new(&opts.wait).deadline();
                     if deadline <= started {
                         return Err(LockError::Timeout {
                             key: opts.key.to_string(),
@@ -372,7 +373,7 @@ impl LockProvider for MemoryLockProvider {
                     let id = inner.next_waiter.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = oneshot::channel();
                     entry.waiters.push_back(Waiter { id, owner: opts.owner.clone(), ttl: opts.ttl, tx });
-                    (id, rx, holder, expires_at)
+                    (id, rx, holder, expires_at, deadline)
                 }
             }
         };

@@ -1,18 +1,16 @@
 //! [`RedisLockProvider`]: the [`LockProvider`] on one Redis deployment.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
 use lock_core::{
-    acquire_with_backoff, async_trait, validate, Attempt, Backoff, Capabilities, FencingToken, Health, Lease,
-    LockError, LockInfo, LockOptions, LockProvider, Result,
+    acquire_with_backoff, async_trait, finish_on_drop, validate, Attempt, Backoff, Capabilities,
+    FencingToken, FinishOnDrop, Health, Lease, LockError, LockInfo, LockOptions, LockProvider, Result,
 };
+
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -86,58 +84,36 @@ impl Drop for InflightGuard {
     }
 }
 
-type AcquireFuture = Pin<Box<dyn Future<Output = Result<Acquire>> + Send>>;
-
 /// One acquire round trip, polled in place by its caller. If the caller's future is dropped
 /// before the answer arrives (the request may already have been executed), the request is
 /// finished in a task of its own and a lock it granted is given back: one level of exactly
-/// this acquisition, matched by owner and token, so a later holder is never touched.
-struct AcquireRequest {
-    request: Option<AcquireFuture>,
-    names: Arc<KeyNames>,
-    owner: Arc<str>,
-    guard: InflightGuard,
-}
-
-impl AcquireRequest {
-    fn new(inner: &Arc<Inner>, names: &Arc<KeyNames>, owner: &Arc<str>, ttl: Duration) -> Self {
-        let guard = InflightGuard::new(inner);
-        let (inner, names2, owner2) = (inner.clone(), names.clone(), owner.clone());
-        let request = Box::pin(async move { inner.backend.acquire(&names2, &owner2, ttl).await });
-        AcquireRequest { request: Some(request), names: names.clone(), owner: owner.clone(), guard }
-    }
-}
-
-impl Future for AcquireRequest {
-    type Output = Result<Acquire>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let request = self.request.as_mut().expect("polled after completion");
-        let out = ready!(request.as_mut().poll(cx));
-        self.request = None;
-        Poll::Ready(out)
-    }
-}
-
-impl Drop for AcquireRequest {
-    fn drop(&mut self) {
-        let Some(request) = self.request.take() else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(key = %self.names.lock, "acquire abandoned outside a runtime; a lock it got expires with its TTL");
-            return;
-        };
-        let (names, owner, guard) =
-            (self.names.clone(), self.owner.clone(), InflightGuard::new(&self.guard.0));
-        rt.spawn(async move {
-            let Ok(Acquire::Granted(granted)) = request.await else { return };
+/// this acquisition, matched by owner and token, so a later holder is never touched. The
+/// request counts as in flight (for `close`) until it is answered or given back.
+fn acquire_request(
+    inner: &Arc<Inner>,
+    names: &Arc<KeyNames>,
+    owner: &Arc<str>,
+    ttl: Duration,
+) -> FinishOnDrop<Result<Acquire>> {
+    let guard = InflightGuard::new(inner);
+    let (request_inner, request_names, request_owner) = (inner.clone(), names.clone(), owner.clone());
+    let (names, owner) = (names.clone(), owner.clone());
+    finish_on_drop(
+        async move { request_inner.backend.acquire(&request_names, &request_owner, ttl).await },
+        move |outcome| async move {
+            let Ok(Acquire::Granted(granted)) = outcome else { return };
             let inner = &guard.0;
             inner.wakers.released(&names.channel, Some(&owner), Some(granted.token));
             match inner.backend.give_back(&names, &owner, &granted.receipts).await {
-                Ok(()) => tracing::debug!(key = %names.lock, token = granted.token, "gave back a lock whose caller left"),
-                Err(e) => tracing::warn!(key = %names.lock, error = %e, "cannot give back a lock whose caller left; it expires with its TTL"),
+                Ok(()) => {
+                    tracing::debug!(key = %names.lock, token = granted.token, "gave back a lock whose caller left")
+                }
+                Err(e) => {
+                    tracing::warn!(key = %names.lock, error = %e, "cannot give back a lock whose caller left; it expires with its TTL")
+                }
             }
-        });
-    }
+        },
+    )
 }
 
 impl RedisLockProvider {
@@ -208,11 +184,11 @@ impl Inner {
         }
     }
 
-    /// One acquire round trip (see [`AcquireRequest`] for what happens if the caller leaves).
+    /// One acquire round trip (see [`acquire_request`] for what happens if the caller leaves).
     async fn attempt(self: &Arc<Self>, names: &Arc<KeyNames>, opts: &LockOptions) -> Result<Attempt> {
         self.check_open()?;
         let sent = Instant::now();
-        match AcquireRequest::new(self, names, &opts.owner, opts.ttl).await? {
+        match acquire_request(self, names, &opts.owner, opts.ttl).await? {
             // From here on nothing awaits: the lease reaches the caller or nobody got it.
             Acquire::Granted(g) => Ok(Attempt::Acquired(Lease {
                 key: opts.key.clone(),
