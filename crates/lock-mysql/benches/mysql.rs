@@ -103,6 +103,8 @@ struct Contenders {
 
 async fn contenders() -> Contenders {
     let pool = MySqlPoolOptions::new().max_connections(POOL).connect(&url()).await.expect("connect");
+    // Both tables fresh, in the provider's current schema.
+    sqlx::query(&format!("DROP TABLE IF EXISTS `{TABLE}`")).execute(&pool).await.expect("drop table");
     let config = MySqlLockConfig { table: TABLE.into(), ..Default::default() };
     let provider = Arc::new(MySqlLockProvider::from_pool(pool.clone(), config).await.expect("provider"));
     // The raw table has exactly the provider's shape.

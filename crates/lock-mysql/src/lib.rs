@@ -32,7 +32,7 @@
 //!   waits       BIGINT UNSIGNED NOT NULL DEFAULT 0, -- busy attempts seen (contention)
 //!   acquired_at DATETIME(6) NOT NULL,
 //!   expires_at  DATETIME(6) NOT NULL,             -- the lease ends here, by the server's clock
-//!   PRIMARY KEY (lock_key), UNIQUE KEY (id), KEY (expires_at)
+//!   PRIMARY KEY (lock_key), UNIQUE KEY (id)
 //! ) ENGINE=InnoDB
 //! ```
 //!
@@ -40,9 +40,11 @@
 //!
 //! - **Server clock**: every comparison uses `UTC_TIMESTAMP(6)` on the server; the client's
 //!   clock only bounds `Lease::valid_until` conservatively. UTC keeps time-zone changes out.
-//! - **Acquire is one statement** (`INSERT ... ON DUPLICATE KEY UPDATE`) that inserts a new
-//!   row, takes over a released or expired row, re-enters the owner's live lock, or reports
-//!   busy, all atomically under the row lock. A re-entry adds one read for its depth.
+//! - **Acquire decides in one statement.** A free key is taken by a plain `INSERT`. When the
+//!   key has a row, `INSERT ... ON DUPLICATE KEY UPDATE` takes over an expired lease,
+//!   re-enters the owner's live lock, or reports busy, atomically under the row lock (one
+//!   statement on retries and on re-entries through the same provider, which remembers what it
+//!   holds; two when it first meets the duplicate key). A re-entry adds one read for its depth.
 //! - **Release and refresh compare the owner in the statement that acts** (`... WHERE owner = ?
 //!   AND expires_at > UTC_TIMESTAMP(6)`), so a holder whose lease ran out can never touch the
 //!   new holder's lock. Releasing the last level is one `DELETE` (the next acquisition is then

@@ -1,5 +1,6 @@
 //! [`MySqlLockProvider`]: the `LockProvider` on a `sqlx::MySqlPool`.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,6 +66,9 @@ struct Inner {
     sql: Statements,
     config: MySqlLockConfig,
     closed: AtomicBool,
+    /// (key, owner) pairs this provider acquired and has not seen released: routes re-entries
+    /// straight to the upsert. A hint only; a stale entry costs one statement, nothing more.
+    local: Mutex<HashSet<(Arc<str>, Arc<str>)>>,
     /// Waiters of this process, woken by this process's releases (and by `close`). Releases
     /// by other processes are noticed by polling.
     wakers: Wakers,
@@ -108,6 +112,7 @@ impl MySqlLockProvider {
             sql: Statements::new(&table),
             config,
             closed: AtomicBool::new(false),
+            local: Mutex::default(),
             wakers: Wakers::new(),
             expired_taken_over: AtomicU64::new(0),
             rows_reaped: AtomicU64::new(0),
@@ -242,8 +247,66 @@ impl Inner {
     }
 
     /// One acquisition attempt: a single statement, plus one read after a re-entry.
-    async fn attempt(&self, key: &Arc<str>, owner: &Arc<str>, ttl: Duration) -> Result<Attempt> {
+    ///
+    /// The first attempt of a `lock` call on a key this provider does not hold starts with a
+    /// plain `INSERT` (free key: done, like the raw INSERT+DELETE pattern); only a duplicate
+    /// key goes on to the `ON DUPLICATE KEY UPDATE` statement, which costs the server about
+    /// 13 % more even when it inserts. Later attempts of the same call, and re-entries, go to
+    /// it directly, so a contended acquisition costs one statement more in all and a
+    /// re-entry still two.
+    async fn attempt(&self, key: &Arc<str>, owner: &Arc<str>, ttl: Duration, first: bool) -> Result<Attempt> {
         self.check_open()?;
+        if first && !self.holds(key, owner) {
+            let us = micros(ttl);
+            let sent = Instant::now();
+            let inserted = with_contention_retry(|| {
+                self.count();
+                let q = sqlx::query(&self.sql.insert).bind(key.as_bytes()).bind(owner.as_bytes()).bind(us);
+                async move {
+                    match q.execute(&self.pool).await {
+                        Ok(res) => Ok(Some(res.last_insert_id())),
+                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+                        Err(e) => Err(map_err(e)),
+                    }
+                }
+            })
+            .await?;
+            if let Some(id) = inserted {
+                self.held(key, owner, true);
+                return Ok(Attempt::Acquired(Lease {
+                    key: key.clone(),
+                    owner: owner.clone(),
+                    token: FencingToken(id << GENERATION_BITS),
+                    ttl,
+                    valid_until: sent + ttl,
+                    depth: 1,
+                }));
+            }
+        }
+        let acquired = self.upsert(key, owner, ttl).await;
+        if let Ok(Attempt::Acquired(_)) = &acquired {
+            self.held(key, owner, true);
+        }
+        acquired
+    }
+
+    /// `true` when this provider last saw `owner` take `key` and not release it: a hint that
+    /// routes re-entries straight to the upsert, never a fact the lock relies on.
+    fn holds(&self, key: &Arc<str>, owner: &Arc<str>) -> bool {
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).contains(&(key.clone(), owner.clone()))
+    }
+
+    fn held(&self, key: &str, owner: &str, held: bool) {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if held {
+            local.insert((key.into(), owner.into()));
+        } else {
+            local.remove(&(Arc::<str>::from(key), Arc::<str>::from(owner)));
+        }
+    }
+
+    /// The `INSERT ... ON DUPLICATE KEY UPDATE` attempt: every outcome in one statement.
+    async fn upsert(&self, key: &Arc<str>, owner: &Arc<str>, ttl: Duration) -> Result<Attempt> {
         let us = micros(ttl);
         loop {
             let sent = Instant::now();
@@ -311,7 +374,8 @@ impl Inner {
 
     /// Releases one level: the last one deletes the row (one statement), a nested one counts
     /// down (a second statement, only when the first found depth > 1). `token` restricts it to
-    /// one acquisition. Returns whether a level was released.
+    /// one acquisition. Returns `Some(true)` when the lock is now free, `Some(false)` when a
+    /// nested level was released, `None` when the caller held nothing.
     async fn release(
         &self,
         last: &str,
@@ -319,8 +383,8 @@ impl Inner {
         key: &[u8],
         owner: &[u8],
         token: Option<u64>,
-    ) -> Result<bool> {
-        for sql in [last, nested] {
+    ) -> Result<Option<bool>> {
+        for (sql, freed) in [(last, true), (nested, false)] {
             let res = with_contention_retry(|| {
                 let q = sqlx::query(sql).bind(key).bind(owner);
                 self.exec(match token {
@@ -330,10 +394,10 @@ impl Inner {
             })
             .await?;
             if res.rows_affected() == 1 {
-                return Ok(true);
+                return Ok(Some(freed));
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Who holds `key`, when an acquisition gave up.
@@ -398,8 +462,11 @@ impl LockProvider for MySqlLockProvider {
                     .release(&inner.sql.undo_last, &inner.sql.undo_nested, key, owner, Some(token))
                     .await;
                 match undone {
-                    Ok(true) => inner.wakers.wake_one(&lease.key),
-                    Ok(false) => {}
+                    Ok(Some(true)) => {
+                        inner.held(&lease.key, &lease.owner, false);
+                        inner.wakers.wake_one(&lease.key);
+                    }
+                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(backend = NAME, key = &*lease.key, error = %e, "could not undo an abandoned acquisition")
                     }
@@ -407,9 +474,11 @@ impl LockProvider for MySqlLockProvider {
             })
         });
         let signal = inner.wakers.signal(&opts.key);
+        let mut first = true;
         let result = acquire_with_backoff(opts, Some(&signal), || {
             let (inner, key, owner, ttl) = (inner.clone(), opts.key.clone(), opts.owner.clone(), opts.ttl);
-            attempt_detached(async move { inner.attempt(&key, &owner, ttl).await }, undo.clone())
+            let is_first = std::mem::replace(&mut first, false);
+            attempt_detached(async move { inner.attempt(&key, &owner, ttl, is_first).await }, undo.clone())
         })
         .await;
         match result {
@@ -429,10 +498,17 @@ impl LockProvider for MySqlLockProvider {
         self.check_open()?;
         let inner = &self.inner;
         let sql = &inner.sql;
-        if inner.release(&sql.unlock_last, &sql.unlock_nested, key.as_bytes(), owner.as_bytes(), None).await?
+        match inner
+            .release(&sql.unlock_last, &sql.unlock_nested, key.as_bytes(), owner.as_bytes(), None)
+            .await?
         {
-            inner.wakers.wake_one(key);
-            return Ok(());
+            Some(true) => {
+                inner.held(key, owner, false);
+                inner.wakers.wake_one(key);
+                return Ok(());
+            }
+            Some(false) => return Ok(()),
+            None => inner.held(key, owner, false),
         }
         match inner.holder(key).await? {
             Some((holder, true)) if holder != owner => {

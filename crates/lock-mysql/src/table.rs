@@ -65,6 +65,7 @@ impl TableName {
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) create: String,
+    pub(crate) insert: String,
     pub(crate) acquire: String,
     pub(crate) reentry: String,
     pub(crate) drop_exhausted: String,
@@ -89,7 +90,10 @@ impl Statements {
         let t = table.as_str();
         Statements {
             // One row per held key. A release deletes it; an expired row stays until an
-            // acquisition takes it over or the reaper removes it.
+            // acquisition takes it over or the reaper removes it. So the table stays as small
+            // as the set of held locks, and `expires_at` needs no index: the reaper's scan is
+            // cheap, while an index would cost every insert and delete, and would make the
+            // optimizer weigh an index dive for every `expires_at > now` predicate.
             create: format!(
                 "CREATE TABLE IF NOT EXISTS `{t}` (
                     lock_key VARBINARY(255) NOT NULL,
@@ -102,9 +106,15 @@ impl Statements {
                     acquired_at DATETIME(6) NOT NULL,
                     expires_at DATETIME(6) NOT NULL,
                     PRIMARY KEY (lock_key),
-                    UNIQUE KEY `{t}_id` (id),
-                    KEY `{t}_expires_at` (expires_at)
+                    UNIQUE KEY `{t}_id` (id)
                 ) ENGINE=InnoDB"
+            ),
+            // The first attempt on a key this provider does not hold: a plain insert, the
+            // cheapest statement that can take a free key (the raw INSERT+DELETE pattern).
+            // A duplicate key sends the caller to `acquire`. Parameters: key, owner, ttl µs.
+            insert: format!(
+                "INSERT INTO `{t}` (lock_key, owner, depth, generation, last_op, waits, acquired_at, expires_at)
+                 VALUES (?, ?, 1, 0, 5, 0, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)"
             ),
             // One statement decides and acts. The first assignment records the outcome in
             // `last_op` from the row as it was; the later ones read that new value (MySQL and

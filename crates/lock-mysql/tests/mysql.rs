@@ -218,3 +218,34 @@ async fn the_background_reaper_deletes_expired_rows() {
     assert_eq!(rows, 1);
     drop_table(&p).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_per_operation() {
+    let Some(p) = provider("statements", &unique_table("stmts"), 2).await else { return };
+    let other_instance =
+        MySqlLockConfig { table: p.table().into(), max_connections: 1, ..Default::default() };
+    let q = MySqlLockProvider::connect(&url(), other_instance).await.unwrap();
+    let cost = |before: u64, p: &MySqlLockProvider| p.statements_sent() - before;
+
+    let n = p.statements_sent();
+    p.lock(&opts("k", "alice")).await.unwrap();
+    assert_eq!(cost(n, &p), 1, "a free key: one INSERT");
+    let n = p.statements_sent();
+    assert_eq!(p.lock(&opts("k", "alice")).await.unwrap().depth, 2);
+    assert_eq!(cost(n, &p), 2, "a re-entry: the upsert and a read of the depth");
+    let n = q.statements_sent();
+    assert_eq!(q.lock(&opts("k", "alice")).await.unwrap().depth, 3, "same owner through another provider");
+    assert_eq!(cost(n, &q), 3, "it does not know the key is held: INSERT, upsert, read");
+    let n = q.statements_sent();
+    assert!(q.try_lock(&opts("k", "bob")).await.unwrap_err().is_timeout());
+    assert_eq!(cost(n, &q), 3, "busy: INSERT, upsert, and one read naming the holder");
+    let n = p.statements_sent();
+    p.unlock("k", "alice").await.unwrap();
+    assert_eq!(cost(n, &p), 2, "a nested level: the DELETE finds depth > 1, the UPDATE counts down");
+    p.unlock("k", "alice").await.unwrap();
+    let n = p.statements_sent();
+    p.unlock("k", "alice").await.unwrap();
+    assert_eq!(cost(n, &p), 1, "the last level: one DELETE");
+    assert_eq!(p.is_locked("k").await.unwrap(), None);
+    drop_table(&p).await;
+}
