@@ -36,6 +36,19 @@ async fn entries(client: &Client, prefix: &str, key: &str) -> Vec<(Vec<u8>, i64)
     resp.kvs().iter().map(|kv| (kv.key().to_vec(), kv.lease())).collect()
 }
 
+/// Waits (bounded) until `n` entries queue for `key`, and returns them.
+async fn wait_for_entries(client: &Client, prefix: &str, key: &str, n: usize) -> Vec<(Vec<u8>, i64)> {
+    let mut queued = Vec::new();
+    for _ in 0..50 {
+        queued = entries(client, prefix, key).await;
+        if queued.len() == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    queued
+}
+
 async fn lease_alive(client: &Client, id: i64) -> bool {
     client.lease_client().time_to_live(id, None).await.unwrap().ttl() > 0
 }
@@ -152,14 +165,7 @@ async fn a_waiter_whose_lease_vanished_never_reports_a_dead_lock() {
         let l = q.lock(&opts("k", "bob").wait(WaitPolicy::deadline(Duration::from_secs(30)))).await;
         (q, l)
     });
-    let mut queued = Vec::new();
-    for _ in 0..50 {
-        queued = entries(p.client(), &prefix, "k").await;
-        if queued.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let queued = wait_for_entries(p.client(), &prefix, "k", 2).await;
     assert_eq!(queued.len(), 2, "bob should be queued");
     let (holder_entry, _) = p.holder_entry("k").await.unwrap().unwrap();
     let (_, bobs_lease) = queued.iter().find(|(k, _)| *k != holder_entry).cloned().unwrap();
@@ -253,14 +259,7 @@ async fn a_waiter_outlives_its_own_ttl_in_the_queue() {
         let l = q.lock(&o).await;
         (q, l)
     });
-    let mut queued = Vec::new();
-    for _ in 0..50 {
-        queued = entries(p.client(), &prefix, "k").await;
-        if queued.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let queued = wait_for_entries(p.client(), &prefix, "k", 2).await;
     assert_eq!(queued.len(), 2, "bob should be queued");
     let (holder_entry, _) = p.holder_entry("k").await.unwrap().unwrap();
     let (bobs_entry, bobs_lease) = queued.into_iter().find(|(k, _)| *k != holder_entry).unwrap();
