@@ -1,6 +1,6 @@
 //! [`MySqlLockProvider`]: the `LockProvider` on a `sqlx::MySqlPool`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,9 +66,9 @@ struct Inner {
     sql: Statements,
     config: MySqlLockConfig,
     closed: AtomicBool,
-    /// (key, owner) pairs this provider acquired and has not seen released: routes re-entries
-    /// straight to the upsert. A hint only; a stale entry costs one statement, nothing more.
-    local: Mutex<HashSet<(Arc<str>, Arc<str>)>>,
+    /// Key -> owner of the locks this provider acquired and has not seen released: routes
+    /// re-entries straight to the upsert. A hint only; a stale entry costs one statement.
+    local: Mutex<HashMap<Arc<str>, Arc<str>>>,
     /// Waiters of this process, woken by this process's releases (and by `close`). Releases
     /// by other processes are noticed by polling.
     wakers: Wakers,
@@ -272,7 +272,7 @@ impl Inner {
             })
             .await?;
             if let Some(id) = inserted {
-                self.held(key, owner, true);
+                self.remember(key, owner);
                 return Ok(Attempt::Acquired(Lease {
                     key: key.clone(),
                     owner: owner.clone(),
@@ -285,23 +285,25 @@ impl Inner {
         }
         let acquired = self.upsert(key, owner, ttl).await;
         if let Ok(Attempt::Acquired(_)) = &acquired {
-            self.held(key, owner, true);
+            self.remember(key, owner);
         }
         acquired
     }
 
     /// `true` when this provider last saw `owner` take `key` and not release it: a hint that
     /// routes re-entries straight to the upsert, never a fact the lock relies on.
-    fn holds(&self, key: &Arc<str>, owner: &Arc<str>) -> bool {
-        self.local.lock().unwrap_or_else(|e| e.into_inner()).contains(&(key.clone(), owner.clone()))
+    fn holds(&self, key: &str, owner: &str) -> bool {
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).get(key).is_some_and(|o| &**o == owner)
     }
 
-    fn held(&self, key: &str, owner: &str, held: bool) {
+    fn remember(&self, key: &Arc<str>, owner: &Arc<str>) {
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), owner.clone());
+    }
+
+    fn forget(&self, key: &str, owner: &str) {
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        if held {
-            local.insert((key.into(), owner.into()));
-        } else {
-            local.remove(&(Arc::<str>::from(key), Arc::<str>::from(owner)));
+        if local.get(key).is_some_and(|o| &**o == owner) {
+            local.remove(key);
         }
     }
 
@@ -463,7 +465,7 @@ impl LockProvider for MySqlLockProvider {
                     .await;
                 match undone {
                     Ok(Some(true)) => {
-                        inner.held(&lease.key, &lease.owner, false);
+                        inner.forget(&lease.key, &lease.owner);
                         inner.wakers.wake_one(&lease.key);
                     }
                     Ok(_) => {}
@@ -503,12 +505,12 @@ impl LockProvider for MySqlLockProvider {
             .await?
         {
             Some(true) => {
-                inner.held(key, owner, false);
+                inner.forget(key, owner);
                 inner.wakers.wake_one(key);
                 return Ok(());
             }
             Some(false) => return Ok(()),
-            None => inner.held(key, owner, false),
+            None => inner.forget(key, owner),
         }
         match inner.holder(key).await? {
             Some((holder, true)) if holder != owner => {
