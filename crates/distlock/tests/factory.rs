@@ -1,6 +1,6 @@
 //! The factory and manager: every provider type, the application's pool, clear errors.
 
-use distlock::{LockConfig, LockError, LockManager, LockProviderFactory};
+use distlock::{LockConfig, LockError, LockManager, LockProviderFactory, LockProviderType};
 
 #[tokio::test]
 async fn memory_provider_from_config() {
@@ -58,56 +58,52 @@ async fn mysql_on_the_applications_pool() {
     assert!(!pool.is_closed(), "closing the manager leaves the application's pool open");
 }
 
+/// The factory's `Config` error message for `config`.
+async fn config_error(config: LockConfig) -> String {
+    match LockProviderFactory::new(None).create_lock_provider(&config).await {
+        Err(LockError::Config(msg)) => msg,
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+/// A manager built from `config` takes, shows and releases a workflow lock on `backend`.
+async fn round_trip(test: &str, mut config: LockConfig, backend: &str) {
+    config.key_prefix = format!("distlock-test/factory/{:08x}/", std::process::id());
+    let manager = LockManager::new(None, config).await;
+    let Some(manager) = lock_testkit::require_or_skip(test, manager.map_err(|e| e.to_string())) else {
+        return;
+    };
+    assert_eq!(manager.lock_provider().name(), backend);
+    let h = manager.workflow_lock_provider().lock_workflow_execution("e1").await.unwrap();
+    assert!(manager.lock_provider().is_locked(h.lock_key()).await.unwrap().is_some());
+    h.unlock().await.unwrap();
+    manager.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn etcd_without_endpoints_is_a_config_error() {
-    let config = LockConfig { provider: distlock::LockProviderType::Etcd, ..LockConfig::default() };
-    match LockProviderFactory::new(None).create_lock_provider(&config).await {
-        Err(LockError::Config(msg)) => assert!(msg.contains("etcd.endpoints"), "{msg}"),
-        other => panic!("{other:?}"),
-    }
+    let msg = config_error(LockConfig { provider: LockProviderType::Etcd, ..LockConfig::default() }).await;
+    assert!(msg.contains("etcd.endpoints"), "{msg}");
 }
 
 #[tokio::test]
 async fn etcd_from_config() {
     let endpoints =
         std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
-    let mut config = LockConfig { provider: distlock::LockProviderType::Etcd, ..LockConfig::default() };
+    let mut config = LockConfig { provider: LockProviderType::Etcd, ..LockConfig::default() };
     config.etcd.endpoints = endpoints.split(',').map(String::from).collect();
-    config.key_prefix = format!("distlock-test/factory/{:08x}/", std::process::id());
-    let manager = LockManager::new(None, config).await;
-    let Some(manager) = lock_testkit::require_or_skip("etcd_from_config", manager.map_err(|e| e.to_string()))
-    else {
-        return;
-    };
-    assert_eq!(manager.lock_provider().name(), "etcd");
-    let h = manager.workflow_lock_provider().lock_workflow_execution("e1").await.unwrap();
-    assert!(manager.lock_provider().is_locked(h.lock_key()).await.unwrap().is_some());
-    h.unlock().await.unwrap();
-    manager.close().await.unwrap();
+    round_trip("etcd_from_config", config, "etcd").await;
 }
 
 #[tokio::test]
 async fn redis_without_address_is_a_config_error() {
-    let config = LockConfig { provider: distlock::LockProviderType::Redis, ..LockConfig::default() };
-    match LockProviderFactory::new(None).create_lock_provider(&config).await {
-        Err(LockError::Config(msg)) => assert!(msg.contains("redis.url"), "{msg}"),
-        other => panic!("{other:?}"),
-    }
+    let msg = config_error(LockConfig { provider: LockProviderType::Redis, ..LockConfig::default() }).await;
+    assert!(msg.contains("redis.url"), "{msg}");
 }
 
 #[tokio::test]
 async fn redis_from_addr_password_db() {
-    let mut config = LockConfig { provider: distlock::LockProviderType::Redis, ..LockConfig::default() };
+    let mut config = LockConfig { provider: LockProviderType::Redis, ..LockConfig::default() };
     config.redis.addr = Some("127.0.0.1:6379".into());
-    config.key_prefix = format!("distlock-test/factory/{:08x}/", std::process::id());
-    let manager = LockManager::new(None, config).await;
-    let Some(manager) = lock_testkit::require_or_skip("redis_from_addr", manager.map_err(|e| e.to_string()))
-    else {
-        return;
-    };
-    assert_eq!(manager.lock_provider().name(), "redis");
-    let h = manager.workflow_lock_provider().lock_workflow_execution("e1").await.unwrap();
-    assert!(manager.lock_provider().is_locked(h.lock_key()).await.unwrap().is_some());
-    h.unlock().await.unwrap();
-    manager.close().await.unwrap();
+    round_trip("redis_from_addr", config, "redis").await;
 }
