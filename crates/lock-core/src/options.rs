@@ -77,15 +77,21 @@ impl WaitPolicy {
     pub fn validate(&self) -> Result<()> {
         match *self {
             WaitPolicy::NoWait => Ok(()),
-            WaitPolicy::Retry { retries, delay, jitter } => {
+            // No retries: the delay is never used, so any value will do.
+            WaitPolicy::Retry { retries: 0, delay, jitter } => {
                 validate::wait("retry delay", delay)?;
+                validate::jitter(jitter)
+            }
+            WaitPolicy::Retry { retries, delay, jitter } => {
                 validate::jitter(jitter)?;
+                validate::retries(retries)?;
+                validate::retry_delay("retry delay", delay)?;
                 validate::wait("total retry wait", delay.saturating_mul(retries))
             }
             WaitPolicy::Deadline { timeout, min_delay, max_delay, jitter } => {
                 validate::wait("wait timeout", timeout)?;
-                validate::wait("min delay", min_delay)?;
-                validate::wait("max delay", max_delay)?;
+                validate::retry_delay("min delay", min_delay)?;
+                validate::retry_delay("max delay", max_delay)?;
                 validate::jitter(jitter)?;
                 if min_delay > max_delay {
                     return Err(crate::LockError::invalid(
@@ -182,5 +188,26 @@ mod tests {
             jitter: 0.0,
         });
         assert!(matches!(bad.validate(), Err(LockError::InvalidArgument { what: "min delay", .. })));
+    }
+
+    #[test]
+    fn validate_bounds_retry_counts_and_delays() {
+        let policy = |retries, delay| LockOptions::new("k", "o").wait(WaitPolicy::retry(retries, delay));
+        // Huge counts of zero delays used to pass (their product is zero) and then spun.
+        let spin = policy(u32::MAX, Duration::ZERO).validate();
+        assert!(matches!(spin, Err(LockError::InvalidArgument { what: "retries", .. })), "{spin:?}");
+        let tight = policy(3, Duration::ZERO).validate();
+        assert!(matches!(tight, Err(LockError::InvalidArgument { what: "retry delay", .. })), "{tight:?}");
+        let tight = policy(3, Duration::from_micros(999)).validate();
+        assert!(matches!(tight, Err(LockError::InvalidArgument { what: "retry delay", .. })), "{tight:?}");
+        policy(validate::MAX_RETRIES, validate::MIN_RETRY_DELAY).validate().unwrap();
+        policy(0, Duration::ZERO).validate().unwrap();
+        let zero_min = LockOptions::new("k", "o").wait(WaitPolicy::Deadline {
+            timeout: Duration::from_secs(1),
+            min_delay: Duration::ZERO,
+            max_delay: Duration::from_millis(10),
+            jitter: 0.0,
+        });
+        assert!(matches!(zero_min.validate(), Err(LockError::InvalidArgument { what: "min delay", .. })));
     }
 }

@@ -5,7 +5,7 @@
 //! | key | not empty, at most [`MAX_KEY_LEN`] bytes, no NUL byte |
 //! | owner | not empty, at most [`MAX_OWNER_LEN`] bytes, no NUL byte |
 //! | ttl | at least [`MIN_TTL`], at most [`MAX_TTL`] |
-//! | wait policy | jitter in `0.0..=1.0`, delays and timeouts at most [`MAX_WAIT`] |
+//! | wait policy | jitter in `0.0..=1.0`, delays and timeouts at most [`MAX_WAIT`], at most [`MAX_RETRIES`] retries, each delay between attempts at least [`MIN_RETRY_DELAY`] |
 //! | list prefix | at most [`MAX_KEY_LEN`] bytes, no NUL byte (may be empty) |
 //!
 //! A backend with a tighter limit (a column width, say) checks it in addition and reports it
@@ -26,6 +26,12 @@ pub const MIN_TTL: Duration = Duration::from_millis(1);
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest accepted wait (retry delay or deadline): one day.
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// Most retries a [`WaitPolicy::Retry`](crate::WaitPolicy::Retry) may ask for. A caller that
+/// wants to wait longer uses [`WaitPolicy::Deadline`](crate::WaitPolicy::Deadline).
+pub const MAX_RETRIES: u32 = 10_000;
+/// Shortest accepted delay between two attempts: a smaller one would make a waiter hammer the
+/// server (or spin) instead of waiting.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(1);
 
 fn text(what: &'static str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
@@ -85,6 +91,29 @@ pub fn prefix(prefix: &str) -> Result<()> {
 pub fn wait(what: &'static str, d: Duration) -> Result<()> {
     if d > MAX_WAIT {
         return Err(LockError::invalid(what, format!("{d:?} exceeds the maximum of {MAX_WAIT:?}")));
+    }
+    Ok(())
+}
+
+/// Checks a delay between two attempts (`what` names the field): [`MIN_RETRY_DELAY`] to
+/// [`MAX_WAIT`].
+pub fn retry_delay(what: &'static str, d: Duration) -> Result<()> {
+    if d < MIN_RETRY_DELAY {
+        return Err(LockError::invalid(
+            what,
+            format!("{d:?} is below the minimum of {MIN_RETRY_DELAY:?} between attempts"),
+        ));
+    }
+    wait(what, d)
+}
+
+/// Checks a retry count.
+pub fn retries(n: u32) -> Result<()> {
+    if n > MAX_RETRIES {
+        return Err(LockError::invalid(
+            "retries",
+            format!("{n} exceeds the maximum of {MAX_RETRIES}; use a deadline policy to wait longer"),
+        ));
     }
     Ok(())
 }

@@ -90,19 +90,17 @@ impl Backoff {
         }
     }
 
-    /// The instant at which the whole schedule ends: the sum of all its delays. Backends that
-    /// hand a lock over in a queue (and so never poll) wait until this instant.
-    pub fn deadline(mut self) -> Instant {
-        match self.policy {
-            WaitPolicy::Deadline { timeout, .. } => self.started + timeout,
-            _ => {
-                let mut total = Duration::ZERO;
-                while let Some(d) = self.next_delay() {
-                    total += d;
-                }
-                self.started + total
-            }
-        }
+    /// The instant at which the whole schedule ends: for `Deadline` its timeout, for `Retry`
+    /// the retries times the delay (the jitter averages out), for `NoWait` now. Backends that
+    /// hand a lock over in a queue (and so never poll) wait until this instant. Constant time,
+    /// whatever the retry count.
+    pub fn deadline(&self) -> Instant {
+        let total = match self.policy {
+            WaitPolicy::NoWait => Duration::ZERO,
+            WaitPolicy::Retry { retries, delay, .. } => delay.saturating_mul(retries),
+            WaitPolicy::Deadline { timeout, .. } => timeout,
+        };
+        self.started + total
     }
 }
 
@@ -205,6 +203,20 @@ mod tests {
             tokio::time::advance(d).await;
         }
         assert_eq!(seen, vec![10, 20, 40, 30]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_is_the_sum_of_the_delays_without_walking_them() {
+        let start = Instant::now();
+        let many = WaitPolicy::Retry {
+            retries: crate::validate::MAX_RETRIES,
+            delay: Duration::from_millis(2),
+            jitter: 0.5,
+        };
+        assert_eq!(Backoff::new(&many).deadline(), start + Duration::from_millis(20_000));
+        assert_eq!(Backoff::new(&WaitPolicy::NoWait).deadline(), start);
+        let policy = WaitPolicy::deadline(Duration::from_secs(3));
+        assert_eq!(Backoff::new(&policy).deadline(), start + Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]
