@@ -213,11 +213,16 @@ impl Inner {
         }
     }
 
-    /// Releases the lease `token` on `key` if it is still the current one (used when a grant
-    /// reached a waiter that was cancelled before it could read it).
+    /// Gives back one level of the lease `token` on `key` if it is still the current one (used
+    /// when a grant reached a waiter that was cancelled before it could read it). Only that one
+    /// level: the same owner may have re-entered meanwhile, and those levels are still in use.
     fn release_token(&self, key: &str, shard: &mut Shard, token: u64) {
         let Some(entry) = shard.get_mut(key) else { return };
-        if entry.holder.as_ref().is_some_and(|h| h.token == token) {
+        if let Some(h) = entry.holder.as_mut().filter(|h| h.token == token) {
+            if h.depth > 1 {
+                h.depth -= 1;
+                return;
+            }
             entry.holder = None;
             self.hand_over(entry, Instant::now());
         }
@@ -347,7 +352,9 @@ impl LockProvider for MemoryLockProvider {
         self.check_open()?;
         let inner = &*self.inner;
         let started = Instant::now();
-        let (id, rx, mut holder, mut holder_expires, deadline) = {
+        // The whole wait budget of the policy; zero (`NoWait`, no retries) means one attempt.
+        let deadline = Backoff::new(&opts.wait).deadline();
+        let (id, rx, mut holder, mut holder_expires) = {
             let mut shard = lock(inner.shard(&opts.key));
             // Re-check under the shard lock: `close` drains queues under the same locks.
             self.check_open()?;
@@ -360,9 +367,6 @@ impl LockProvider for MemoryLockProvider {
             match try_acquire(inner, entry, opts, started) {
                 TryOutcome::Acquired(lease) => return Ok(lease),
                 TryOutcome::Busy { holder, expires_at } => {
-                    // The whole wait budget of the policy, worked out only when it is needed;
-                    // zero (`NoWait`, no retries) means this was the one attempt.
-                    let deadline = Backoff::new(&opts.wait).deadline();
                     if deadline <= started {
                         return Err(LockError::Timeout {
                             key: opts.key.to_string(),
@@ -373,7 +377,7 @@ impl LockProvider for MemoryLockProvider {
                     let id = inner.next_waiter.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = oneshot::channel();
                     entry.waiters.push_back(Waiter { id, owner: opts.owner.clone(), ttl: opts.ttl, tx });
-                    (id, rx, holder, expires_at, deadline)
+                    (id, rx, holder, expires_at)
                 }
             }
         };
