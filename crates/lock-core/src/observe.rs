@@ -90,6 +90,10 @@ impl LockProvider for Traced {
         self.inner.capabilities()
     }
 
+    fn request_timeout(&self) -> Option<Duration> {
+        self.inner.request_timeout()
+    }
+
     async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
         let started = Instant::now();
         let r = self.inner.lock(opts).await;

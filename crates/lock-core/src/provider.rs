@@ -73,6 +73,14 @@ pub trait LockProvider: Send + Sync + fmt::Debug + 'static {
     /// What this backend promises.
     fn capabilities(&self) -> Capabilities;
 
+    /// The longest one request to the server may go unanswered before it fails with
+    /// [`Unavailable`](crate::LockError::Unavailable) (the client's command timeout), where the
+    /// backend bounds it. The workflow layer keeps twice this much of a lease in reserve, so
+    /// that a refresh that hangs is given up while the lease is still valid.
+    fn request_timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// Acquires `opts.key` for `opts.owner`, waiting as `opts.wait` allows.
     ///
     /// Dropping the returned future while it waits leaves no lock behind.

@@ -22,13 +22,23 @@
 //! ## Handles
 //!
 //! - **Auto-refresh** (on by default): a watchdog refreshes the lease every TTL/3 and stops on
-//!   unlock or drop. A refresh that fails with a retryable error is retried until the lease's
-//!   conservative local deadline.
+//!   unlock or drop. A refresh that fails with a retryable error is retried until the lease
+//!   stops being trusted (below); a refresh that does not answer is given up at that moment.
 //! - **Lost signal**: [`WorkflowLockHandle::lost`] is a [`CancellationToken`] cancelled when
 //!   the lease can no longer be trusted: a refresh answered `LeaseLost` (or any final error),
-//!   or the local deadline passed without a successful refresh. Guarded work should stop.
+//!   or the lease came within its **safety margin** of its conservative local deadline
+//!   ([`Lease::valid_until`]) without a successful refresh. Guarded work should stop.
+//! - **Safety margin** ([`WorkflowConfig::lost_margin`]): by default the larger of 10 % of the
+//!   TTL and twice the provider's [`request_timeout`](LockProvider::request_timeout), at most
+//!   half the TTL. `lost()` fires that long before `valid_until`, so the work has that long
+//!   to stop before another worker can be granted the lock, even while the network is cut
+//!   and the last refresh hangs.
 //! - **Drop without unlock** releases the lock in the background and logs a warning, so a
 //!   forgotten handle does not keep its key locked for a whole TTL.
+//! - **Ambiguous acquisitions**: a `lock` that failed with a system error may still have been
+//!   granted by the server (the answer was lost). The layer then releases the handle's owner
+//!   id in the background (owner-checked, so it can only remove that acquisition), instead of
+//!   leaving the key locked for a whole TTL with nobody knowing the owner id.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +71,10 @@ pub struct WorkflowConfig {
     pub auto_refresh: bool,
     /// Owner id prefix (default `<host>:<pid>:<random>`); each handle appends `:<n>`.
     pub owner_prefix: String,
+    /// How long before the lease's conservative deadline [`WorkflowLockHandle::lost`] fires.
+    /// `None` (the default): the larger of 10 % of the TTL and twice the provider's
+    /// [`request_timeout`](LockProvider::request_timeout). Either way at most half the TTL.
+    pub lost_margin: Option<Duration>,
 }
 
 impl Default for WorkflowConfig {
@@ -71,6 +85,7 @@ impl Default for WorkflowConfig {
             wait: WaitPolicy::default(),
             auto_refresh: true,
             owner_prefix: default_owner_prefix(),
+            lost_margin: None,
         }
     }
 }
@@ -246,20 +261,23 @@ impl WorkflowLockProvider {
                 error = %e, "workflow lock not acquired"
             ),
         }
-        let lease = outcome?;
+        let lease = match outcome {
+            Ok(lease) => lease,
+            Err(e) => {
+                if e.is_system() {
+                    // The server may have granted it and the answer got lost: nobody else
+                    // knows this owner id, so give back whatever it may hold now.
+                    release_in_background(self.provider.clone(), opts.key, opts.owner, opts.ttl);
+                }
+                return Err(e);
+            }
+        };
         let (execution_id, template_id) = match scope {
             Scope::Execution => (Some(id.to_string()), None),
             Scope::Template => (None, Some(id.to_string())),
             Scope::Resource => (None, None),
         };
-        Ok(WorkflowLockHandle::start(
-            self.provider.clone(),
-            lease,
-            self.config.ttl,
-            self.config.auto_refresh,
-            execution_id,
-            template_id,
-        ))
+        Ok(WorkflowLockHandle::start(self.provider.clone(), lease, &self.config, execution_id, template_id))
     }
 }
 
@@ -270,6 +288,8 @@ struct Shared {
     owner: Arc<str>,
     /// Conservative local end of the lease and the TTL refreshes use; moved by every refresh.
     lease: Mutex<(Instant, Duration)>,
+    /// [`WorkflowConfig::lost_margin`].
+    lost_margin: Option<Duration>,
     lost: CancellationToken,
     /// Stops the watchdog (unlock, drop).
     stop: CancellationToken,
@@ -285,6 +305,52 @@ impl Shared {
     fn set_lease(&self, valid_until: Instant, ttl: Duration) {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = (valid_until, ttl);
     }
+
+    /// The safety margin for a lease of `ttl` (see the [module docs](self)).
+    fn margin(&self, ttl: Duration) -> Duration {
+        let margin = self.lost_margin.unwrap_or_else(|| {
+            let request = self.provider.request_timeout().unwrap_or_default();
+            (ttl / 10).max(request.saturating_mul(2))
+        });
+        margin.min(ttl / 2)
+    }
+
+    /// The instant the lease stops being trusted: its safety margin before `valid_until`.
+    fn trusted_until(&self) -> Instant {
+        let (valid_until, ttl) = self.lease();
+        valid_until.checked_sub(self.margin(ttl)).unwrap_or(valid_until)
+    }
+}
+
+/// Releases `owner`'s hold on `key` in a task of its own, retrying a failing server with
+/// backoff for as long as the lease could last. Owner-checked, so it never touches another
+/// holder's lock. Without a runtime nothing can run it: the lock then expires with its TTL.
+fn release_in_background(provider: Arc<dyn LockProvider>, key: Arc<str>, owner: Arc<str>, ttl: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(key = &*key, owner = &*owner, "no runtime to release a lock; it expires with its TTL");
+        return;
+    };
+    rt.spawn(async move {
+        let give_up = Instant::now() + ttl;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match provider.unlock(&key, &owner).await {
+                Ok(()) => return,
+                Err(LockError::NotHeld { .. } | LockError::NotOwner { .. } | LockError::LeaseLost { .. }) => {
+                    return
+                }
+                Err(e) if e.is_retryable() && Instant::now() + pause < give_up => {
+                    tracing::debug!(key = &*key, error = %e, ?pause, "background release failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(key = &*key, owner = &*owner, error = %e, "background release failed");
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// A held workflow lock: the original design's `WorkflowLockHandle`.
@@ -302,16 +368,17 @@ impl WorkflowLockHandle {
     fn start(
         provider: Arc<dyn LockProvider>,
         lease: Lease,
-        ttl: Duration,
-        auto_refresh: bool,
+        config: &WorkflowConfig,
         execution_id: Option<String>,
         template_id: Option<String>,
     ) -> Self {
+        let auto_refresh = config.auto_refresh;
         let shared = Arc::new(Shared {
             provider,
             key: lease.key.clone(),
             owner: lease.owner.clone(),
-            lease: Mutex::new((lease.valid_until, ttl)),
+            lease: Mutex::new((lease.valid_until, config.ttl)),
+            lost_margin: config.lost_margin,
             lost: CancellationToken::new(),
             stop: CancellationToken::new(),
             moved: Notify::new(),
@@ -404,6 +471,12 @@ impl WorkflowLockHandle {
     pub fn valid_until(&self) -> Instant {
         self.shared.lease().0
     }
+
+    /// The instant [`lost`](Self::lost) fires unless a refresh moves it: the safety margin
+    /// before [`valid_until`](Self::valid_until).
+    pub fn trusted_until(&self) -> Instant {
+        self.shared.trusted_until()
+    }
 }
 
 impl Drop for WorkflowLockHandle {
@@ -418,46 +491,61 @@ impl Drop for WorkflowLockHandle {
             owner = &*s.owner,
             "workflow lock handle dropped without unlock; releasing in the background"
         );
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = s.provider.unlock(&s.key, &s.owner).await {
-                    tracing::warn!(key = &*s.key, error = %e, "background release of a dropped handle failed");
-                }
-            });
-        }
+        let ttl = s.lease().1;
+        release_in_background(s.provider.clone(), s.key.clone(), s.owner.clone(), ttl);
     }
 }
 
-/// Refreshes at TTL/3 (when `auto_refresh`) and fires `lost` when the lease cannot be kept.
+/// Refreshes at TTL/3 (when `auto_refresh`) and fires `lost` when the lease cannot be kept:
+/// at the latest when it comes within its safety margin of `valid_until`, also while a
+/// refresh is still waiting for its answer.
 async fn watchdog(s: Arc<Shared>, auto_refresh: bool) {
     let mut retry_at: Option<Instant> = None;
     loop {
         let (valid_until, ttl) = s.lease();
+        let trusted_until = s.trusted_until();
         // A third of the TTL after the last refresh, i.e. when two thirds are left.
         let due = retry_at.unwrap_or_else(|| valid_until.checked_sub(ttl * 2 / 3).unwrap_or(valid_until));
-        let next = if auto_refresh { due.min(valid_until) } else { valid_until };
+        let next = if auto_refresh { due.min(trusted_until) } else { trusted_until };
         tokio::select! {
             _ = s.stop.cancelled() => return,
             _ = s.moved.notified() => { retry_at = None; continue; }
             _ = tokio::time::sleep_until(next) => {}
         }
-        let now = Instant::now();
-        if now >= s.lease().0 {
-            tracing::warn!(key = &*s.key, owner = &*s.owner, "lease ran out without a successful refresh");
+        if Instant::now() >= s.trusted_until() {
+            tracing::warn!(
+                key = &*s.key,
+                owner = &*s.owner,
+                "lease reached its safety margin without a successful refresh"
+            );
             s.lost.cancel();
             return;
         }
         if !auto_refresh {
             continue;
         }
-        match s.provider.refresh_lock(&s.key, &s.owner, ttl).await {
+        let outcome = tokio::select! {
+            _ = s.stop.cancelled() => return,
+            r = s.provider.refresh_lock(&s.key, &s.owner, ttl) => r,
+            // A refresh that answers after this could not be acted on in time anyway.
+            _ = tokio::time::sleep_until(trusted_until) => {
+                if Instant::now() >= s.trusted_until() {
+                    tracing::warn!(key = &*s.key, owner = &*s.owner, "lease refresh unanswered at the safety margin; lease lost");
+                    s.lost.cancel();
+                    return;
+                }
+                // A manual refresh moved the deadline meanwhile.
+                continue;
+            }
+        };
+        match outcome {
             Ok(lease) => {
                 s.set_lease(lease.valid_until, ttl);
                 retry_at = None;
                 tracing::debug!(key = &*s.key, "lease refreshed by the watchdog");
             }
             Err(e) if e.is_retryable() => {
-                let left = s.lease().0.saturating_duration_since(now);
+                let left = s.trusted_until().saturating_duration_since(Instant::now());
                 let pause = (left / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
                 tracing::warn!(key = &*s.key, error = %e, ?pause, "lease refresh failed; retrying");
                 retry_at = Some(Instant::now() + pause);

@@ -1,11 +1,84 @@
-//! The workflow layer's watchdog under a paused clock, on the memory backend.
+//! The workflow layer's watchdog under a paused clock, on the memory backend, also with a
+//! provider that hangs or loses answers.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::workflow::{WorkflowConfig, WorkflowLockProvider};
-use lock_core::{LockOptions, LockProvider, WaitPolicy};
+use lock_core::{
+    Capabilities, Health, Lease, LockError, LockInfo, LockOptions, LockProvider, Result, WaitPolicy,
+};
 use lock_memory::MemoryLockProvider;
+use tokio::time::Instant;
+
+/// The memory backend behind switchable faults, counting refreshes.
+#[derive(Debug, Default)]
+struct Faulty {
+    inner: MemoryLockProvider,
+    /// `refresh_lock` never answers.
+    hang_refresh: AtomicBool,
+    /// `lock` is applied, but the caller hears `Unavailable`.
+    lose_lock_answer: AtomicBool,
+    refreshes: AtomicU64,
+    request_timeout: Option<Duration>,
+}
+
+#[async_trait::async_trait]
+impl LockProvider for Faulty {
+    fn name(&self) -> &'static str {
+        "faulty-memory"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
+    }
+    async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
+        let lease = self.inner.lock(opts).await?;
+        if self.lose_lock_answer.load(Ordering::SeqCst) {
+            return Err(LockError::unavailable("faulty-memory", "answer lost"));
+        }
+        Ok(lease)
+    }
+    async fn unlock(&self, key: &str, owner: &str) -> Result<()> {
+        self.inner.unlock(key, owner).await
+    }
+    async fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
+        if self.hang_refresh.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.refresh_lock(key, owner, ttl).await
+    }
+    async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
+        self.inner.is_locked(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn health(&self) -> Result<Health> {
+        self.inner.health().await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+fn faulty(ttl_secs: u64, faults: Faulty) -> (Arc<Faulty>, WorkflowLockProvider) {
+    let p = Arc::new(faults);
+    let config = WorkflowConfig {
+        ttl: Duration::from_secs(ttl_secs),
+        wait: WaitPolicy::NoWait,
+        ..WorkflowConfig::default()
+    };
+    (p.clone(), WorkflowLockProvider::new(p, config))
+}
+
+fn paused_memory() -> MemoryLockProvider {
+    MemoryLockProvider::builder().reap_interval(None).build()
+}
 
 fn setup(ttl_secs: u64, auto_refresh: bool) -> (Arc<MemoryLockProvider>, WorkflowLockProvider) {
     let mem = Arc::new(MemoryLockProvider::builder().reap_interval(None).build());
@@ -37,16 +110,80 @@ async fn watchdog_refreshes_every_third_of_the_ttl_for_hours() {
 
 #[tokio::test(start_paused = true)]
 async fn unlock_stops_the_watchdog() {
-    let (mem, wf) = setup(30, true);
+    let (p, wf) = faulty(30, Faulty { inner: paused_memory(), ..Faulty::default() });
     let h = wf.lock_workflow_execution("e").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = p.refreshes.load(Ordering::SeqCst);
+    assert_eq!(before, 1, "one refresh at a third of the TTL");
     let key = h.lock_key().to_string();
     h.unlock().await.unwrap();
-    // Someone else takes the key; a watchdog still running would fail to refresh, harmlessly,
-    // but it must not exist at all: the new holder's TTL runs down untouched.
-    mem.lock(&LockOptions::new(key.as_str(), "other").ttl(Duration::from_secs(30)).no_wait()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(29)).await;
-    let left = mem.is_locked(&key).await.unwrap().unwrap().remaining_ttl;
-    assert_eq!(left, Duration::from_secs(1));
+    // Someone else takes the key; a watchdog still running would try to refresh (and fail,
+    // harmlessly), but it must not exist at all.
+    p.lock(&LockOptions::new(key.as_str(), "other").ttl(Duration::from_secs(300)).no_wait()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(p.refreshes.load(Ordering::SeqCst), before, "the watchdog outlived unlock");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_refresh_fires_lost_at_the_safety_margin_before_the_lease_ends() {
+    let (p, wf) = faulty(30, Faulty { inner: paused_memory(), ..Faulty::default() });
+    let h = wf.lock_workflow_execution("e").await.unwrap();
+    p.hang_refresh.store(true, Ordering::SeqCst);
+    let valid_until = h.valid_until();
+    // Default margin: 10 % of the TTL, the provider bounding no request.
+    assert_eq!(h.trusted_until(), valid_until - Duration::from_secs(3));
+    tokio::time::timeout(Duration::from_secs(600), h.lost().cancelled())
+        .await
+        .expect("lost must fire although the refresh never answers");
+    let fired = Instant::now();
+    assert_eq!(fired, valid_until - Duration::from_secs(3), "lost fires at the margin, not at expiry");
+    assert!(p.refreshes.load(Ordering::SeqCst) >= 1, "the watchdog did try to refresh");
+    // The lease itself is still valid on the server: nobody else could have it yet.
+    assert_eq!(p.is_locked(h.lock_key()).await.unwrap().unwrap().owner, h.owner());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_margin_covers_twice_the_request_timeout_and_at_most_half_the_ttl() {
+    let faults =
+        Faulty { inner: paused_memory(), request_timeout: Some(Duration::from_secs(5)), ..Faulty::default() };
+    let (_p, wf) = faulty(30, faults);
+    let h = wf.lock_workflow_execution("e").await.unwrap();
+    assert_eq!(h.valid_until() - h.trusted_until(), Duration::from_secs(10));
+    let faults = Faulty {
+        inner: paused_memory(),
+        request_timeout: Some(Duration::from_secs(60)),
+        ..Faulty::default()
+    };
+    let (_p, wf) = faulty(30, faults);
+    let h = wf.lock_workflow_execution("e").await.unwrap();
+    assert_eq!(h.valid_until() - h.trusted_until(), Duration::from_secs(15), "capped at half the TTL");
+    let config = WorkflowConfig {
+        ttl: Duration::from_secs(30),
+        lost_margin: Some(Duration::from_secs(7)),
+        ..WorkflowConfig::default()
+    };
+    let h = WorkflowLockProvider::new(Arc::new(paused_memory()), config)
+        .lock_workflow_execution("e")
+        .await
+        .unwrap();
+    assert_eq!(h.valid_until() - h.trusted_until(), Duration::from_secs(7), "configured");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquisition_whose_answer_was_lost_is_released_in_the_background() {
+    let (p, wf) = faulty(300, Faulty { inner: paused_memory(), ..Faulty::default() });
+    p.lose_lock_answer.store(true, Ordering::SeqCst);
+    let err = wf.lock_workflow_execution("e").await.expect_err("the answer was lost");
+    assert!(err.is_retryable(), "{err:?}");
+    // The server did grant it, to an owner id only the workflow layer knew.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        p.is_locked("distlock:workflow:execution:e").await.unwrap(),
+        None,
+        "the granted lock must not stay behind for its whole TTL"
+    );
+    p.lose_lock_answer.store(false, Ordering::SeqCst);
+    wf.lock_workflow_execution("e").await.expect("free again").unlock().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
