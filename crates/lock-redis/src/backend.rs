@@ -5,6 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -54,7 +55,8 @@ pub(crate) struct Redlock {
 #[derive(Debug)]
 pub(crate) enum Backend {
     Single(Box<Node>),
-    Redlock(Redlock),
+    /// Shared with the background tasks that give back grants of failed rounds.
+    Redlock(Arc<Redlock>),
 }
 
 impl Backend {
@@ -156,8 +158,8 @@ impl Redlock {
     }
 
     /// Asks every master at once; granted by a quorum within the validity time, or given back
-    /// on every master that granted it.
-    async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Acquire> {
+    /// on every master that granted it or may have (see [`Redlock::give_back_later`]).
+    async fn acquire(self: &Arc<Self>, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Acquire> {
         let started = Instant::now();
         let answers = join_all(self.nodes.iter().map(|n| n.acquire(names, owner, ttl))).await;
         let elapsed = started.elapsed();
@@ -167,6 +169,7 @@ impl Redlock {
         let mut left: Option<Duration> = None;
         let mut answered = 0;
         let mut last_error = None;
+        let mut unanswered = Vec::new();
         for (i, a) in answers.into_iter().enumerate() {
             match a {
                 Ok(Grant::Acquired { token: t, depth: d, .. }) => {
@@ -183,7 +186,10 @@ impl Redlock {
                         (a, b) => a.or(b),
                     };
                 }
-                Err(e) => last_error = Some(e),
+                Err(e) => {
+                    unanswered.push(i);
+                    last_error = Some(e);
+                }
             }
         }
         let validity = ttl.checked_sub(elapsed + self.drift(ttl)).filter(|v| !v.is_zero());
@@ -198,6 +204,14 @@ impl Redlock {
                 tracing::warn!(key = %names.lock, error = %e, "Redlock: could not give back a minority grant; it expires with its TTL");
             }
         }
+        // A master that did not answer may still have applied the request (or apply it once
+        // it resumes). For a first acquisition (no master reported a re-entry) any level
+        // `owner` holds there came from this round: give it back once the master answers.
+        // A failed re-entry leaves such masters alone: taking a level there could take one
+        // the owner still uses; an extra level expires with its TTL.
+        if !unanswered.is_empty() && depth <= 1 {
+            self.give_back_later(names, owner, unanswered, ttl);
+        }
         if answered < self.quorum {
             let mut e = self.too_few(answered, "acquire");
             if let Some(last) = last_error {
@@ -207,6 +221,43 @@ impl Redlock {
         }
         let holder = holders.into_iter().max_by_key(|(h, n)| (*n, Reverse(h.clone()))).map(|(h, _)| h);
         Ok(Acquire::Busy { holder, left })
+    }
+
+    /// In a task of its own, releases one level of `owner`'s lock on each of `masters`, trying
+    /// each again with backoff until it answers, for as long as a grant of `ttl` could last.
+    fn give_back_later(
+        self: &Arc<Self>,
+        names: &KeyNames,
+        owner: &str,
+        mut masters: Vec<usize>,
+        ttl: Duration,
+    ) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (this, names, owner) = (self.clone(), names.clone(), owner.to_owned());
+        rt.spawn(async move {
+            let give_up = Instant::now() + ttl;
+            let mut pause = Duration::from_millis(20);
+            while !masters.is_empty() {
+                let calls = masters.iter().map(|&i| this.nodes[i].release(&names, &owner, None));
+                let answers = join_all(calls).await;
+                let mut still = Vec::new();
+                for (&i, answer) in masters.iter().zip(answers) {
+                    match answer {
+                        Ok(Released::Yes { .. }) => {
+                            tracing::debug!(key = %names.lock, master = i, "Redlock: gave back a grant of a failed round")
+                        }
+                        Ok(_) => {}
+                        Err(_) => still.push(i),
+                    }
+                }
+                masters = still;
+                if masters.is_empty() || Instant::now() + pause >= give_up {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
     }
 
     async fn give_back(&self, names: &KeyNames, owner: &str, receipts: &[(usize, u64)]) -> Result<()> {

@@ -134,11 +134,11 @@ impl RedisLockProvider {
                 // A master that is down must not hold every attempt up for a command timeout.
                 let nodes = futures::future::join_all(urls.iter().map(|u| connect(u.clone(), true))).await;
                 let nodes = nodes.into_iter().collect::<Result<Vec<_>>>()?;
-                Backend::Redlock(Redlock {
+                Backend::Redlock(Arc::new(Redlock {
                     quorum: nodes.len() / 2 + 1,
                     nodes,
                     drift_factor: *clock_drift_factor,
-                })
+                }))
             }
         };
         let subscriber = backend.wake_node().subscriber();
@@ -207,6 +207,10 @@ impl Inner {
 impl LockProvider for RedisLockProvider {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn request_timeout(&self) -> Option<Duration> {
+        Some(self.inner.command_timeout)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -98,3 +98,35 @@ async fn a_lock_held_on_a_minority_of_masters_is_not_held() {
     assert_eq!(p.is_locked("job").await.unwrap().unwrap().owner, "alice");
     p.close().await.unwrap();
 }
+
+/// A round that failed because two masters did not answer in time must not leave the lock
+/// with them: a paused master applies the queued request when it resumes, and that grant
+/// (a quorum, here) has to be given back, not stand until its TTL.
+#[tokio::test]
+async fn grants_applied_by_masters_that_answered_too_late_are_given_back() {
+    if !common::can_start_servers("grants_applied_by_masters_that_answered_too_late_are_given_back") {
+        return;
+    }
+    let servers = masters(3).await;
+    let config = RedisConfig::redlock(servers.iter().map(Server::url))
+        .pool_size(1)
+        .command_timeout(Duration::from_millis(300));
+    let p = RedisLockProvider::connect(config).await.unwrap();
+    servers[1].pause();
+    servers[2].pause();
+    let err = p.lock(&opts("job", "carol")).await.expect_err("two of three masters are frozen");
+    assert!(err.is_retryable(), "{err:?}");
+    servers[1].resume();
+    servers[2].resume();
+    // Carol was told the lock is not hers, so two masters must not go on holding it for her
+    // whole 30 s TTL: bob gets it well within his 10 s budget.
+    let patient = opts("job", "bob").wait(lock_core::WaitPolicy::deadline(Duration::from_secs(10)));
+    let lease = p.lock(&patient).await.expect("carol's late grants were given back");
+    assert_eq!(&*lease.owner, "bob");
+    p.unlock("job", "bob").await.unwrap();
+    for s in &servers {
+        let single = RedisLockProvider::connect(RedisConfig::new(s.url())).await.unwrap();
+        assert_eq!(single.is_locked("job").await.unwrap(), None, "a master still holds the lock");
+    }
+    p.close().await.unwrap();
+}
