@@ -21,6 +21,10 @@
 //! servers never collide.
 //!
 //! [`bench`](mod@bench) holds the workloads the criterion benches of every backend share.
+//!
+//! Fault-injection tools for the cases that break things on purpose:
+//! [`proxy::FaultProxy`] sits between a client and its server and delays, swallows or resets
+//! traffic.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +34,7 @@ use lock_core::{Capabilities, LockProvider};
 
 pub mod bench;
 pub mod cases;
+pub mod proxy;
 
 /// Environment variable that turns a missing service into a test failure.
 pub const REQUIRE_SERVICES_ENV: &str = "DISTLOCK_REQUIRE_SERVICES";
