@@ -24,7 +24,8 @@
 //!
 //! Fault-injection tools for the cases that break things on purpose:
 //! [`proxy::FaultProxy`] sits between a client and its server and delays, swallows or resets
-//! traffic.
+//! traffic; [`history::History`] records every grant and release of a stress case and judges
+//! mutual exclusion by time intervals.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ use lock_core::{Capabilities, LockProvider};
 
 pub mod bench;
 pub mod cases;
+pub mod history;
 pub mod proxy;
 
 /// Environment variable that turns a missing service into a test failure.
