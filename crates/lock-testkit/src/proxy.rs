@@ -70,7 +70,9 @@ struct Faults {
     latency: [Duration; 2],
     blackhole: [bool; 2],
     refuse: bool,
-    drop_next_answer: bool,
+    /// A pending `drop_next_answer` shot: fires on the next client-to-server chunk that
+    /// contains this needle (an empty needle matches every chunk).
+    drop_next_answer: Option<Vec<u8>>,
 }
 
 /// Per-connection state shared by its two tasks.
@@ -93,6 +95,8 @@ struct Shared {
     faults: Mutex<Faults>,
     conns: Mutex<Conns>,
     answers_dropped: AtomicU64,
+    /// How long a connection whose answer is dropped lives on (discarding) before its reset.
+    drop_grace: Mutex<Duration>,
 }
 
 #[derive(Default)]
@@ -176,6 +180,7 @@ impl FaultProxy {
             faults: Mutex::new(Faults::default()),
             conns: Mutex::new(Conns::default()),
             answers_dropped: AtomicU64::new(0),
+            drop_grace: Mutex::new(Duration::ZERO),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::downgrade(&shared)));
         Ok(FaultProxy { inner: Arc::new(Handle { shared, accept }) })
@@ -244,8 +249,33 @@ impl FaultProxy {
     /// then on every server-to-client byte of that connection is discarded; when the first
     /// of them arrives the connection is reset on both sides. The server applies the
     /// request, the client never hears the answer.
+    ///
+    /// Caveat for multiplexed protocols (HTTP/2, so etcd's gRPC): the "next chunk" may be a
+    /// control frame or another stream's request, and the first server byte after it (maybe a
+    /// flow-control frame rather than the answer) resets the whole connection, failing every
+    /// call in flight on it. Aim the shot with
+    /// [`drop_next_answer_matching`](Self::drop_next_answer_matching) and let the server
+    /// finish with [`set_drop_answer_grace`](Self::set_drop_answer_grace).
     pub fn drop_next_answer(&self) {
-        self.shared().faults().drop_next_answer = true;
+        self.shared().faults().drop_next_answer = Some(Vec::new());
+    }
+
+    /// Like [`drop_next_answer`](Self::drop_next_answer), but fires on the next
+    /// client-to-server chunk that contains `needle` (for instance a key, which Redis, MySQL
+    /// and etcd's protobuf messages carry verbatim). Chunks without it pass untouched. A
+    /// needle split across two chunks is not seen.
+    pub fn drop_next_answer_matching(&self, needle: &[u8]) {
+        assert!(!needle.is_empty(), "an empty needle: use drop_next_answer");
+        self.shared().faults().drop_next_answer = Some(needle.to_vec());
+    }
+
+    /// After a [`drop_next_answer`](Self::drop_next_answer) shot, reset the connection
+    /// `grace` after the first server byte instead of at once, discarding everything the
+    /// server sends meanwhile; gives a server that answers in several writes (or sends a
+    /// flow-control frame first) time to finish applying the request. Zero by default; not
+    /// cleared by [`heal`](Self::heal).
+    pub fn set_drop_answer_grace(&self, grace: Duration) {
+        *self.shared().drop_grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
     }
 
     /// Resets every open connection now, on both sides.
@@ -332,6 +362,11 @@ async fn connect(client: TcpStream, shared: Arc<Shared>) {
     tokio::spawn(pump(Lane::Down, server_r, client_w, weak, conn, kill_rx, registration));
 }
 
+/// `true` when `needle` is empty or occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// What a pump does with a chunk it has read.
 enum Verdict {
     Forward(Duration),
@@ -340,13 +375,13 @@ enum Verdict {
     Reset,
 }
 
-fn judge(lane: Lane, shared: &Shared, conn: &Conn) -> Verdict {
+fn judge(lane: Lane, chunk: &[u8], shared: &Shared, conn: &Conn) -> Verdict {
     let mut faults = shared.faults();
     match lane {
         Lane::Down if conn.drop_answers.load(Ordering::SeqCst) => Verdict::Reset,
         _ if faults.blackhole[lane.idx()] => Verdict::Discard,
-        Lane::Up if faults.drop_next_answer => {
-            faults.drop_next_answer = false;
+        Lane::Up if faults.drop_next_answer.as_deref().is_some_and(|needle| contains(chunk, needle)) => {
+            faults.drop_next_answer = None;
             conn.drop_answers.store(true, Ordering::SeqCst);
             shared.answers_dropped.fetch_add(1, Ordering::SeqCst);
             Verdict::Forward(faults.latency[lane.idx()])
@@ -373,24 +408,36 @@ async fn pump(
     let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut eof = false;
+    // When a connection whose answer is dropped is to be reset (see `set_drop_answer_grace`).
+    let mut reset_at: Option<Instant> = None;
     // Ends by returning (orderly EOF) or by breaking out to reset the connection.
     let mut kill_write = kill.clone();
     loop {
         if eof && queue.is_empty() {
+            if reset_at.is_some() {
+                break;
+            }
             let _ = to.shutdown().await;
             return;
         }
         let due = queue.front().map(|(at, _)| *at);
         tokio::select! {
             _ = killed(&mut kill) => break,
+            _ = tokio::time::sleep_until(reset_at.unwrap_or_else(Instant::now)), if reset_at.is_some() => break,
             read = from.read(&mut buf), if !eof && queue.len() < 64 => match read {
                 Ok(0) => eof = true,
                 Ok(n) => {
                     let Some(shared) = shared.upgrade() else { break };
-                    match judge(lane, &shared, &conn) {
+                    match judge(lane, &buf[..n], &shared, &conn) {
                         Verdict::Forward(delay) => queue.push_back((Instant::now() + delay, buf[..n].to_vec())),
                         Verdict::Discard => {}
-                        Verdict::Reset => break,
+                        Verdict::Reset => {
+                            let grace = *shared.drop_grace.lock().unwrap_or_else(|e| e.into_inner());
+                            if grace.is_zero() {
+                                break;
+                            }
+                            reset_at.get_or_insert(Instant::now() + grace);
+                        }
                     }
                 }
                 Err(_) => break,

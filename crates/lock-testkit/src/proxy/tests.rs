@@ -272,3 +272,40 @@ async fn dropping_the_last_clone_stops_everything() {
     let mut o = client(&other).await;
     round_trip(&mut o, b"other proxy unaffected").await;
 }
+
+#[tokio::test]
+async fn drop_next_answer_matching_fires_only_on_its_needle() {
+    let mut server = EchoServer::start().await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
+    let mut c = client(&proxy).await;
+    proxy.drop_next_answer_matching(b"key-7");
+    round_trip(&mut c, b"SET key-6 x").await;
+    assert_eq!(server.next().await, b"SET key-6 x");
+    assert_eq!(proxy.answers_dropped(), 0);
+    c.write_all(b"SET key-7 x").await.unwrap();
+    assert_eq!(server.next().await, b"SET key-7 x");
+    assert_closed(&mut c).await;
+    assert_eq!(proxy.answers_dropped(), 1);
+}
+
+#[tokio::test]
+async fn drop_answer_grace_discards_a_late_answer_before_the_reset() {
+    let mut server = EchoServer::start().await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
+    let grace = Duration::from_millis(300);
+    proxy.set_drop_answer_grace(grace);
+    proxy.heal();
+    let mut c = client(&proxy).await;
+    round_trip(&mut c, b"warm").await;
+    assert_eq!(server.next().await, b"warm");
+    proxy.drop_next_answer();
+    let start = Instant::now();
+    c.write_all(b"req").await.unwrap();
+    assert_eq!(server.next().await, b"req");
+    // The server answers in two parts; the second comes within the grace and is lost too.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.push.send(b"rest of the answer".to_vec()).unwrap();
+    assert_closed(&mut c).await;
+    assert!(start.elapsed() >= grace, "reset after {:?}, before the grace", start.elapsed());
+    assert_eq!(proxy.answers_dropped(), 1);
+}
