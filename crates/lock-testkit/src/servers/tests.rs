@@ -103,3 +103,27 @@ fn a_missing_binary_is_an_error() {
     let err = find_program("distlock-no-such-server", Some("DISTLOCK_TEST_NO_SUCH_BIN"), &[]).unwrap_err();
     assert!(err.contains("distlock-no-such-server"), "{err}");
 }
+
+/// The proxy in front of a real server: a write whose answer is dropped is applied all the
+/// same, while the client only sees its connection fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_answer_still_applies_the_write() {
+    let case = "servers::a_dropped_answer_still_applies_the_write";
+    let Some(cli) = tool(case, "redis-cli") else { return };
+    let Some(server) = tokio::task::spawn_blocking(move || server(case, Kind::Redis)).await.unwrap() else {
+        return;
+    };
+    let proxy = crate::proxy::FaultProxy::start(server.addr()).await.unwrap();
+    proxy.drop_next_answer();
+    let (via_proxy, direct) = (proxy.port().to_string(), server.port().to_string());
+    let cli2 = cli.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(cli2).args(["-p", &via_proxy, "SET", "k", "applied"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "the client heard the answer");
+    assert_eq!(proxy.answers_dropped(), 1);
+    let value = tokio::task::spawn_blocking(move || run(&cli, &["-p", &direct, "GET", "k"])).await.unwrap();
+    assert_eq!(value, "applied");
+}
