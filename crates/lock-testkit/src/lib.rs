@@ -21,6 +21,12 @@
 //! servers never collide.
 //!
 //! [`bench`](mod@bench) holds the workloads the criterion benches of every backend share.
+//!
+//! Fault-injection tools for the cases that break things on purpose:
+//! [`proxy::FaultProxy`] sits between a client and its server and delays, swallows or resets
+//! traffic; [`history::History`] records every grant and release of a stress case and judges
+//! mutual exclusion by time intervals; [`servers::PrivateServer`] runs a throwaway Redis, etcd
+//! or MariaDB on a port of its own, to restart, kill or pause.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +36,9 @@ use lock_core::{Capabilities, LockProvider};
 
 pub mod bench;
 pub mod cases;
+pub mod history;
+pub mod proxy;
+pub mod servers;
 
 /// Environment variable that turns a missing service into a test failure.
 pub const REQUIRE_SERVICES_ENV: &str = "DISTLOCK_REQUIRE_SERVICES";

@@ -1,0 +1,381 @@
+//! [`PrivateServer`]: a throwaway Redis, etcd or MariaDB server of a test's own, on a free
+//! loopback port with its own data directory, for cases that restart, kill or pause the
+//! server. The shared services on the standard ports are never touched.
+//!
+//! Binaries are looked up at their Debian paths (`/usr/bin/redis-server`, `/usr/bin/etcd`,
+//! `/usr/sbin/mariadbd` and its tools) or on `PATH`; `DISTLOCK_TEST_REDIS_BIN`,
+//! `DISTLOCK_TEST_ETCD_BIN` and `DISTLOCK_TEST_MARIADB_BIN` override the server binaries. A
+//! missing binary makes [`PrivateServer::start`] return `Err`, which a test hands to
+//! [`require_or_skip`](crate::require_or_skip).
+//!
+//! Everything here blocks (starting MariaDB takes seconds); from async code call it through
+//! `tokio::task::spawn_blocking` or on a multi-threaded runtime's `block_in_place`.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server gets to accept connections after being started.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The kind of server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `redis-server`, without persistence.
+    Redis,
+    /// A single-member `etcd` cluster.
+    Etcd,
+    /// `mariadbd` with a database `test`; user `root` without password.
+    MariaDb,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis",
+            Kind::Etcd => "etcd",
+            Kind::MariaDb => "mariadb",
+        }
+    }
+}
+
+/// Finds a program: the override in `env` if set, else the first of `candidates` that exists,
+/// else `name` on `PATH`.
+pub(crate) fn find_program(name: &str, env: Option<&str>, candidates: &[&str]) -> Result<PathBuf, String> {
+    if let Some(path) = env.and_then(std::env::var_os) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{} points to a missing file {}", env.unwrap_or_default(), path.display()))
+        };
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|dir| dir.join(name)).collect::<Vec<_>>())
+        .unwrap_or_default();
+    candidates.iter().map(PathBuf::from).chain(on_path).find(|p| p.is_file()).ok_or_else(|| {
+        format!(
+            "`{name}` not found (looked at {candidates:?} and PATH{})",
+            env.map(|e| format!("; or set {e}")).unwrap_or_default()
+        )
+    })
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// A server process of a test's own. Dropping it kills the process and removes its data.
+#[derive(Debug)]
+pub struct PrivateServer {
+    kind: Kind,
+    bin: PathBuf,
+    port: u16,
+    /// etcd's peer port.
+    peer_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateServer {
+    /// Starts a fresh server of `kind` on a free port of 127.0.0.1 with a new data directory
+    /// under the system's temporary directory, and waits (up to 60 s) until it answers.
+    /// `Err` when a binary is missing or the server does not come up.
+    pub fn start(kind: Kind) -> Result<PrivateServer, String> {
+        let bin = match kind {
+            Kind::Redis => {
+                find_program("redis-server", Some("DISTLOCK_TEST_REDIS_BIN"), &["/usr/bin/redis-server"])
+            }
+            Kind::Etcd => find_program("etcd", Some("DISTLOCK_TEST_ETCD_BIN"), &["/usr/bin/etcd"]),
+            Kind::MariaDb => {
+                find_program("mariadbd", Some("DISTLOCK_TEST_MARIADB_BIN"), &["/usr/sbin/mariadbd"])
+            }
+        }?;
+        let dir = std::env::temp_dir().join(format!(
+            "distlock-{}-{}-{:08x}",
+            kind.name(),
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut server =
+            PrivateServer { kind, bin, port: free_port()?, peer_port: free_port()?, dir, child: None };
+        if kind == Kind::MariaDb {
+            server.install_mariadb()?;
+        }
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// What kind of server this is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The client port (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The client address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The URL a backend connects to: `redis://127.0.0.1:P`, `http://127.0.0.1:P` (etcd) or
+    /// `mysql://root@127.0.0.1:P/test`.
+    pub fn url(&self) -> String {
+        match self.kind {
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Etcd => format!("http://127.0.0.1:{}", self.port),
+            Kind::MariaDb => format!("mysql://root@127.0.0.1:{}/test", self.port),
+        }
+    }
+
+    /// The server's data directory (MariaDB's unix socket is `data_dir()/sock`; the server's
+    /// output goes to `data_dir()/server.log`).
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server (SIGKILL: a crash, not a shutdown) and waits for it to exit. The data
+    /// directory stays. Stopping a stopped server does nothing.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server and starts it again on the same port and data directory, waiting
+    /// until it answers. etcd and MariaDB keep their data; Redis (no persistence) starts
+    /// empty. Panics if the server does not come back.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.launch() {
+            panic!("{} on port {} did not come back: {e}", self.kind.name(), self.port);
+        }
+    }
+
+    /// Freezes the server process (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a [`pause`](Self::pause)d server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.kind.name()));
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        assert!(matches!(status, Ok(s) if s.success()), "kill -{sig} {pid} failed: {status:?}");
+    }
+
+    /// `true` if the server answers a minimal request of its protocol within `within`: a
+    /// Redis `PING`, an etcd `GET /health`, MariaDB's connection greeting.
+    pub fn responds_within(&self, within: Duration) -> bool {
+        probe(self.kind, self.addr(), within).is_ok()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    fn log(&self) -> Result<File, String> {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .map_err(|e| format!("cannot open the server log: {e}"))
+    }
+
+    /// The end of the server's log, for error messages.
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn install_mariadb(&self) -> Result<(), String> {
+        let install = find_program("mariadb-install-db", None, &["/usr/bin/mariadb-install-db"])?;
+        let mut cmd = Command::new(install);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg("--auth-root-authentication-method=normal")
+            .arg("--skip-test-db");
+        if running_as_root() {
+            cmd.arg("--user=root");
+        }
+        let status = cmd
+            .stdout(self.log()?)
+            .stderr(self.log()?)
+            .status()
+            .map_err(|e| format!("mariadb-install-db: {e}"))?;
+        if !status.success() {
+            return Err(format!("mariadb-install-db failed ({status}):\n{}", self.log_tail()));
+        }
+        Ok(())
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        let p = self.port;
+        match self.kind {
+            Kind::Redis => {
+                cmd.args([
+                    "--port",
+                    &p.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(&self.dir);
+            }
+            Kind::Etcd => {
+                let client = format!("http://127.0.0.1:{p}");
+                let peer = format!("http://127.0.0.1:{}", self.peer_port);
+                cmd.arg("--data-dir")
+                    .arg(self.dir.join("etcd"))
+                    .args(["--name", "default", "--listen-client-urls", &client])
+                    .args(["--advertise-client-urls", &client, "--listen-peer-urls", &peer])
+                    .args(["--initial-advertise-peer-urls", &peer])
+                    .arg(format!("--initial-cluster=default={peer}"));
+            }
+            Kind::MariaDb => {
+                cmd.arg("--no-defaults")
+                    .arg(format!("--datadir={}", self.dir.join("data").display()))
+                    .arg(format!("--socket={}", self.socket().display()))
+                    .arg(format!("--pid-file={}", self.dir.join("mariadbd.pid").display()))
+                    .arg(format!("--port={p}"))
+                    .args(["--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-buffer-pool-size=32M"]);
+                if running_as_root() {
+                    cmd.arg("--user=root");
+                }
+            }
+        }
+        cmd
+    }
+
+    /// Starts the process and waits until it answers.
+    fn launch(&mut self) -> Result<(), String> {
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(self.log()?)
+            .stderr(self.log()?)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_WITHIN;
+        let mut last;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(format!(
+                    "{} exited at start ({status}):\n{}",
+                    self.bin.display(),
+                    self.log_tail()
+                ));
+            }
+            match probe(self.kind, self.addr(), Duration::from_millis(500)) {
+                Ok(()) => break,
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(format!(
+                    "{} not ready within {READY_WITHIN:?} ({last}):\n{}",
+                    self.kind.name(),
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.kind == Kind::MariaDb {
+            self.mariadb_sql("CREATE DATABASE IF NOT EXISTS test")?;
+        }
+        Ok(())
+    }
+
+    /// Runs SQL through the `mariadb` client on the server's unix socket; returns its output
+    /// (tab-separated, no column names).
+    pub fn mariadb_sql(&self, sql: &str) -> Result<String, String> {
+        assert_eq!(self.kind, Kind::MariaDb, "mariadb_sql on a {} server", self.kind.name());
+        let client = find_program("mariadb", None, &["/usr/bin/mariadb"])?;
+        let out = Command::new(client)
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-uroot", "--batch", "--skip-column-names", "-e", sql])
+            .output()
+            .map_err(|e| format!("mariadb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("mariadb -e {sql:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// One minimal request of `kind`'s protocol, answered within `within`.
+fn probe(kind: Kind, addr: SocketAddr, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
+    let request: &[u8] = match kind {
+        Kind::Redis => b"PING\r\n",
+        Kind::Etcd => b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        Kind::MariaDb => b"",
+    };
+    s.write_all(request).map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        s.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
+        let n = s.read(&mut buf).map_err(|e| format!("no answer: {e}"))?;
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        let done = match kind {
+            Kind::Redis => answer.ends_with(b"\r\n"),
+            Kind::Etcd => text.contains("\"health\""),
+            // A handshake packet: 3-byte length, sequence 0, protocol version 10.
+            Kind::MariaDb => answer.len() >= 5,
+        };
+        if done || n == 0 {
+            let ok = match kind {
+                Kind::Redis => text.starts_with("+PONG"),
+                Kind::Etcd => text.contains("\"health\":\"true\""),
+                Kind::MariaDb => answer.len() >= 5 && answer[3] == 0 && answer[4] == 10,
+            };
+            return if ok { Ok(()) } else { Err(format!("unexpected answer {text:?}")) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
