@@ -130,11 +130,15 @@ fn start(s: &Service) -> Result {
 }
 
 /// Build tools the workspace's crates need: etcd-client compiles etcd's protobuf definitions
-/// with `protoc`.
+/// with `protoc`. Also the command-line clients the testkit's private servers are checked
+/// with (`etcdctl`; `redis-cli` and `mariadb` come with their servers).
 pub(crate) fn ensure_build_tools() -> Result {
     let has_protoc = Command::new("protoc").arg("--version").output().is_ok_and(|o| o.status.success());
     if Path::new("crates/lock-etcd").exists() && !has_protoc {
         apt_install("protobuf-compiler")?;
+    }
+    if Path::new("crates/lock-etcd").exists() && !Path::new("/usr/bin/etcdctl").exists() {
+        apt_install("etcd-client")?;
     }
     Ok(())
 }
