@@ -2,9 +2,12 @@
 //! `redis://127.0.0.1:6379`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lock_core::LockProvider;
 use lock_redis::{RedisConfig, RedisLockProvider};
+use lock_testkit::faults::{through, upstream_of, Faulty};
+use lock_testkit::proxy::FaultProxy;
 use lock_testkit::Harness;
 
 /// Each `provider()` call connects a new provider: a separate process, as far as the server
@@ -17,6 +20,15 @@ struct Redis {
 impl Harness for Redis {
     async fn provider(&self) -> Arc<dyn LockProvider> {
         Arc::new(RedisLockProvider::connect(self.config.clone()).await.expect("connect to redis"))
+    }
+
+    /// Every connection through a fault proxy, with a short command timeout.
+    async fn faulty_provider(&self) -> Option<Faulty> {
+        let proxy = FaultProxy::start(upstream_of(&self.config.url)).await.expect("start a fault proxy");
+        let mut config = self.config.clone().command_timeout(Duration::from_secs(1));
+        config.url = through(&self.config.url, &proxy);
+        let provider = RedisLockProvider::connect(config).await.expect("connect through the proxy");
+        Some(Faulty::new(Arc::new(provider), vec![proxy]))
     }
 }
 

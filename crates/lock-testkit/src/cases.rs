@@ -11,6 +11,12 @@ use tokio::time::Instant;
 
 use crate::Ctx;
 
+pub use crate::faults::{
+    fault_chaos_mix, fault_hung_refresh, fault_killed_connections, fault_lost_answer_on_acquire,
+    fault_lost_answer_on_reentry, fault_lost_answer_on_refresh, fault_lost_answer_on_unlock,
+    fault_partitioned_holder, fault_slow_server,
+};
+
 /// A generous bound on any single case: a hang is a failure, not a stuck CI run.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -36,6 +36,7 @@ use lock_core::{Capabilities, LockProvider};
 
 pub mod bench;
 pub mod cases;
+pub mod faults;
 pub mod history;
 pub mod proxy;
 pub mod servers;
@@ -56,11 +57,26 @@ pub trait Harness: Send + Sync + 'static {
         Duration::from_millis(250)
     }
 
+    /// A provider on the backend under test whose every connection to the server runs
+    /// through fault proxies, for the [fault cases](faults). `None` (the default) for a
+    /// backend without connections; those cases are then skipped, loudly.
+    async fn faulty_provider(&self) -> Option<faults::Faulty> {
+        None
+    }
+
     /// Slack added when a case waits for a lease to run out: covers clock granularity and
     /// the backend's expiry mechanism (a reaper period, a lease checkpoint, ...).
     fn expiry_slack(&self) -> Duration {
         Duration::from_millis(250)
     }
+}
+
+/// Environment variable that makes stress and fault cases run longer (`cargo xtask test --long`).
+pub const LONG_ENV: &str = "DISTLOCK_TEST_LONG";
+
+/// `true` when `DISTLOCK_TEST_LONG` is set to `1` or `true`: loops run more rounds.
+pub fn long_run() -> bool {
+    std::env::var(LONG_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 /// `true` when `DISTLOCK_REQUIRE_SERVICES` is set to `1` or `true`.
@@ -180,7 +196,16 @@ macro_rules! conformance_suite {
             workflow_lost_signal_fires_when_lease_is_revoked,
             workflow_lost_signal_fires_before_expiry_without_refresh,
             workflow_dropped_handle_is_released,
-            workflow_template_limit_holds
+            workflow_template_limit_holds,
+            fault_partitioned_holder,
+            fault_hung_refresh,
+            fault_lost_answer_on_acquire,
+            fault_lost_answer_on_reentry,
+            fault_lost_answer_on_refresh,
+            fault_lost_answer_on_unlock,
+            fault_killed_connections,
+            fault_slow_server,
+            fault_chaos_mix
         );
     };
 }
