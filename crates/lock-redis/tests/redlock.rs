@@ -9,6 +9,8 @@ use std::time::Duration;
 use common::Server;
 use lock_core::{LockError, LockOptions, LockProvider};
 use lock_redis::{RedisConfig, RedisLockProvider};
+use lock_testkit::faults::{through, upstream_of, Faulty};
+use lock_testkit::proxy::FaultProxy;
 use lock_testkit::Harness;
 
 async fn masters(n: usize) -> Vec<Server> {
@@ -28,6 +30,18 @@ struct Redlock {
 impl Harness for Redlock {
     async fn provider(&self) -> Arc<dyn LockProvider> {
         Arc::new(RedisLockProvider::connect(config(&self.servers)).await.expect("connect to the masters"))
+    }
+
+    /// One fault proxy per master, with a short command timeout.
+    async fn faulty_provider(&self) -> Option<Faulty> {
+        let urls: Vec<String> = self.servers.iter().map(Server::url).collect();
+        let addrs: Vec<_> = urls.iter().map(|u| upstream_of(u)).collect();
+        let proxies = FaultProxy::start_many(&addrs).await.expect("start fault proxies");
+        let config = RedisConfig::redlock(urls.iter().zip(&proxies).map(|(u, p)| through(u, p)))
+            .pool_size(2)
+            .command_timeout(Duration::from_secs(1));
+        let provider = RedisLockProvider::connect(config).await.expect("connect through the proxies");
+        Some(Faulty::new(Arc::new(provider), proxies))
     }
 }
 

@@ -59,13 +59,20 @@ impl Grant {
 struct Inner {
     start: Instant,
     grants: Vec<Grant>,
-    /// Violations found while recording (a refresh that changed the token, ...).
+    /// Violations found while recording (a refresh that answered for another lock, ...).
     recorded: Vec<String>,
+    /// Violations of fencing found while recording (a refresh that changed the token).
+    recorded_fencing: Vec<String>,
 }
 
 impl Default for Inner {
     fn default() -> Self {
-        Inner { start: Instant::now(), grants: Vec::new(), recorded: Vec::new() }
+        Inner {
+            start: Instant::now(),
+            grants: Vec::new(),
+            recorded: Vec::new(),
+            recorded_fencing: Vec::new(),
+        }
     }
 }
 
@@ -157,7 +164,8 @@ impl History {
     pub fn refreshed(&self, id: GrantId, lease: &Lease) {
         let mut inner = self.inner();
         let grant = inner.grants.get(id.0).expect("a GrantId of this history").clone();
-        if grant.token != lease.token || grant.key != lease.key || grant.owner != lease.owner {
+        let token_changed = grant.token != lease.token;
+        if token_changed || grant.key != lease.key || grant.owner != lease.owner {
             let msg = format!(
                 "key {:?}: refresh at {} of grant ({}) returned key {:?} owner {:?} token {}",
                 grant.key,
@@ -167,7 +175,12 @@ impl History {
                 lease.owner,
                 lease.token
             );
-            inner.recorded.push(msg);
+            // Another token for the same owner and key only breaks fencing.
+            if grant.key == lease.key && grant.owner == lease.owner {
+                inner.recorded_fencing.push(msg);
+            } else {
+                inner.recorded.push(msg);
+            }
         }
         inner.grants[id.0].valid_until = lease.valid_until;
     }
@@ -186,14 +199,18 @@ impl History {
     /// (relative to the history's start):
     ///
     /// - two grants of one key held in overlapping intervals `[granted_at, end)` by different
-    ///   owners, or by the same owner with different tokens (intervals that merely touch do
-    ///   not overlap);
+    ///   owners, or (with `fencing`) by the same owner with different tokens (intervals that
+    ///   merely touch do not overlap);
     /// - with `fencing`, first-level grants (depth 1) of one key whose tokens do not strictly
     ///   increase in the order they were granted;
-    /// - a refresh that changed the token.
+    /// - a refresh that answered for another key or owner, or (with `fencing`) changed the
+    ///   token.
     pub fn violations(&self, fencing: bool) -> Vec<String> {
         let inner = self.inner();
         let mut out = inner.recorded.clone();
+        if fencing {
+            out.extend(inner.recorded_fencing.iter().cloned());
+        }
         let mut by_key: std::collections::BTreeMap<&str, Vec<&Grant>> = Default::default();
         for g in &inner.grants {
             by_key.entry(&g.key).or_default().push(g);
@@ -207,7 +224,7 @@ impl History {
                     if b.granted_at >= a_end {
                         break;
                     }
-                    let conflicting = a.owner != b.owner || a.token != b.token;
+                    let conflicting = a.owner != b.owner || (fencing && a.token != b.token);
                     if conflicting && b.end() > b.granted_at {
                         out.push(format!(
                             "key {key:?}: overlapping grants: ({}) and ({})",
