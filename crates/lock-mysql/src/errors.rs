@@ -34,8 +34,12 @@ pub(crate) fn map_err(e: sqlx::Error) -> LockError {
         sqlx::Error::Database(_) if matches!(server_code(&e), Some(DEADLOCK | LOCK_WAIT_TIMEOUT)) => {
             LockError::unavailable(NAME, e)
         }
-        // Server going away mid-query (2006 gone away, 2013 lost connection, 1927 killed).
-        sqlx::Error::Database(_) if matches!(server_code(&e), Some(1927 | 2006 | 2013 | 1053 | 1077)) => {
+        // Server going away mid-query (2006 gone away, 2013 lost connection, 1927 killed), or
+        // the statement timeout: MariaDB's max_statement_time (1969), MySQL's
+        // max_execution_time (3024), an interrupted query (1317). The statement was rolled back.
+        sqlx::Error::Database(_)
+            if matches!(server_code(&e), Some(1927 | 2006 | 2013 | 1053 | 1077 | 1969 | 3024 | 1317)) =>
+        {
             LockError::unavailable(NAME, e)
         }
         other => LockError::backend(NAME, other),

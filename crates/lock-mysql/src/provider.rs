@@ -1,6 +1,6 @@
 //! [`MySqlLockProvider`]: the `LockProvider` on a `sqlx::MySqlPool`.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,50 +14,11 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlQueryResult, MySqlRow};
 use sqlx::Row;
 use tokio::time::Instant;
 
+use crate::config::{CleanupStats, MySqlLockConfig, REAP_GRACE_FACTOR};
 use crate::errors::{map_err, with_contention_retry};
-use crate::table::{like_prefix, op, Statements, TableName, DEFAULT_TABLE, GENERATION_BITS};
+use crate::table::{like_prefix, op, statement_guard, Statements, GENERATION_BITS};
 
 const NAME: &str = "mysql";
-
-/// Settings of a [`MySqlLockProvider`].
-#[derive(Debug, Clone)]
-pub struct MySqlLockConfig {
-    /// Lock table (default `distributed_locks`); validated as a plain identifier.
-    pub table: String,
-    /// Create the table on start if it is missing (default `true`).
-    pub auto_migrate: bool,
-    /// Period of the background reaper; `None` disables it (default 30 s).
-    pub reap_interval: Option<Duration>,
-    /// How long an expired row stays before the reaper deletes it (default 60 s); until then
-    /// `waits` and `acquired_at` of the crashed holder can still be inspected in the table.
-    pub reap_grace: Duration,
-    /// Pool size when the provider builds its own pool from a URL (default 10).
-    pub max_connections: u32,
-    /// How long to wait for a pooled connection before answering `Unavailable` (default 5 s).
-    pub acquire_timeout: Duration,
-}
-
-impl Default for MySqlLockConfig {
-    fn default() -> Self {
-        MySqlLockConfig {
-            table: DEFAULT_TABLE.to_string(),
-            auto_migrate: true,
-            reap_interval: Some(Duration::from_secs(30)),
-            reap_grace: Duration::from_secs(60),
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// How many rows the cleanup has handled so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CleanupStats {
-    /// Expired leases taken over by an acquisition (lazy cleanup on acquire).
-    pub expired_taken_over: u64,
-    /// Rows deleted by the reaper (expired longer than the grace period).
-    pub rows_reaped: u64,
-}
 
 #[derive(Debug)]
 struct Inner {
@@ -65,10 +26,12 @@ struct Inner {
     owns_pool: bool,
     sql: Statements,
     config: MySqlLockConfig,
+    /// The shortest grace the reaper may use: no statement can still be running on a key
+    /// whose row has been free that long.
+    min_grace: Duration,
+    /// How long the client waits for one operation's statements before it gives up.
+    client_timeout: Duration,
     closed: AtomicBool,
-    /// Key -> owner of the locks this provider acquired and has not seen released: routes
-    /// re-entries straight to the upsert. A hint only; a stale entry costs one statement.
-    local: Mutex<HashMap<Arc<str>, Arc<str>>>,
     /// Waiters of this process, woken by this process's releases (and by `close`). Releases
     /// by other processes are noticed by polling.
     wakers: Wakers,
@@ -84,9 +47,49 @@ pub struct MySqlLockProvider {
     reaper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// What the server and the session of the pool are, checked once on start.
+struct ServerFacts {
+    mariadb: bool,
+    autocommit: bool,
+    lock_wait_timeout: Duration,
+}
+
+async fn server_facts(pool: &MySqlPool, timeout: Duration) -> Result<ServerFacts> {
+    let probe = async {
+        let row = sqlx::query(
+            "SELECT VERSION(), CAST(@@SESSION.autocommit AS SIGNED), \
+             CAST(@@SESSION.innodb_lock_wait_timeout AS SIGNED)",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(map_err)?;
+        let version: String = row.try_get(0).map_err(map_err)?;
+        let autocommit: i64 = row.try_get(1).map_err(map_err)?;
+        let lock_wait: i64 = row.try_get(2).map_err(map_err)?;
+        Ok(ServerFacts {
+            mariadb: version.to_ascii_lowercase().contains("mariadb"),
+            autocommit: autocommit != 0,
+            lock_wait_timeout: Duration::from_secs(lock_wait.max(0) as u64),
+        })
+    };
+    bounded(timeout, probe).await
+}
+
+/// Runs `fut`, answering a retryable `Unavailable` if it takes longer than `limit`.
+async fn bounded<T>(limit: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => Err(LockError::unavailable(NAME, format!("no answer from the server within {limit:?}"))),
+    }
+}
+
 impl MySqlLockProvider {
     /// A provider on the application's pool (the original design's `db`). Closing the
     /// provider leaves the pool open.
+    ///
+    /// The pool's session settings do not matter (time zone, isolation level, sql_mode),
+    /// except `autocommit`: a pool whose connections run with autocommit off is refused with
+    /// [`LockError::Config`], since its locks would stay invisible in an open transaction.
     pub async fn from_pool(pool: MySqlPool, config: MySqlLockConfig) -> Result<Self> {
         Self::start(pool, false, config).await
     }
@@ -94,7 +97,7 @@ impl MySqlLockProvider {
     /// A provider with a pool of its own, connected to `url` (`mysql://user:pass@host/db`).
     pub async fn connect(url: &str, config: MySqlLockConfig) -> Result<Self> {
         // Bad configuration fails before any connection is made.
-        TableName::new(&config.table)?;
+        config.validate()?;
         let pool = MySqlPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
@@ -105,20 +108,43 @@ impl MySqlLockProvider {
     }
 
     async fn start(pool: MySqlPool, owns_pool: bool, config: MySqlLockConfig) -> Result<Self> {
-        let table = TableName::new(&config.table)?;
+        let table = config.validate()?;
+        let client_timeout = config.command_timeout + config.command_timeout.min(Duration::from_secs(1));
+        let facts = server_facts(&pool, client_timeout).await?;
+        if !facts.autocommit {
+            return Err(LockError::Config(
+                "the pool's connections run with autocommit off: every lock would stay in an open transaction, \
+                 invisible to others; give the lock provider a pool with autocommit on"
+                    .into(),
+            ));
+        }
+        // MariaDB bounds each statement on the server; MySQL only bounds its row-lock waits.
+        let (guard, longest_statement) = if facts.mariadb {
+            (statement_guard(config.command_timeout), config.command_timeout)
+        } else {
+            (String::new(), config.command_timeout.max(facts.lock_wait_timeout))
+        };
+        let min_grace = longest_statement * REAP_GRACE_FACTOR;
+        if config.reap_grace < min_grace {
+            return Err(LockError::Config(format!(
+                "reap_grace {:?} is shorter than {REAP_GRACE_FACTOR} x the longest a statement can run on this \
+                 server ({longest_statement:?}, innodb_lock_wait_timeout)",
+                config.reap_grace
+            )));
+        }
         let inner = Arc::new(Inner {
             pool,
             owns_pool,
-            sql: Statements::new(&table),
+            sql: Statements::new(&table, &guard),
             config,
+            min_grace,
+            client_timeout,
             closed: AtomicBool::new(false),
-            local: Mutex::default(),
             wakers: Wakers::new(),
             expired_taken_over: AtomicU64::new(0),
             rows_reaped: AtomicU64::new(0),
             statements: AtomicU64::new(0),
         });
-        inner.check_sql_mode().await?;
         if inner.config.auto_migrate {
             inner.migrate().await?;
         }
@@ -129,7 +155,7 @@ impl MySqlLockProvider {
                 }
                 match inner.reap(inner.config.reap_grace).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(backend = NAME, rows = n, "reaper deleted expired rows"),
+                    Ok(n) => tracing::debug!(backend = NAME, rows = n, "reaper deleted free rows"),
                     Err(e) => tracing::warn!(backend = NAME, error = %e, "reaper pass failed"),
                 }
                 true
@@ -154,6 +180,20 @@ impl MySqlLockProvider {
         &self.inner.pool
     }
 
+    /// Longest an operation waits for the server before it fails with a retryable
+    /// `Unavailable`: the configured `command_timeout` plus a margin (the server gives up at
+    /// `command_timeout` on MariaDB, the client a little later). A lease whose refresh may
+    /// take this long should be refreshed at least this much before it ends.
+    pub fn command_timeout(&self) -> Duration {
+        self.inner.client_timeout
+    }
+
+    /// The shortest grace period the reaper uses on this server (see
+    /// [`MySqlLockConfig::reap_grace`]).
+    pub fn min_reap_grace(&self) -> Duration {
+        self.inner.min_grace
+    }
+
     /// What cleanup has done so far.
     pub fn cleanup_stats(&self) -> CleanupStats {
         CleanupStats {
@@ -167,7 +207,8 @@ impl MySqlLockProvider {
         self.inner.statements.load(Ordering::Relaxed)
     }
 
-    /// Runs one reaper pass now, deleting rows whose lease expired more than `grace` ago;
+    /// Runs one reaper pass now, deleting rows that have been free (released or expired) for
+    /// longer than `grace`, but never sooner than [`min_reap_grace`](Self::min_reap_grace);
     /// returns how many it deleted.
     pub async fn reap_now(&self, grace: Duration) -> Result<u64> {
         self.check_open()?;
@@ -206,6 +247,16 @@ fn row_to_info(row: &MySqlRow) -> std::result::Result<LockInfo, sqlx::Error> {
     })
 }
 
+/// What one release statement did.
+enum Released {
+    /// The lock is free now.
+    Free,
+    /// A nested level was released; the owner still holds the lock.
+    Nested,
+    /// The caller held nothing (or not that acquisition).
+    Nothing,
+}
+
 impl Inner {
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
@@ -219,22 +270,15 @@ impl Inner {
         self.statements.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The acquire statement relies on left-to-right assignment in `ON DUPLICATE KEY
-    /// UPDATE`; MariaDB's SIMULTANEOUS_ASSIGNMENT mode would break it, so refuse to start.
-    async fn check_sql_mode(&self) -> Result<()> {
-        let mode: String =
-            sqlx::query_scalar("SELECT @@SESSION.sql_mode").fetch_one(&self.pool).await.map_err(map_err)?;
-        if mode.to_ascii_uppercase().contains("SIMULTANEOUS_ASSIGNMENT") {
-            return Err(LockError::Config(
-                "sql_mode SIMULTANEOUS_ASSIGNMENT is not supported by the MySQL lock provider".into(),
-            ));
-        }
-        Ok(())
+    /// Runs `fut` within the client's timeout.
+    async fn bounded<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        bounded(self.client_timeout, fut).await
     }
 
     async fn migrate(&self) -> Result<()> {
         self.count();
-        sqlx::query(&self.sql.create).execute(&self.pool).await.map_err(map_err)?;
+        self.bounded(async { sqlx::query(&self.sql.create).execute(&self.pool).await.map_err(map_err) })
+            .await?;
         Ok(())
     }
 
@@ -246,73 +290,19 @@ impl Inner {
         q.execute(&self.pool).await.map_err(map_err)
     }
 
-    /// One acquisition attempt: a single statement, plus one read after a re-entry.
+    /// One acquisition attempt: the `INSERT ... ON DUPLICATE KEY UPDATE` decides every outcome
+    /// in one statement; a re-entry adds one read for its depth.
     ///
-    /// The first attempt of a `lock` call on a key this provider does not hold starts with a
-    /// plain `INSERT` (free key: done, like the raw INSERT+DELETE pattern); only a duplicate
-    /// key goes on to the `ON DUPLICATE KEY UPDATE` statement, which costs the server about
-    /// 13 % more even when it inserts. Later attempts of the same call, and re-entries, go to
-    /// it directly, so a contended acquisition costs one statement more in all and a
-    /// re-entry still two.
-    async fn attempt(&self, key: &Arc<str>, owner: &Arc<str>, ttl: Duration, first: bool) -> Result<Attempt> {
+    /// Runs detached (see `lock`), so it is not bounded by the client's timeout here, only by
+    /// the server's statement timeout and, as a last resort, a much longer one.
+    async fn attempt(&self, key: &Arc<str>, owner: &Arc<str>, ttl: Duration) -> Result<Attempt> {
         self.check_open()?;
-        if first && !self.holds(key, owner) {
-            let us = micros(ttl);
-            let sent = Instant::now();
-            let inserted = with_contention_retry(|| {
-                self.count();
-                let q = sqlx::query(&self.sql.insert).bind(key.as_bytes()).bind(owner.as_bytes()).bind(us);
-                async move {
-                    match q.execute(&self.pool).await {
-                        Ok(res) => Ok(Some(res.last_insert_id())),
-                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
-                        Err(e) => Err(map_err(e)),
-                    }
-                }
-            })
-            .await?;
-            if let Some(id) = inserted {
-                self.remember(key, owner);
-                return Ok(Attempt::Acquired(Lease {
-                    key: key.clone(),
-                    owner: owner.clone(),
-                    token: FencingToken(id << GENERATION_BITS),
-                    ttl,
-                    valid_until: sent + ttl,
-                    depth: 1,
-                }));
-            }
-        }
-        let acquired = self.upsert(key, owner, ttl).await;
-        if let Ok(Attempt::Acquired(_)) = &acquired {
-            self.remember(key, owner);
-        }
-        acquired
-    }
-
-    /// `true` when this provider last saw `owner` take `key` and not release it: a hint that
-    /// routes re-entries straight to the upsert, never a fact the lock relies on.
-    fn holds(&self, key: &str, owner: &str) -> bool {
-        self.local.lock().unwrap_or_else(|e| e.into_inner()).get(key).is_some_and(|o| &**o == owner)
-    }
-
-    fn remember(&self, key: &Arc<str>, owner: &Arc<str>) {
-        self.local.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), owner.clone());
-    }
-
-    fn forget(&self, key: &str, owner: &str) {
-        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        if local.get(key).is_some_and(|o| &**o == owner) {
-            local.remove(key);
-        }
-    }
-
-    /// The `INSERT ... ON DUPLICATE KEY UPDATE` attempt: every outcome in one statement.
-    async fn upsert(&self, key: &Arc<str>, owner: &Arc<str>, ttl: Duration) -> Result<Attempt> {
         let us = micros(ttl);
-        loop {
-            let sent = Instant::now();
-            let res = with_contention_retry(|| {
+        let sent = Instant::now();
+        let backstop = self.client_timeout * 4;
+        let res = bounded(
+            backstop,
+            with_contention_retry(|| {
                 self.exec(
                     sqlx::query(&self.sql.acquire)
                         .bind(key.as_bytes())
@@ -323,93 +313,101 @@ impl Inner {
                         .bind(us)
                         .bind(us),
                 )
-            })
-            .await?;
-            let lease = |token: u64, depth: u32, ttl: Duration| Lease {
-                key: key.clone(),
-                owner: owner.clone(),
-                token: FencingToken(token),
-                ttl,
-                valid_until: sent + ttl,
-                depth,
-            };
-            if res.rows_affected() == 1 {
-                // A new row: its token is its fresh id with generation 0.
-                return Ok(Attempt::Acquired(lease(res.last_insert_id() << GENERATION_BITS, 1, ttl)));
+            }),
+        )
+        .await?;
+        let lease = |token: u64, depth: u32, ttl: Duration| Lease {
+            key: key.clone(),
+            owner: owner.clone(),
+            token: FencingToken(token),
+            ttl,
+            valid_until: sent + ttl,
+            depth,
+        };
+        if res.rows_affected() == 1 {
+            // A new row: its token is its fresh id with generation 0.
+            return Ok(Attempt::Acquired(lease(res.last_insert_id() << GENERATION_BITS, 1, ttl)));
+        }
+        let packed = res.last_insert_id();
+        let (token, outcome) = (packed >> 3, packed & 0b111);
+        match outcome {
+            op::TOOK_RELEASED => Ok(Attempt::Acquired(lease(token, 1, ttl))),
+            op::TOOK_EXPIRED => {
+                self.expired_taken_over.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(backend = NAME, key = &**key, "expired lease taken over");
+                Ok(Attempt::Acquired(lease(token, 1, ttl)))
             }
-            let packed = res.last_insert_id();
-            let (token, outcome) = (packed >> 3, packed & 0b111);
-            match outcome {
-                op::TOOK_RELEASED => return Ok(Attempt::Acquired(lease(token, 1, ttl))),
-                op::TOOK_EXPIRED => {
-                    self.expired_taken_over.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(backend = NAME, key = &**key, "expired lease taken over");
-                    return Ok(Attempt::Acquired(lease(token, 1, ttl)));
-                }
-                op::REENTERED => {
-                    self.count();
-                    let row = sqlx::query(&self.sql.reentry)
-                        .bind(key.as_bytes())
-                        .bind(owner.as_bytes())
-                        .fetch_one(&self.pool)
-                        .await
-                        .map_err(map_err)?;
-                    let depth: u32 = row.try_get(0).map_err(map_err)?;
-                    let left = remaining(row.try_get(1).map_err(map_err)?);
-                    return Ok(Attempt::Acquired(lease(token, depth, left)));
-                }
-                op::BUSY => return Ok(Attempt::Busy { holder: None, expires_in: None }),
-                op::EXHAUSTED => {
-                    // Once per 65,536 take-overs of one row: replace it so the next insert
-                    // draws a new, larger id.
-                    self.exec(sqlx::query(&self.sql.drop_exhausted).bind(key.as_bytes())).await?;
-                }
-                other => {
-                    return Err(LockError::backend(
-                        NAME,
-                        format!("unexpected acquire outcome {other} (affected rows {})", res.rows_affected()),
-                    ))
-                }
+            op::REENTERED => {
+                // The re-entry is committed: from here on the answer is the lease, never an
+                // error. The read only adds the depth and the TTL left (at least `ttl`).
+                let (depth, left) = match self.read_reentry(key, owner).await {
+                    Ok(Some((depth, left))) => (depth, left.max(ttl)),
+                    other => {
+                        tracing::warn!(backend = NAME, key = &**key, outcome = ?other.map(|_| ()),
+                            "re-entered, but could not read the depth; reporting the least it can be");
+                        (2, ttl)
+                    }
+                };
+                Ok(Attempt::Acquired(lease(token, depth, left)))
             }
+            op::BUSY => Ok(Attempt::Busy { holder: None, expires_in: None }),
+            other => Err(LockError::backend(
+                NAME,
+                format!("unexpected acquire outcome {other} (affected rows {})", res.rows_affected()),
+            )),
         }
     }
 
-    /// Releases one level: the last one deletes the row (one statement), a nested one counts
-    /// down (a second statement, only when the first found depth > 1). `token` restricts it to
-    /// one acquisition. Returns `Some(true)` when the lock is now free, `Some(false)` when a
-    /// nested level was released, `None` when the caller held nothing.
-    async fn release(
-        &self,
-        last: &str,
-        nested: &str,
-        key: &[u8],
-        owner: &[u8],
-        token: Option<u64>,
-    ) -> Result<Option<bool>> {
-        for (sql, freed) in [(last, true), (nested, false)] {
-            let res = with_contention_retry(|| {
-                let q = sqlx::query(sql).bind(key).bind(owner);
-                self.exec(match token {
-                    Some(t) => q.bind(t),
-                    None => q,
-                })
+    /// Depth and TTL left of `owner`'s lock on `key`, right after a re-entry.
+    async fn read_reentry(&self, key: &str, owner: &str) -> Result<Option<(u32, Duration)>> {
+        self.count();
+        let row = self
+            .bounded(async {
+                sqlx::query(&self.sql.reentry)
+                    .bind(key.as_bytes())
+                    .bind(owner.as_bytes())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)
             })
             .await?;
-            if res.rows_affected() == 1 {
-                return Ok(Some(freed));
-            }
-        }
-        Ok(None)
+        row.map(|r| Ok((r.try_get::<u32, _>(0)?, remaining(r.try_get::<i64, _>(1)?))))
+            .transpose()
+            .map_err(map_err)
     }
 
-    /// Who holds `key`, when an acquisition gave up.
+    /// Releases one level in one owner-checked statement; `token` restricts it to one
+    /// acquisition (the undo of an abandoned one).
+    async fn release(&self, key: &[u8], owner: &[u8], token: Option<u64>) -> Result<Released> {
+        let res = self
+            .bounded(with_contention_retry(|| {
+                let q = match token {
+                    Some(t) => sqlx::query(&self.sql.undo).bind(key).bind(owner).bind(t),
+                    None => sqlx::query(&self.sql.unlock).bind(key).bind(owner),
+                };
+                self.exec(q)
+            }))
+            .await?;
+        Ok(match (res.rows_affected(), res.last_insert_id()) {
+            (0, _) => Released::Nothing,
+            // LAST_INSERT_ID carries the depth left plus one.
+            (_, left) if left > 1 => Released::Nested,
+            _ => Released::Free,
+        })
+    }
+
+    /// Who holds `key`, when an acquisition gave up or a release found nothing.
     async fn holder(&self, key: &str) -> Result<Option<(String, bool)>> {
         self.count();
-        let row = sqlx::query(&self.sql.holder)
-            .bind(key.as_bytes())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let row = self
+            .bounded(async {
+                sqlx::query(&self.sql.holder)
+                    .bind(key.as_bytes())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
         row.map(|r| {
             let owner: Vec<u8> = r.try_get(0)?;
             let live: bool = r.try_get(1)?;
@@ -420,15 +418,19 @@ impl Inner {
     }
 
     async fn reap(&self, grace: Duration) -> Result<u64> {
+        let grace = grace.max(self.min_grace);
         let mut total = 0;
         loop {
-            let n = self.exec(sqlx::query(&self.sql.reap).bind(micros(grace))).await?.rows_affected();
+            let n = self
+                .bounded(self.exec(sqlx::query(&self.sql.reap).bind(micros(grace))))
+                .await?
+                .rows_affected();
             total += n;
+            self.rows_reaped.fetch_add(n, Ordering::Relaxed);
             if n < 1000 {
                 break;
             }
         }
-        self.rows_reaped.fetch_add(total, Ordering::Relaxed);
         Ok(total)
     }
 }
@@ -460,14 +462,8 @@ impl LockProvider for MySqlLockProvider {
             let inner = undo_inner.clone();
             Box::pin(async move {
                 let (key, owner, token) = (lease.key.as_bytes(), lease.owner.as_bytes(), lease.token.0);
-                let undone = inner
-                    .release(&inner.sql.undo_last, &inner.sql.undo_nested, key, owner, Some(token))
-                    .await;
-                match undone {
-                    Ok(Some(true)) => {
-                        inner.forget(&lease.key, &lease.owner);
-                        inner.wakers.wake_one(&lease.key);
-                    }
+                match inner.release(key, owner, Some(token)).await {
+                    Ok(Released::Free) => inner.wakers.wake_one(&lease.key),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(backend = NAME, key = &*lease.key, error = %e, "could not undo an abandoned acquisition")
@@ -476,11 +472,14 @@ impl LockProvider for MySqlLockProvider {
             })
         });
         let signal = inner.wakers.signal(&opts.key);
-        let mut first = true;
         let result = acquire_with_backoff(opts, Some(&signal), || {
             let (inner, key, owner, ttl) = (inner.clone(), opts.key.clone(), opts.owner.clone(), opts.ttl);
-            let is_first = std::mem::replace(&mut first, false);
-            attempt_detached(async move { inner.attempt(&key, &owner, ttl, is_first).await }, undo.clone())
+            let limit = inner.client_timeout;
+            // The attempt runs detached: if the client gives up waiting for it, it still runs
+            // to its end, and an acquisition nobody will use is undone by owner and token.
+            let attempt =
+                attempt_detached(async move { inner.attempt(&key, &owner, ttl).await }, undo.clone());
+            bounded(limit, attempt)
         })
         .await;
         match result {
@@ -499,18 +498,13 @@ impl LockProvider for MySqlLockProvider {
         validate::owner(owner)?;
         self.check_open()?;
         let inner = &self.inner;
-        let sql = &inner.sql;
-        match inner
-            .release(&sql.unlock_last, &sql.unlock_nested, key.as_bytes(), owner.as_bytes(), None)
-            .await?
-        {
-            Some(true) => {
-                inner.forget(key, owner);
+        match inner.release(key.as_bytes(), owner.as_bytes(), None).await? {
+            Released::Free => {
                 inner.wakers.wake_one(key);
                 return Ok(());
             }
-            Some(false) => return Ok(()),
-            None => inner.forget(key, owner),
+            Released::Nested => return Ok(()),
+            Released::Nothing => {}
         }
         match inner.holder(key).await? {
             Some((holder, true)) if holder != owner => {
@@ -525,32 +519,46 @@ impl LockProvider for MySqlLockProvider {
         self.check_open()?;
         let inner = &self.inner;
         let sent = Instant::now();
-        let res = with_contention_retry(|| {
-            inner.exec(
-                sqlx::query(&inner.sql.refresh).bind(micros(ttl)).bind(key.as_bytes()).bind(owner.as_bytes()),
-            )
-        })
-        .await?;
+        let res = inner
+            .bounded(with_contention_retry(|| {
+                inner.exec(
+                    sqlx::query(&inner.sql.refresh)
+                        .bind(micros(ttl))
+                        .bind(key.as_bytes())
+                        .bind(owner.as_bytes()),
+                )
+            }))
+            .await?;
         if res.rows_affected() != 1 {
             return Err(LockError::LeaseLost { key: key.to_owned() });
         }
+        let token = res.last_insert_id();
+        // The refresh is committed: the lease stands whatever the read of its depth says.
         inner.count();
-        let row = sqlx::query(&inner.sql.refreshed)
-            .bind(key.as_bytes())
-            .bind(owner.as_bytes())
-            .fetch_optional(&inner.pool)
-            .await
-            .map_err(map_err)?
-            .ok_or_else(|| LockError::LeaseLost { key: key.to_owned() })?;
-        let token: u64 = row.try_get(0).map_err(map_err)?;
-        let depth: u32 = row.try_get(1).map_err(map_err)?;
-        let left = remaining(row.try_get(2).map_err(map_err)?);
+        let read = inner
+            .bounded(async {
+                sqlx::query_scalar::<_, u32>(&inner.sql.refreshed)
+                    .bind(key.as_bytes())
+                    .bind(owner.as_bytes())
+                    .fetch_optional(&inner.pool)
+                    .await
+                    .map_err(map_err)
+            })
+            .await;
+        let depth = match read {
+            Ok(Some(depth)) => depth,
+            other => {
+                tracing::warn!(backend = NAME, key, outcome = ?other.map(|_| ()),
+                    "refreshed, but could not read the depth; reporting the least it can be");
+                1
+            }
+        };
         Ok(Lease {
             key: key.into(),
             owner: owner.into(),
             token: FencingToken(token),
-            ttl: left,
-            valid_until: sent + left,
+            ttl,
+            valid_until: sent + ttl,
             depth,
         })
     }
@@ -558,24 +566,34 @@ impl LockProvider for MySqlLockProvider {
     async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
         validate::key(key)?;
         self.check_open()?;
-        self.inner.count();
-        let row = sqlx::query(&self.inner.sql.inspect)
-            .bind(key.as_bytes())
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(map_err)?;
+        let inner = &self.inner;
+        inner.count();
+        let row = inner
+            .bounded(async {
+                sqlx::query(&inner.sql.inspect)
+                    .bind(key.as_bytes())
+                    .fetch_optional(&inner.pool)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
         row.as_ref().map(row_to_info).transpose().map_err(map_err)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
         validate::prefix(prefix)?;
         self.check_open()?;
-        self.inner.count();
-        let rows = sqlx::query(&self.inner.sql.list)
-            .bind(like_prefix(prefix))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(map_err)?;
+        let inner = &self.inner;
+        inner.count();
+        let rows = inner
+            .bounded(async {
+                sqlx::query(&inner.sql.list)
+                    .bind(like_prefix(prefix))
+                    .fetch_all(&inner.pool)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
         rows.iter().map(row_to_info).collect::<std::result::Result<_, _>>().map_err(map_err)
     }
 
@@ -583,8 +601,12 @@ impl LockProvider for MySqlLockProvider {
         self.check_open()?;
         let started = Instant::now();
         self.inner.count();
-        let version: String =
-            sqlx::query_scalar("SELECT VERSION()").fetch_one(&self.inner.pool).await.map_err(map_err)?;
+        let version: String = self
+            .inner
+            .bounded(async {
+                sqlx::query_scalar("SELECT VERSION()").fetch_one(&self.inner.pool).await.map_err(map_err)
+            })
+            .await?;
         Ok(Health {
             backend: NAME,
             latency: started.elapsed(),

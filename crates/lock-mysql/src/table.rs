@@ -11,10 +11,13 @@ pub const DEFAULT_TABLE: &str = "distributed_locks";
 /// Longest accepted table name (MySQL's identifier limit).
 pub const MAX_TABLE_NAME_LEN: usize = 64;
 
-/// Bits of the fencing token that count take-overs of one row (the rest is the row's id).
+/// Bits of the fencing token that count acquisitions of one row (the rest is the row's id).
 pub(crate) const GENERATION_BITS: u32 = 16;
-/// Largest generation before the row has to be replaced by a new one.
-pub(crate) const MAX_GENERATION: u64 = (1 << GENERATION_BITS) - 1;
+/// A row is reaped only while its generation is below this: then its last token,
+/// `(id << 16) + generation`, is below `(id + 1) << 16`, so the next row of the key, whose id
+/// is larger, starts above every token the key ever had. A row acquired more often in one
+/// life stays in the table for good (one row per such hot key).
+pub(crate) const REAPABLE_GENERATIONS: u64 = 1 << GENERATION_BITS;
 
 /// `last_op` codes written by the acquire statement (and read back through `LAST_INSERT_ID`).
 pub(crate) mod op {
@@ -26,8 +29,6 @@ pub(crate) mod op {
     pub(crate) const TOOK_EXPIRED: u64 = 2;
     /// Held by another owner.
     pub(crate) const BUSY: u64 = 3;
-    /// Free, but the row's generation counter is exhausted: delete it and insert afresh.
-    pub(crate) const EXHAUSTED: u64 = 4;
 }
 
 /// A table name that is safe to splice into SQL: ASCII letters, digits and `_`, not starting
@@ -65,14 +66,10 @@ impl TableName {
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) create: String,
-    pub(crate) insert: String,
     pub(crate) acquire: String,
     pub(crate) reentry: String,
-    pub(crate) drop_exhausted: String,
-    pub(crate) unlock_last: String,
-    pub(crate) unlock_nested: String,
-    pub(crate) undo_last: String,
-    pub(crate) undo_nested: String,
+    pub(crate) unlock: String,
+    pub(crate) undo: String,
     pub(crate) refresh: String,
     pub(crate) refreshed: String,
     pub(crate) holder: String,
@@ -81,55 +78,59 @@ pub(crate) struct Statements {
     pub(crate) reap: String,
 }
 
+/// The fencing token of a row, in SQL.
+const TOKEN: &str = "((id << 16) + generation)";
+
 /// The columns of a lock as `LockInfo` needs them, in the order `row_to_info` reads.
-const INFO_COLUMNS: &str = "lock_key, owner, (id << 16) | generation, depth, \
+const INFO_COLUMNS: &str = "lock_key, owner, ((id << 16) + generation), depth, \
      TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at)";
 
 impl Statements {
-    pub(crate) fn new(table: &TableName) -> Self {
+    /// `guard` is put in front of every statement that reads or writes locks: on MariaDB a
+    /// `SET STATEMENT ... FOR` that bounds the statement's run time on the server and pins the
+    /// sql_mode, whatever the session says (see [`statement_guard`]); empty elsewhere.
+    pub(crate) fn new(table: &TableName, guard: &str) -> Self {
         let t = table.as_str();
+        let g = guard;
         Statements {
-            // One row per held key. A release deletes it; an expired row stays until an
-            // acquisition takes it over or the reaper removes it. So the table stays as small
-            // as the set of held locks, and `expires_at` needs no index: the reaper's scan is
-            // cheap, while an index would cost every insert and delete, and would make the
-            // optimizer weigh an index dive for every `expires_at > now` predicate.
+            // One row per key in use. A release keeps the row (free: depth 0, no owner), so
+            // that the key's last fencing token stays; the reaper deletes rows that have been
+            // free for the grace period. The id's index has the fixed name `id`: index names
+            // are per table, and one derived from the table name could exceed the identifier
+            // limit. `expires_at` needs no index: the reaper's scan is cheap, while an index
+            // would cost every write.
             create: format!(
                 "CREATE TABLE IF NOT EXISTS `{t}` (
                     lock_key VARBINARY(255) NOT NULL,
                     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
                     owner VARBINARY(255) NOT NULL,
                     depth INT UNSIGNED NOT NULL,
-                    generation INT UNSIGNED NOT NULL DEFAULT 0,
+                    generation BIGINT UNSIGNED NOT NULL DEFAULT 0,
                     last_op TINYINT UNSIGNED NOT NULL DEFAULT 5,
                     waits BIGINT UNSIGNED NOT NULL DEFAULT 0,
                     acquired_at DATETIME(6) NOT NULL,
                     expires_at DATETIME(6) NOT NULL,
                     PRIMARY KEY (lock_key),
-                    UNIQUE KEY `{t}_id` (id)
+                    UNIQUE KEY `id` (id)
                 ) ENGINE=InnoDB"
             ),
-            // The first attempt on a key this provider does not hold: a plain insert, the
-            // cheapest statement that can take a free key (the raw INSERT+DELETE pattern).
-            // A duplicate key sends the caller to `acquire`. Parameters: key, owner, ttl µs.
-            insert: format!(
-                "INSERT INTO `{t}` (lock_key, owner, depth, generation, last_op, waits, acquired_at, expires_at)
-                 VALUES (?, ?, 1, 0, 5, 0, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)"
-            ),
-            // One statement decides and acts. The first assignment records the outcome in
+            // One statement decides and acts, for every acquisition. A key without a row gets
+            // one (token `id << 16`). Otherwise the first assignment records the outcome in
             // `last_op` from the row as it was; the later ones read that new value (MySQL and
-            // MariaDB assign left to right). `waits` changes on every non-acquiring outcome so
-            // that "affected rows" is 2 for every update and 1 only for an insert, whatever the
-            // client's FOUND_ROWS flag. LAST_INSERT_ID carries the token and outcome back.
-            // Parameters: key, owner, ttl µs, owner, owner, ttl µs (x3).
+            // MariaDB assign left to right; the guard pins a sql_mode without MariaDB's
+            // SIMULTANEOUS_ASSIGNMENT). A take-over counts `generation` up, so the token
+            // follows the key's previous token inside the statement, under the row lock.
+            // `waits` changes on every non-acquiring outcome so that "affected rows" is 2 for
+            // every update and 1 only for an insert, whatever the client's FOUND_ROWS flag.
+            // LAST_INSERT_ID carries the token and outcome back.
+            // Parameters: key, owner, ttl µs, owner, owner, ttl µs (x2).
             acquire: format!(
-                "INSERT INTO `{t}` (lock_key, owner, depth, generation, last_op, waits, acquired_at, expires_at)
+                "{g}INSERT INTO `{t}` (lock_key, owner, depth, generation, last_op, waits, acquired_at, expires_at)
                  VALUES (?, ?, 1, 0, 5, 0, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
                  ON DUPLICATE KEY UPDATE
                    last_op = CASE
-                       WHEN expires_at > UTC_TIMESTAMP(6) AND owner = ? THEN {reentered}
-                       WHEN expires_at > UTC_TIMESTAMP(6) THEN {busy}
-                       WHEN generation >= {max_gen} THEN {exhausted}
+                       WHEN expires_at > UTC_TIMESTAMP(6) AND depth > 0 AND owner = ? THEN {reentered}
+                       WHEN expires_at > UTC_TIMESTAMP(6) AND depth > 0 THEN {busy}
                        WHEN depth = 0 THEN {released}
                        ELSE {expired} END,
                    depth = CASE WHEN last_op = {reentered} THEN depth + 1
@@ -144,69 +145,85 @@ impl Statements {
                            THEN UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
                        ELSE expires_at END,
                    waits = waits + IF(last_op >= {busy}, 1, 0)
-                       + 0 * LAST_INSERT_ID((((id << {gen_bits}) | generation) << 3) | last_op)",
+                       + 0 * LAST_INSERT_ID(({TOKEN} << 3) | last_op)",
                 reentered = op::REENTERED,
                 released = op::TOOK_RELEASED,
                 expired = op::TOOK_EXPIRED,
                 busy = op::BUSY,
-                exhausted = op::EXHAUSTED,
-                max_gen = MAX_GENERATION,
-                gen_bits = GENERATION_BITS,
             ),
             // After a re-entry: the depth and TTL the lease reports.
             reentry: format!(
-                "SELECT depth, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at)
-                 FROM `{t}` WHERE lock_key = ? AND owner = ?"
+                "{g}SELECT depth, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at)
+                 FROM `{t}` WHERE lock_key = ? AND owner = ? AND depth > 0"
             ),
-            drop_exhausted: format!(
-                "DELETE FROM `{t}` WHERE lock_key = ? AND expires_at <= UTC_TIMESTAMP(6) AND generation >= {MAX_GENERATION}"
-            ),
-            // Release: the last level deletes the row (the common case, one statement) ...
-            unlock_last: format!(
-                "DELETE FROM `{t}` WHERE lock_key = ? AND owner = ? AND depth = 1 AND expires_at > UTC_TIMESTAMP(6)"
-            ),
-            // ... a nested level only counts down.
-            unlock_nested: format!(
-                "UPDATE `{t}` SET depth = depth - 1
-                 WHERE lock_key = ? AND owner = ? AND depth > 1 AND expires_at > UTC_TIMESTAMP(6)"
+            // Release one level, owner-checked, in one statement: count the depth down, and at
+            // zero mark the row free (no owner, expired now) without deleting it, so the key's
+            // token stays. LAST_INSERT_ID carries the depth left (plus one) back.
+            // Parameters: key, owner.
+            unlock: format!(
+                "{g}UPDATE `{t}` SET depth = depth - 1,
+                        owner = IF(depth = 0, '', owner),
+                        expires_at = IF(depth = 0, UTC_TIMESTAMP(6), expires_at),
+                        waits = waits + 0 * LAST_INSERT_ID(depth + 1)
+                 WHERE lock_key = ? AND owner = ? AND depth > 0 AND expires_at > UTC_TIMESTAMP(6)"
             ),
             // The same for exactly one acquisition (owner and token): undoes a lock whose
-            // caller went away, never a later acquisition of the key.
-            undo_last: format!(
-                "DELETE FROM `{t}` WHERE lock_key = ? AND owner = ? AND ((id << {GENERATION_BITS}) | generation) = ?
-                   AND depth = 1 AND expires_at > UTC_TIMESTAMP(6)"
-            ),
-            undo_nested: format!(
-                "UPDATE `{t}` SET depth = depth - 1
-                 WHERE lock_key = ? AND owner = ? AND ((id << {GENERATION_BITS}) | generation) = ?
-                   AND depth > 1 AND expires_at > UTC_TIMESTAMP(6)"
+            // caller went away, never a later acquisition of the key. Parameters: key, owner,
+            // token.
+            undo: format!(
+                "{g}UPDATE `{t}` SET depth = depth - 1,
+                        owner = IF(depth = 0, '', owner),
+                        expires_at = IF(depth = 0, UTC_TIMESTAMP(6), expires_at),
+                        waits = waits + 0 * LAST_INSERT_ID(depth + 1)
+                 WHERE lock_key = ? AND owner = ? AND {TOKEN} = ? AND depth > 0
+                   AND expires_at > UTC_TIMESTAMP(6)"
             ),
             // `last_op` toggles so that the row always changes (affected rows 1) even if the
-            // new expiry equals the old one to the microsecond.
+            // new expiry equals the old one to the microsecond. LAST_INSERT_ID carries the
+            // token back. Parameters: ttl µs, key, owner.
             refresh: format!(
-                "UPDATE `{t}` SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
-                        last_op = IF(last_op = 6, 7, 6)
-                 WHERE lock_key = ? AND owner = ? AND expires_at > UTC_TIMESTAMP(6)"
+                "{g}UPDATE `{t}` SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
+                        last_op = IF(last_op = 6, 7, 6) + 0 * LAST_INSERT_ID({TOKEN})
+                 WHERE lock_key = ? AND owner = ? AND depth > 0 AND expires_at > UTC_TIMESTAMP(6)"
             ),
             refreshed: format!(
-                "SELECT (id << {GENERATION_BITS}) | generation, depth,
-                        TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at)
-                 FROM `{t}` WHERE lock_key = ? AND owner = ? AND expires_at > UTC_TIMESTAMP(6)"
+                "{g}SELECT depth FROM `{t}`
+                 WHERE lock_key = ? AND owner = ? AND depth > 0 AND expires_at > UTC_TIMESTAMP(6)"
             ),
-            holder: format!("SELECT owner, expires_at > UTC_TIMESTAMP(6) FROM `{t}` WHERE lock_key = ?"),
+            holder: format!(
+                "{g}SELECT owner, expires_at > UTC_TIMESTAMP(6) AND depth > 0 FROM `{t}` WHERE lock_key = ?"
+            ),
             inspect: format!(
-                "SELECT {INFO_COLUMNS} FROM `{t}` WHERE lock_key = ? AND expires_at > UTC_TIMESTAMP(6)"
+                "{g}SELECT {INFO_COLUMNS} FROM `{t}`
+                 WHERE lock_key = ? AND depth > 0 AND expires_at > UTC_TIMESTAMP(6)"
             ),
             list: format!(
-                "SELECT {INFO_COLUMNS} FROM `{t}`
-                 WHERE lock_key LIKE ? ESCAPE '!' AND expires_at > UTC_TIMESTAMP(6) ORDER BY lock_key"
+                "{g}SELECT {INFO_COLUMNS} FROM `{t}`
+                 WHERE lock_key LIKE ? ESCAPE '!' AND depth > 0 AND expires_at > UTC_TIMESTAMP(6)
+                 ORDER BY lock_key"
             ),
-            // Rows whose lease expired more than `grace` ago.
+            // Rows free (released or expired) for more than `grace`, whose generation still
+            // lets the key's next row start above every token it had (see
+            // REAPABLE_GENERATIONS).
             reap: format!(
-                "DELETE FROM `{t}` WHERE expires_at <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT 1000"
+                "{g}DELETE FROM `{t}` WHERE expires_at <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
+                   AND generation < {REAPABLE_GENERATIONS} LIMIT 1000"
             ),
         }
     }
+}
+
+/// MariaDB's per-statement settings: the server aborts (and rolls back) a statement that runs
+/// longer than `timeout`, and the sql_mode is one the
+/// statements are written for, whatever the application's session uses.
+pub(crate) fn statement_guard(timeout: std::time::Duration) -> String {
+    // A row-lock wait must not end first: its error (1205) is retried, the timeout's is not.
+    let lock_wait = timeout.as_secs_f64().ceil() as u64 + 1;
+    format!(
+        "SET STATEMENT max_statement_time = {:.6}, innodb_lock_wait_timeout = {lock_wait}, \
+         sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION' FOR ",
+        timeout.as_secs_f64()
+    )
 }
 
 /// Escapes a `list` prefix for `LIKE ... ESCAPE '!'` and appends the wildcard.

@@ -98,6 +98,22 @@ async fn providers_on_different_tables_do_not_see_each_others_locks() {
     drop_table(&b).await;
 }
 
+/// Makes every free row of `p`'s table look free for an hour already.
+async fn age_free_rows(p: &MySqlLockProvider) -> u64 {
+    sqlx::query(&format!(
+        "UPDATE `{}` SET expires_at = expires_at - INTERVAL 1 HOUR WHERE expires_at <= UTC_TIMESTAMP(6)",
+        p.table()
+    ))
+    .execute(p.pool())
+    .await
+    .unwrap()
+    .rows_affected()
+}
+
+async fn rows(p: &MySqlLockProvider) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", p.table())).fetch_one(p.pool()).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_removes_ended_rows_and_keeps_live_ones() {
     let Some(p) = provider("cleanup", &unique_table("clean"), 2).await else { return };
@@ -114,47 +130,58 @@ async fn cleanup_removes_ended_rows_and_keeps_live_ones() {
     p.lock(&opts("a", "bob")).await.unwrap();
     assert_eq!(p.cleanup_stats().expired_taken_over, 1);
 
-    // The release deleted its row; the reaper deletes b and c (expired), never the live ones.
-    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 2);
-    assert_eq!(p.cleanup_stats().rows_reaped, 2);
-    let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", p.table()))
-        .fetch_one(p.pool())
-        .await
-        .unwrap();
-    assert_eq!(rows, 2, "only the two live rows remain");
+    // Freed rows (released or expired) stay for the grace period, however short a grace the
+    // caller asks for: they keep the key's last fencing token.
+    assert!(p.min_reap_grace() >= Duration::from_secs(10));
+    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(rows(&p).await, 5);
+    assert_eq!(age_free_rows(&p).await, 3, "b, c and the released row");
+    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 3);
+    assert_eq!(p.cleanup_stats().rows_reaped, 3);
+    assert_eq!(rows(&p).await, 2, "only the two live rows remain");
     let live: Vec<_> = p.list("").await.unwrap().into_iter().map(|i| (i.key, i.owner)).collect();
     assert_eq!(live, vec![("a".to_string(), "bob".to_string()), ("live".to_string(), "alice".to_string())]);
-    // A grace period keeps recently expired rows.
+    // A grace period longer than the minimum keeps rows the minimum would reap.
     p.lock(&short("d")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(p.reap_now(Duration::from_secs(60)).await.unwrap(), 0);
+    age_free_rows(&p).await;
+    assert_eq!(p.reap_now(Duration::from_secs(7200)).await.unwrap(), 0);
     assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 1);
     drop_table(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fencing_tokens_keep_increasing_when_rows_are_deleted_or_replaced() {
+async fn fencing_tokens_keep_increasing_when_rows_are_freed_reaped_or_worn() {
     let Some(p) = provider("fencing_rows", &unique_table("fence"), 2).await else { return };
     let t1 = p.lock(&opts("k", "alice")).await.unwrap().token;
     p.unlock("k", "alice").await.unwrap();
-    let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", p.table()))
-        .fetch_one(p.pool())
-        .await
-        .unwrap();
-    assert_eq!(rows, 0, "the release deleted the row");
+    assert_eq!(rows(&p).await, 1, "the release keeps the row and its token");
     let t2 = p.lock(&opts("k", "bob").ttl(Duration::from_millis(200))).await.unwrap().token;
-    assert!(t2 > t1, "after the row was deleted: {t1} then {t2}");
+    assert!(t2 > t1, "after a release: {t1} then {t2}");
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    // Bob's lease expired. Force the row's take-over counter to its limit: the next
-    // acquisition must replace the row and still hand out a larger token.
+    // Bob's lease expired and the row was reaped: the key's next row starts above.
+    age_free_rows(&p).await;
+    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(rows(&p).await, 0);
+    let t3 = p.lock(&opts("k", "carol")).await.unwrap().token;
+    assert!(t3 > t2, "after the row was reaped: {t2} then {t3}");
+    p.unlock("k", "carol").await.unwrap();
+
+    // A row acquired 65,536 times in one life can no longer be followed by a new row with a
+    // larger token: it keeps counting and is never reaped.
     sqlx::query(&format!("UPDATE `{}` SET generation = 65535 WHERE lock_key = 'k'", p.table()))
         .execute(p.pool())
         .await
         .unwrap();
-    let t3 = p.lock(&opts("k", "carol")).await.unwrap().token;
-    assert!(t3 > t2, "after the row was replaced: {t2} then {t3}");
-    assert_eq!(p.is_locked("k").await.unwrap().unwrap().token, t3);
+    let t4 = p.lock(&opts("k", "dave")).await.unwrap().token;
+    assert!(t4 > t3, "past the generation limit: {t3} then {t4}");
+    assert_eq!(p.is_locked("k").await.unwrap().unwrap().token, t4);
+    p.unlock("k", "dave").await.unwrap();
+    age_free_rows(&p).await;
+    assert_eq!(p.reap_now(Duration::ZERO).await.unwrap(), 0, "a worn row stays");
+    let t5 = p.lock(&opts("k", "erin")).await.unwrap().token;
+    assert!(t5 > t4);
     drop_table(&p).await;
 }
 
@@ -193,11 +220,12 @@ async fn waiters_hold_no_connection_while_they_wait() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_background_reaper_deletes_expired_rows() {
+async fn the_background_reaper_deletes_freed_rows() {
     let config = MySqlLockConfig {
         table: unique_table("reaper"),
         reap_interval: Some(Duration::from_millis(200)),
-        reap_grace: Duration::ZERO,
+        command_timeout: Duration::from_millis(100),
+        reap_grace: Duration::from_secs(1),
         ..Default::default()
     };
     let connected = MySqlLockProvider::connect(&url(), config).await.map_err(|e| e.to_string());
@@ -211,12 +239,17 @@ async fn the_background_reaper_deletes_expired_rows() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(p.cleanup_stats().rows_reaped, 2, "nobody called reap_now");
-    let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", p.table()))
-        .fetch_one(p.pool())
-        .await
-        .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(rows(&p).await, 1);
     drop_table(&p).await;
+}
+
+#[tokio::test]
+async fn a_grace_period_shorter_than_statements_can_run_is_rejected() {
+    let config = MySqlLockConfig { reap_grace: Duration::from_secs(1), ..Default::default() };
+    match MySqlLockProvider::connect("mysql://root@127.0.0.1:1/test", config).await {
+        Err(LockError::InvalidArgument { what: "reap_grace", .. }) => {}
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,23 +262,29 @@ async fn statements_per_operation() {
 
     let n = p.statements_sent();
     p.lock(&opts("k", "alice")).await.unwrap();
-    assert_eq!(cost(n, &p), 1, "a free key: one INSERT");
+    assert_eq!(cost(n, &p), 1, "a new key: one upsert");
     let n = p.statements_sent();
     assert_eq!(p.lock(&opts("k", "alice")).await.unwrap().depth, 2);
     assert_eq!(cost(n, &p), 2, "a re-entry: the upsert and a read of the depth");
     let n = q.statements_sent();
     assert_eq!(q.lock(&opts("k", "alice")).await.unwrap().depth, 3, "same owner through another provider");
-    assert_eq!(cost(n, &q), 3, "it does not know the key is held: INSERT, upsert, read");
+    assert_eq!(cost(n, &q), 2, "the same through another provider");
     let n = q.statements_sent();
     assert!(q.try_lock(&opts("k", "bob")).await.unwrap_err().is_timeout());
-    assert_eq!(cost(n, &q), 3, "busy: INSERT, upsert, and one read naming the holder");
+    assert_eq!(cost(n, &q), 2, "busy: the upsert, and one read naming the holder");
     let n = p.statements_sent();
     p.unlock("k", "alice").await.unwrap();
-    assert_eq!(cost(n, &p), 2, "a nested level: the DELETE finds depth > 1, the UPDATE counts down");
+    assert_eq!(cost(n, &p), 1, "a nested level: one UPDATE");
     p.unlock("k", "alice").await.unwrap();
     let n = p.statements_sent();
     p.unlock("k", "alice").await.unwrap();
-    assert_eq!(cost(n, &p), 1, "the last level: one DELETE");
+    assert_eq!(cost(n, &p), 1, "the last level: one UPDATE marks the row free");
     assert_eq!(p.is_locked("k").await.unwrap(), None);
+    let n = p.statements_sent();
+    let lease = p.lock(&opts("k", "bob")).await.unwrap();
+    assert_eq!(cost(n, &p), 1, "a released key: one upsert");
+    let n = p.statements_sent();
+    assert_eq!(p.refresh_lock("k", "bob", Duration::from_secs(30)).await.unwrap().token, lease.token);
+    assert_eq!(cost(n, &p), 2, "refresh: the UPDATE and a read of the depth");
     drop_table(&p).await;
 }
