@@ -441,6 +441,10 @@ impl LockProvider for MySqlLockProvider {
         NAME
     }
 
+    fn request_timeout(&self) -> Option<Duration> {
+        Some(self.inner.client_timeout)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             reentrant: true,

@@ -2,9 +2,12 @@
 //! `mysql://root@127.0.0.1:3306/test`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lock_core::LockProvider;
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
+use lock_testkit::faults::{through, upstream_of, Faulty};
+use lock_testkit::proxy::FaultProxy;
 use lock_testkit::Harness;
 
 const TABLE: &str = "distlock_conformance";
@@ -21,6 +24,22 @@ impl Harness for MySql {
     async fn provider(&self) -> Arc<dyn LockProvider> {
         let config = MySqlLockConfig { table: TABLE.into(), max_connections: 4, ..Default::default() };
         Arc::new(MySqlLockProvider::connect(&url(), config).await.expect("connect to MySQL"))
+    }
+
+    /// Every connection through a fault proxy, with a short statement timeout.
+    async fn faulty_provider(&self) -> Option<Faulty> {
+        let proxy = FaultProxy::start(upstream_of(&url())).await.expect("start a fault proxy");
+        let config = MySqlLockConfig {
+            table: TABLE.into(),
+            max_connections: 4,
+            command_timeout: Duration::from_secs(1),
+            acquire_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let provider = MySqlLockProvider::connect(&through(&url(), &proxy), config)
+            .await
+            .expect("connect through the proxy");
+        Some(Faulty::new(Arc::new(provider), vec![proxy]))
     }
 }
 
