@@ -22,7 +22,13 @@
 //! - **Fencing token = create revision** of the holder's entry: cluster-wide monotonic, so
 //!   strictly increasing per key and never reused.
 //! - **Re-entry** by the same owner bumps the depth on the holder's entry in a transaction
-//!   guarded by its mod revision. `unlock` decrements or deletes the entry the same way.
+//!   guarded by its mod revision, moving the entry to the attempt's own lease (with the
+//!   longer of the two TTLs). That lease is known only to the attempt, so a transaction whose
+//!   answer is lost is settled by a write of the unchanged value on the old mod revision:
+//!   either the entry is on the new lease (the level was added) or the lost transaction can
+//!   no longer apply. An error is reported only for a level that was not added; when even
+//!   that cannot be settled, the error says so and a background check takes the level back
+//!   (else it ends with its lease). `unlock` decrements or deletes the entry the same way.
 //! - **Refresh.** Same TTL: a keep-alive. Another TTL (a lease's TTL is fixed at grant): a new
 //!   lease, then a transaction guarded by the entry's mod revision re-puts the entry under
 //!   it; the entry keeps its key and create revision, so the token and queue order stay; the
@@ -37,9 +43,13 @@
 //!   than asked, and `Lease::valid_until` says so); an older one is renewed by a keep-alive
 //!   sent alongside the acquiring transaction. A kept lease that died is never trusted: the
 //!   keep-alive or the put says so and the attempt starts over with a new grant.
-//! - **Cancel safety.** The acquisition runs in its own task; a dropped or timed-out caller
-//!   has its lease revoked, which deletes its entry, and an acquisition nobody received is
-//!   taken back.
+//! - **Cancel safety.** The acquisition runs in its own task. A dropped or timed-out caller,
+//!   and an acquisition nobody received, take back exactly one level of their own entry
+//!   (compare on its create and mod revisions): another call of the same owner may have
+//!   re-entered on it. A lease is revoked only once it is known to carry no entry; a lease
+//!   whose contents are unknown is left to run out. A lease is kept for reuse only if this
+//!   provider saw its last grant or renewal answered: `Lease::valid_until` is always the send
+//!   time of that request plus the TTL.
 //!
 //! See `docs/etcd.md` in the repository for failover behaviour and measurements.
 

@@ -86,8 +86,10 @@ struct Held {
     /// The lease's TTL in seconds as asked for (before etcd's minimum) and as granted.
     want: i64,
     ttl: i64,
-    /// The lease cannot end before `renewed + ttl`.
-    renewed: Instant,
+    /// When the request that last granted or renewed the lease was sent: the lease cannot
+    /// end before `renewed + ttl`. `None` for a lease this provider never granted or renewed
+    /// (a lock taken through another provider): it is never kept for reuse.
+    renewed: Option<Instant>,
 }
 
 /// An empty lease kept for reuse.
@@ -256,12 +258,40 @@ struct Acquired {
     undo: Undo,
 }
 
+/// Taking back an acquisition (first or re-entry) releases exactly one level of its entry,
+/// and only while the entry is still that acquisition (same create revision): never the
+/// levels the same owner added through other calls. `at` is the entry as written.
 #[derive(Debug)]
-enum Undo {
-    /// A new acquisition: revoking its lease deletes exactly its entry.
-    Revoke(i64),
-    /// A re-entry: release one level, if the lock still carries this token.
-    Release(i64),
+struct Undo {
+    mine: Mine,
+    at: Entry,
+}
+
+/// An attempt's own entry: which lock, which owner, its etcd key and, once known, its
+/// create revision (the token).
+#[derive(Clone, Debug)]
+struct Mine {
+    key: String,
+    owner: String,
+    entry: Vec<u8>,
+    token: Option<i64>,
+}
+
+impl Mine {
+    fn of(opts: &LockOptions, entry: Vec<u8>, token: i64) -> Mine {
+        Mine { key: opts.key.to_string(), owner: opts.owner.to_string(), entry, token: Some(token) }
+    }
+}
+
+/// What is left of an entry after one level of it was taken back.
+#[derive(Debug, PartialEq, Eq)]
+enum Left {
+    /// It stays, with other levels (or it is another acquisition), on this lease.
+    Stays(i64),
+    /// It was deleted; this lease carried it.
+    Deleted(i64),
+    /// It was not there.
+    Gone,
 }
 
 /// Why a waiter stopped waiting on its predecessor.
@@ -302,37 +332,44 @@ fn timeout(opts: &LockOptions, holder: String, budget: &Budget<'_>) -> LockError
     LockError::Timeout { key: opts.key.to_string(), holder: Some(holder), waited: budget.started.elapsed() }
 }
 
-/// Revokes a lease when dropped unless disarmed: whatever path an attempt leaves by, its
-/// lease (and so its entry) does not outlive it unless the attempt succeeded.
+/// Takes an attempt's lease back when dropped unless disarmed: whatever path an attempt
+/// leaves by, its lease (and so its entry) does not outlive it unless the attempt succeeded.
+/// While the attempt's entry may exist (`mine`), it first takes back exactly that entry's own
+/// level: another call of the same owner may have re-entered on it, and the lease is revoked
+/// only if it does not carry those levels.
 struct LeaseGuard {
     inner: Arc<Inner>,
     id: Option<i64>,
+    mine: Option<Mine>,
 }
 
 impl LeaseGuard {
     fn new(inner: &Arc<Inner>, id: i64) -> Self {
-        LeaseGuard { inner: inner.clone(), id: Some(id) }
+        LeaseGuard { inner: inner.clone(), id: Some(id), mine: None }
     }
 
     fn disarm(&mut self) {
         self.id = None;
     }
 
-    /// Revokes now and waits for the answer.
+    /// Takes back now and waits for the answer.
     async fn revoke(mut self) {
         if let Some(id) = self.id.take() {
-            if let Err(e) = self.inner.revoke(id).await {
-                tracing::debug!(lease = id, error = %e, "revoke failed; retrying in the background");
-                self.inner.revoke_in_background(id);
-            }
+            self.inner.leave(id, self.mine.take()).await;
         }
     }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.inner.revoke_in_background(id);
+        let Some(id) = self.id.take() else { return };
+        match self.mine.take() {
+            None => self.inner.revoke_in_background(id),
+            Some(mine) => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+                let inner = self.inner.clone();
+                rt.spawn(async move { inner.leave(id, Some(mine)).await });
+            }
         }
     }
 }
@@ -456,7 +493,7 @@ impl Inner {
             // Locks that expired without an unlock: long past their lease, forget them (an
             // unlock of one then answers NotHeld rather than LeaseLost).
             let now = Instant::now();
-            all.retain(|_, h| h.renewed + secs(h.ttl) > now);
+            all.retain(|_, h| h.renewed.is_some_and(|r| r + secs(h.ttl) > now));
         }
         all.insert((key.to_string(), owner.to_string()), held);
     }
@@ -488,12 +525,13 @@ impl Inner {
     }
 
     /// Keeps the lease of a released lock for reuse, or revokes it.
+    /// Only a lease whose last renewal this provider saw answered is kept: its age is known.
     fn park(self: &Arc<Self>, h: &Held) {
-        let young = h.renewed.elapsed() < secs(h.ttl) / 2;
-        if young && h.ttl <= MAX_SPARE_TTL && !*self.closed.borrow() {
+        let young = h.renewed.filter(|r| r.elapsed() < secs(h.ttl) / 2);
+        if let Some(renewed) = young.filter(|_| h.ttl <= MAX_SPARE_TTL && !*self.closed.borrow()) {
             let mut spares = self.spares.lock().unwrap();
             if spares.len() < MAX_SPARES {
-                spares.push(Spare { id: h.lease, want: h.want, ttl: h.ttl, renewed: h.renewed });
+                spares.push(Spare { id: h.lease, want: h.want, ttl: h.ttl, renewed });
                 return;
             }
         }
@@ -503,6 +541,146 @@ impl Inner {
     /// Forgets a lock; what this provider knew about it, if it thought it held it.
     fn forget(&self, key: &str, owner: &str) -> Option<Held> {
         self.held.lock().unwrap().remove(&(key.to_string(), owner.to_string()))
+    }
+
+    // ---- taking back ---------------------------------------------------------------------
+
+    /// Leaves an attempt with lease `lease`: takes back the attempt's own level (if its entry
+    /// may exist), then revokes the lease unless the entry, with other levels, stays on it.
+    /// When the outcome is unknown the lease is left to run out on its own: it may carry
+    /// levels that are not this attempt's.
+    async fn leave(self: &Arc<Self>, lease: i64, mine: Option<Mine>) {
+        let left = match mine {
+            None => Left::Gone,
+            Some(m) => match self.drop_level(&m, None).await {
+                Ok(left) => left,
+                Err(e) => {
+                    tracing::debug!(key = %m.key, lease, error = %e, "cannot take back an entry; its lease runs out on its own");
+                    return;
+                }
+            },
+        };
+        match left {
+            Left::Stays(l) if l == lease => return,
+            Left::Deleted(l) if l != lease => self.revoke_in_background(l),
+            _ => {}
+        }
+        if let Err(e) = self.revoke(lease).await {
+            tracing::debug!(lease, error = %e, "revoke failed; retrying in the background");
+            self.revoke_in_background(lease);
+        }
+    }
+
+    /// Takes back one level of `m`'s entry (`at`: as last known, saving a read), compare-and-
+    /// act on its mod revision, so that a level added or removed meanwhile is never lost. An
+    /// entry that is another acquisition (another create revision) is left alone.
+    async fn drop_level(self: &Arc<Self>, m: &Mine, mut at: Option<Entry>) -> Result<Left> {
+        loop {
+            let e = match at.take() {
+                Some(e) => e,
+                None => match self.entry(&m.entry).await? {
+                    Some(e) => e,
+                    None => return Ok(Left::Gone),
+                },
+            };
+            if m.token.is_some_and(|t| t != e.create_revision) || e.value.owner != m.owner {
+                return Ok(Left::Stays(e.lease));
+            }
+            let lower = if e.value.depth > 1 {
+                let value = Value { depth: e.value.depth - 1, ..e.value.clone() };
+                TxnOp::put(e.key.clone(), value.encode(), Some(PutOptions::new().with_ignore_lease()))
+            } else {
+                TxnOp::delete(e.key.clone(), None)
+            };
+            let resp = self
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(e.key.clone(), CompareOp::Equal, e.mod_revision)])
+                        .and_then([lower])
+                        .or_else([TxnOp::get(e.key.clone(), None)]),
+                )
+                .await?;
+            if !resp.succeeded() {
+                match gets(&resp).pop().and_then(|mut g| g.pop()) {
+                    Some(now) => at = Some(now),
+                    None => return Ok(Left::Gone),
+                }
+                continue;
+            }
+            // Bookkeeping of the lock this provider remembers, if it is this acquisition.
+            let mut all = self.held.lock().unwrap();
+            let id = (m.key.clone(), m.owner.clone());
+            if let Some(h) = all.get_mut(&id).filter(|h| h.token == e.create_revision) {
+                if e.value.depth > 1 {
+                    h.depth = e.value.depth - 1;
+                    h.mod_revision = revision(&resp);
+                    if h.lease != e.lease {
+                        h.lease = e.lease;
+                        h.renewed = None;
+                    }
+                } else {
+                    all.remove(&id);
+                }
+            }
+            return Ok(if e.value.depth > 1 { Left::Stays(e.lease) } else { Left::Deleted(e.lease) });
+        }
+    }
+
+    /// The entry stored under the etcd key `entry`.
+    async fn entry(&self, entry: &[u8]) -> Result<Option<Entry>> {
+        let resp = self.call(self.client.kv_client().get(entry, None)).await?;
+        Ok(resp.kvs().first().map(Entry::from_kv))
+    }
+
+    /// After a transaction that moves `head` (guarded by its mod revision) to the lease
+    /// `target` went unanswered: was it applied? `Some`: yes (the entry as it is now).
+    /// `None`: no, and it never will be: unless it was applied, a write of the unchanged value
+    /// moves the mod revision on, so that the lost transaction can no longer match.
+    async fn settle(&self, head: &Entry, target: i64, within: Duration) -> Result<Option<Entry>> {
+        let fence = Txn::new()
+            .when([Compare::mod_revision(head.key.clone(), CompareOp::Equal, head.mod_revision)])
+            .and_then([TxnOp::put(
+                head.key.clone(),
+                head.value.encode(),
+                Some(PutOptions::new().with_ignore_lease()),
+            )])
+            .or_else([TxnOp::get(head.key.clone(), None)]);
+        let resp = match tokio::time::timeout(within, self.client.kv_client().txn(fence)).await {
+            Ok(r) => r.map_err(map_err)?,
+            Err(_) => return Err(LockError::unavailable(BACKEND, format!("no answer within {within:?}"))),
+        };
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        // Only this attempt ever put the entry on `target`.
+        Ok(gets(&resp).pop().and_then(|mut g| g.pop()).filter(|e| e.lease == target))
+    }
+
+    /// [`settle`](Self::settle) in the background, with growing timeouts, for a re-entry whose
+    /// caller was told it failed: a level that was added is taken back, a lease that carries
+    /// nothing is revoked.
+    fn settle_in_background(self: &Arc<Self>, mine: Mine, head: Entry, target: i64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let inner = self.clone();
+        rt.spawn(async move {
+            for attempt in 1..=6u32 {
+                tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                match inner.settle(&head, target, inner.request_timeout * 2u32.pow(attempt)).await {
+                    Ok(Some(now)) => {
+                        if let Err(e) = inner.drop_level(&mine, Some(now)).await {
+                            tracing::warn!(key = %mine.key, error = %e, "cannot take back an unanswered re-entry; it ends with its lease");
+                        }
+                        return;
+                    }
+                    Ok(None) => {
+                        inner.revoke_in_background(target);
+                        return;
+                    }
+                    Err(_) => {}
+                }
+            }
+            tracing::warn!(key = %mine.key, "unanswered re-entry unresolved; its level ends with its lease");
+        });
     }
 
     // ---- acquire -------------------------------------------------------------------------
@@ -536,18 +714,26 @@ impl Inner {
 
     /// A new acquisition with `grant`, recorded as held.
     fn fresh(&self, opts: &LockOptions, grant: &Granted, token: i64, valid_from: Instant) -> Acquired {
+        let entry = self.layout.entry(&opts.key, grant.id);
+        let at = Entry {
+            key: entry.clone(),
+            create_revision: token,
+            mod_revision: token,
+            lease: grant.id,
+            value: Value { depth: 1, ttl: grant.ttl, owner: opts.owner.to_string() },
+        };
         self.remember(
             &opts.key,
             &opts.owner,
             Held {
                 token,
-                entry: self.layout.entry(&opts.key, grant.id),
+                entry: entry.clone(),
                 mod_revision: token,
                 lease: grant.id,
                 depth: 1,
                 want: grant.want,
                 ttl: grant.ttl,
-                renewed: valid_from,
+                renewed: Some(valid_from),
             },
         );
         Acquired {
@@ -559,7 +745,34 @@ impl Inner {
                 valid_until: valid_from + secs(grant.ttl),
                 depth: 1,
             },
-            undo: Undo::Revoke(grant.id),
+            undo: Undo { mine: Mine::of(opts, entry, token), at },
+        }
+    }
+
+    /// The attempt's entry, moved to another lease (renewed at `sent`) by another call of the
+    /// same owner, recorded as held.
+    fn adopt(&self, opts: &LockOptions, at: Entry, sent: Instant) -> Acquired {
+        let held = Held {
+            token: at.create_revision,
+            entry: at.key.clone(),
+            mod_revision: at.mod_revision,
+            lease: at.lease,
+            depth: at.value.depth,
+            want: at.value.ttl,
+            ttl: at.value.ttl,
+            renewed: Some(sent),
+        };
+        self.remember(&opts.key, &opts.owner, held);
+        Acquired {
+            lease: Lease {
+                key: opts.key.clone(),
+                owner: opts.owner.clone(),
+                token: FencingToken(at.create_revision as u64),
+                ttl: secs(at.value.ttl),
+                valid_until: sent + secs(at.value.ttl),
+                depth: at.value.depth,
+            },
+            undo: Undo { mine: Mine::of(opts, at.key.clone(), at.create_revision), at },
         }
     }
 
@@ -584,6 +797,13 @@ impl Inner {
                 .when([Compare::create_revision(dir.clone(), CompareOp::Equal, 0).with_range(end.clone())])
                 .and_then([put()])
                 .or_else([TxnOp::get(dir.clone(), Some(self.head_get(key)))]);
+            // Until the answer says otherwise, the entry may have been written.
+            guard.mine = Some(Mine {
+                key: key.to_string(),
+                owner: opts.owner.to_string(),
+                entry: entry.clone(),
+                token: None,
+            });
             let resp = if grant.reused {
                 // A spare is renewed in the same round trip; only a live lease is trusted.
                 let sent = Instant::now();
@@ -598,13 +818,17 @@ impl Inner {
                 self.txn(take).await
             };
             let resp = match resp {
-                Err(e) if lease_not_found(&e) => return Ok(None),
+                Err(e) if lease_not_found(&e) => {
+                    guard.mine = None;
+                    return Ok(None);
+                }
                 r => r?,
             };
             if resp.succeeded() {
                 guard.disarm();
                 return Ok(Some(self.fresh(opts, &grant, revision(&resp), grant.sent)));
             }
+            guard.mine = None;
             match gets(&resp).pop().and_then(|mut g| g.pop()) {
                 Some(head) if head.value.owner == *opts.owner => {
                     match self.reenter(opts, &head, grant, &mut guard).await {
@@ -629,6 +853,12 @@ impl Inner {
 
         // Queue: the entry's create revision is its place; the newest entry before it is the
         // one to watch.
+        guard.mine = Some(Mine {
+            key: key.to_string(),
+            owner: opts.owner.to_string(),
+            entry: entry.clone(),
+            token: None,
+        });
         let resp = self
             .txn(
                 Txn::new().and_then([
@@ -646,10 +876,16 @@ impl Inner {
             )
             .await;
         let resp = match resp {
-            Err(e) if lease_not_found(&e) => return Ok(None),
+            Err(e) if lease_not_found(&e) => {
+                guard.mine = None;
+                return Ok(None);
+            }
             r => r?,
         };
         let mine = revision(&resp);
+        // From here on, leaving takes back exactly this entry's own level: once it is the
+        // oldest, another call of the same owner may re-enter on it.
+        guard.mine.as_mut().expect("set above").token = Some(mine);
         let pred = gets(&resp).pop().unwrap_or_default().into_iter().find(|e| e.create_revision < mine);
         let mut watch_from = mine + 1;
         let Some(mut p) = pred else {
@@ -720,7 +956,19 @@ impl Inner {
             if let Some(h) = results.next().unwrap_or_default().pop() {
                 holder = h.value.owner;
             }
-            if !alive || !ours.is_some_and(|e| e.create_revision == mine) {
+            let Some(ours) = ours.filter(|e| e.create_revision == mine) else { return Ok(None) };
+            if ours.lease != grant.id {
+                // Another call of the same owner re-entered on (or refreshed) the entry once it
+                // was the oldest, moving it to its own lease: it holds the lock, with that
+                // lease, whose renewal is this attempt's to confirm.
+                let sent = Instant::now();
+                if !self.keep_alive(ours.lease).await? {
+                    return Ok(None);
+                }
+                guard.mine = None; // `grant` carries nothing any more
+                return Ok(Some(self.adopt(opts, ours, sent)));
+            }
+            if !alive {
                 return Ok(None);
             }
             match ahead {
@@ -736,8 +984,12 @@ impl Inner {
     }
 
     /// Re-entry by the holder: one more level on its entry, guarded by the entry's mod
-    /// revision; the lease is kept alive, or moved to `grant` when the new TTL is longer.
-    /// `Ok(None)`: the entry changed meanwhile; look again.
+    /// revision, which moves to a lease of this attempt: `grant`, or a new one with the
+    /// entry's TTL when `grant`'s is shorter (a re-entry never shortens the lock). That lease
+    /// is this attempt's alone, so a transaction whose answer is lost is told applied or not
+    /// by the lease the entry is on ([`settle`](Self::settle)): an error is reported only
+    /// for a level that was not added, and a lease that may carry the entry is never
+    /// revoked. `Ok(None)`: the entry changed meanwhile; look again.
     async fn reenter(
         self: &Arc<Self>,
         opts: &LockOptions,
@@ -745,52 +997,70 @@ impl Inner {
         grant: Granted,
         guard: &mut LeaseGuard,
     ) -> Result<Option<Acquired>> {
-        let longer = grant.ttl > head.value.ttl;
-        let value = Value {
-            depth: head.value.depth + 1,
-            ttl: if longer { grant.ttl } else { head.value.ttl },
-            owner: head.value.owner.clone(),
-        };
-        let put_opts = if longer {
-            PutOptions::new().with_lease(grant.id)
+        let mut own = None;
+        let target = if grant.ttl >= head.value.ttl {
+            grant
         } else {
-            PutOptions::new().with_ignore_lease()
+            let g = self.grant(secs(head.value.ttl)).await?;
+            own = Some(LeaseGuard::new(self, g.id));
+            g
         };
-        let resp = self
-            .txn(
-                Txn::new()
-                    .when([Compare::mod_revision(head.key.clone(), CompareOp::Equal, head.mod_revision)])
-                    .and_then([TxnOp::put(head.key.clone(), value.encode(), Some(put_opts))]),
-            )
-            .await?;
-        if !resp.succeeded() {
-            return Ok(None);
-        }
-        let valid_from = if longer {
-            guard.disarm();
-            // The entry left its old lease, which now holds nothing.
+        let value = Value { depth: head.value.depth + 1, ttl: target.ttl, owner: head.value.owner.clone() };
+        let moved = Txn::new()
+            .when([Compare::mod_revision(head.key.clone(), CompareOp::Equal, head.mod_revision)])
+            .and_then([TxnOp::put(
+                head.key.clone(),
+                value.encode(),
+                Some(PutOptions::new().with_lease(target.id)),
+            )]);
+        let mine = Mine::of(opts, head.key.clone(), head.create_revision);
+        let at = match self.txn(moved).await {
+            Ok(resp) if resp.succeeded() => Entry {
+                key: head.key.clone(),
+                create_revision: head.create_revision,
+                mod_revision: revision(&resp),
+                lease: target.id,
+                value,
+            },
+            Ok(_) => return Ok(None),
+            // Refused: the lease is gone, nothing was written.
+            Err(e) if lease_not_found(&e) => return Err(e),
+            Err(e) => match self.settle(head, target.id, self.request_timeout).await {
+                Ok(Some(now)) => now,
+                Ok(None) => return Err(e),
+                Err(_) => {
+                    // Unknown: `target` may carry the entry now. It is not revoked; the
+                    // background check takes the level back if it was added.
+                    own.as_mut().unwrap_or(guard).disarm();
+                    self.settle_in_background(mine, head.clone(), target.id);
+                    return Err(LockError::unavailable(
+                        BACKEND,
+                        format!(
+                            "re-entry of {:?} unanswered ({e}); a level it may have added is taken back in \
+                             the background, or ends with its lease",
+                            opts.key
+                        ),
+                    ));
+                }
+            },
+        };
+        own.as_mut().unwrap_or(guard).disarm();
+        if head.lease != 0 {
+            // The entry left its old lease, which now carries nothing.
             self.revoke_in_background(head.lease);
-            grant.sent
-        } else {
-            let sent = Instant::now();
-            if !self.keep_alive(head.lease).await? {
-                // The lease ran out under us: the entry is gone; start over.
-                return Ok(None);
-            }
-            sent
-        };
+        }
         self.remember(
             &opts.key,
             &opts.owner,
             Held {
                 token: head.create_revision,
                 entry: head.key.clone(),
-                mod_revision: revision(&resp),
-                lease: if longer { grant.id } else { head.lease },
-                depth: value.depth,
-                want: if longer { grant.want } else { value.ttl },
-                ttl: value.ttl,
-                renewed: valid_from,
+                mod_revision: at.mod_revision,
+                lease: target.id,
+                depth: at.value.depth,
+                want: target.want,
+                ttl: target.ttl,
+                renewed: Some(target.sent),
             },
         );
         Ok(Some(Acquired {
@@ -798,11 +1068,11 @@ impl Inner {
                 key: opts.key.clone(),
                 owner: opts.owner.clone(),
                 token: FencingToken(head.create_revision as u64),
-                ttl: secs(value.ttl),
-                valid_until: valid_from + secs(value.ttl),
-                depth: value.depth,
+                ttl: secs(target.ttl),
+                valid_until: target.sent + secs(target.ttl),
+                depth: at.value.depth,
             },
-            undo: Undo::Release(head.create_revision),
+            undo: Undo { mine, at },
         }))
     }
 
@@ -850,17 +1120,13 @@ impl Inner {
         }
     }
 
-    /// Takes back an acquisition nobody received.
-    async fn undo(self: &Arc<Self>, opts: &LockOptions, undo: Undo) {
-        match undo {
-            Undo::Revoke(id) => {
-                self.forget(&opts.key, &opts.owner);
-                LeaseGuard::new(self, id).revoke().await;
-            }
-            Undo::Release(token) => {
-                if let Err(e) = self.release(&opts.key, &opts.owner, Some(token)).await {
-                    tracing::warn!(key = %opts.key, error = %e, "cannot undo an unreceived re-entry");
-                }
+    /// Takes back an acquisition nobody received: exactly its one level.
+    async fn undo(self: &Arc<Self>, undo: Undo) {
+        match self.drop_level(&undo.mine, Some(undo.at)).await {
+            Ok(Left::Deleted(lease)) => self.revoke_in_background(lease),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(key = %undo.mine.key, error = %e, "cannot take back an unreceived acquisition; it ends with its lease")
             }
         }
     }
@@ -913,7 +1179,6 @@ impl Inner {
             }
             let known =
                 self.recall(key, owner).filter(|c| c.token == h.create_revision && c.lease == h.lease);
-            let is_known = known.is_some();
             let c = match known {
                 Some(c) => Held { mod_revision: h.mod_revision, depth: h.value.depth, ..c },
                 None => Held {
@@ -924,7 +1189,8 @@ impl Inner {
                     depth: h.value.depth,
                     want: h.value.ttl,
                     ttl: h.value.ttl,
-                    renewed: Instant::now(),
+                    // Never renewed by this provider: its age is unknown.
+                    renewed: None,
                 },
             };
             let resp = self
@@ -935,14 +1201,9 @@ impl Inner {
                 )
                 .await?;
             if resp.succeeded() {
-                if c.depth == 1 && !is_known {
-                    // Taken by this owner elsewhere (another process): nothing is known about
-                    // its lease's age, so it is revoked rather than kept for reuse.
-                    self.forget(key, owner);
-                    self.revoke_in_background(c.lease);
-                } else {
-                    self.lowered(key, owner, &c, revision(&resp));
-                }
+                // A lock taken elsewhere (`!is_known`) has a lease of unknown age: `park`
+                // revokes it rather than keeping it for reuse.
+                self.lowered(key, owner, &c, revision(&resp));
                 return Ok(());
             }
         }
@@ -986,7 +1247,7 @@ impl Inner {
                     depth: h.value.depth,
                     want,
                     ttl,
-                    renewed,
+                    renewed: Some(renewed),
                 };
                 self.remember(key, owner, held);
             };
@@ -1014,38 +1275,53 @@ impl Inner {
                 continue;
             }
             let value = Value { ttl: grant.ttl, ..h.value.clone() };
-            let resp = self
-                .txn(
-                    Txn::new()
-                        .when([Compare::mod_revision(h.key.clone(), CompareOp::Equal, h.mod_revision)])
-                        .and_then([TxnOp::put(
-                            h.key.clone(),
-                            value.encode(),
-                            Some(PutOptions::new().with_lease(grant.id)),
-                        )]),
-                )
-                .await?;
-            if resp.succeeded() {
-                guard.disarm();
-                self.revoke_in_background(h.lease);
-                note(grant.id, grant.want, grant.ttl, revision(&resp), grant.sent);
-                return Ok(lease(grant.ttl, grant.sent));
-            }
+            let moved = Txn::new()
+                .when([Compare::mod_revision(h.key.clone(), CompareOp::Equal, h.mod_revision)])
+                .and_then([TxnOp::put(
+                    h.key.clone(),
+                    value.encode(),
+                    Some(PutOptions::new().with_lease(grant.id)),
+                )]);
+            let mod_revision = match self.txn(moved).await {
+                Ok(resp) if resp.succeeded() => revision(&resp),
+                Ok(_) => continue,
+                Err(e) if lease_not_found(&e) => return Err(e),
+                // Unanswered: the new lease may carry the entry now; it is revoked only once
+                // it is known not to (and never will).
+                Err(e) => match self.settle(&h, grant.id, self.request_timeout).await {
+                    Ok(Some(now)) => now.mod_revision,
+                    Ok(None) => return Err(e),
+                    Err(_) => {
+                        guard.disarm();
+                        return Err(e);
+                    }
+                },
+            };
+            guard.disarm();
+            // The entry left its old lease, which now carries nothing.
+            self.revoke_in_background(h.lease);
+            note(grant.id, grant.want, grant.ttl, mod_revision, grant.sent);
+            return Ok(lease(grant.ttl, grant.sent));
         }
     }
 
     // ---- inspection ----------------------------------------------------------------------
 
-    async fn info(&self, key: String, h: Entry) -> Result<Option<LockInfo>> {
-        let remaining = if h.lease == 0 {
-            0
-        } else {
-            let resp = self.call(self.client.lease_client().time_to_live(h.lease, None)).await?;
-            if resp.ttl() < 0 {
-                // The lease ended after the read: the entry is gone with it.
-                return Ok(None);
+    async fn info(&self, key: String, mut h: Entry) -> Result<Option<LockInfo>> {
+        let remaining = loop {
+            if h.lease == 0 {
+                break 0;
             }
-            resp.ttl()
+            let resp = self.call(self.client.lease_client().time_to_live(h.lease, None)).await?;
+            if resp.ttl() >= 0 {
+                break resp.ttl();
+            }
+            // The lease ended after the read: the entry is gone with it, unless it moved to
+            // another lease meanwhile (a re-entry or a refresh).
+            match self.entry(&h.key).await? {
+                Some(e) if e.lease != h.lease && e.create_revision == h.create_revision => h = e,
+                _ => return Ok(None),
+            }
         };
         Ok(Some(LockInfo {
             key,
@@ -1062,7 +1338,6 @@ impl Inner {
 struct Pending {
     rx: Option<oneshot::Receiver<Result<Acquired>>>,
     inner: Arc<Inner>,
-    opts: LockOptions,
 }
 
 impl Drop for Pending {
@@ -1073,8 +1348,8 @@ impl Drop for Pending {
         rx.close();
         if let Ok(Ok(got)) = rx.try_recv() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let (inner, opts) = (self.inner.clone(), self.opts.clone());
-                rt.spawn(async move { inner.undo(&opts, got.undo).await });
+                let inner = self.inner.clone();
+                rt.spawn(async move { inner.undo(got.undo).await });
             }
         }
     }
@@ -1105,10 +1380,10 @@ impl LockProvider for EtcdLockProvider {
         tokio::spawn(async move {
             let result = inner.acquire(&task_opts, &mut tx).await;
             if let Err(Ok(unreceived)) = tx.send(result) {
-                inner.undo(&task_opts, unreceived.undo).await;
+                inner.undo(unreceived.undo).await;
             }
         });
-        let mut pending = Pending { rx: Some(rx), inner: self.inner.clone(), opts: opts.clone() };
+        let mut pending = Pending { rx: Some(rx), inner: self.inner.clone() };
         let result = pending.rx.as_mut().expect("receiver present until received").await;
         pending.rx = None;
         match result {
