@@ -147,6 +147,10 @@ pub struct LockConfig {
     pub key_prefix: String,
     /// Refresh workflow leases in the background.
     pub auto_refresh: bool,
+    /// How long before a workflow lease's end its `lost()` signal fires; unset: the larger of
+    /// 10 % of the TTL and twice the provider's request timeout (at most half the TTL).
+    #[serde(default, with = "humantime_serde")]
+    pub lost_margin: Option<Duration>,
 }
 
 impl Default for LockConfig {
@@ -162,6 +166,7 @@ impl Default for LockConfig {
             default_retry_jitter: 0.2,
             key_prefix: DEFAULT_WORKFLOW_PREFIX.into(),
             auto_refresh: true,
+            lost_margin: None,
         }
     }
 }
@@ -238,6 +243,7 @@ impl LockConfig {
             wait: self.wait_policy(),
             auto_refresh: self.auto_refresh,
             owner_prefix: default_owner_prefix(),
+            lost_margin: self.lost_margin,
         }
     }
 }
@@ -283,6 +289,7 @@ mod tests {
                 r#"
                 provider = "mysql"
                 default_ttl = "10m"
+                lost_margin = "45s"
                 [mysql]
                 table_name = "custom_locks"
                 url = "mysql://root@127.0.0.1/test"
@@ -297,6 +304,8 @@ mod tests {
             assert_eq!(c.mysql.table_name, "custom_locks");
             assert_eq!(c.default_retry_count, 7);
             assert_eq!(c.mysql.max_connections, 3);
+            assert_eq!(c.workflow_config().lost_margin, Some(Duration::from_secs(45)));
+            assert_eq!(LockConfig::default().workflow_config().lost_margin, None);
             Ok(())
         });
     }

@@ -1361,6 +1361,10 @@ impl LockProvider for EtcdLockProvider {
         BACKEND
     }
 
+    fn request_timeout(&self) -> Option<Duration> {
+        Some(self.inner.request_timeout)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             reentrant: true,

@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use lock_core::LockProvider;
 use lock_etcd::{EtcdConfig, EtcdLockProvider};
+use lock_testkit::faults::{through, upstream_of, Faulty};
+use lock_testkit::proxy::FaultProxy;
 use lock_testkit::Harness;
 
+fn endpoints() -> String {
+    std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into())
+}
+
 fn config() -> EtcdConfig {
-    let endpoints =
-        std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
-    EtcdConfig::from_list(&endpoints).connect_timeout(Duration::from_secs(3))
+    EtcdConfig::from_list(&endpoints()).connect_timeout(Duration::from_secs(3))
 }
 
 /// Every `provider()` is a new client: cases model separate processes.
@@ -21,6 +25,20 @@ struct Etcd;
 impl Harness for Etcd {
     async fn provider(&self) -> Arc<dyn LockProvider> {
         Arc::new(EtcdLockProvider::connect(config()).await.expect("etcd answered a moment ago"))
+    }
+
+    /// Every connection through a fault proxy (one per endpoint), with a short request
+    /// timeout.
+    async fn faulty_provider(&self) -> Option<Faulty> {
+        let urls: Vec<String> = endpoints().split(',').map(|u| u.trim().to_string()).collect();
+        let addrs: Vec<_> = urls.iter().map(|u| upstream_of(u)).collect();
+        let proxies = FaultProxy::start_many(&addrs).await.expect("start fault proxies");
+        let list: Vec<String> = urls.iter().zip(&proxies).map(|(u, p)| through(u, p)).collect();
+        let config = EtcdConfig::from_list(&list.join(","))
+            .connect_timeout(Duration::from_secs(3))
+            .request_timeout(Duration::from_secs(1));
+        let provider = EtcdLockProvider::connect(config).await.expect("connect through the proxies");
+        Some(Faulty::new(Arc::new(provider), proxies))
     }
 
     /// etcd leases count in whole seconds and have a minimum TTL (2 s with the default
