@@ -250,8 +250,19 @@ impl Node {
 /// Maps a client error: a connection problem or an answer that means "try again" is
 /// [`Unavailable`](LockError::Unavailable), anything else [`Backend`](LockError::Backend).
 pub(crate) fn map_err(e: Error) -> LockError {
-    const RETRYABLE_REPLIES: &[&str] =
-        &["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "NOREPLICAS"];
+    const RETRYABLE_REPLIES: &[&str] = &[
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "READONLY",
+        "NOREPLICAS",
+        // fred's own words, with kind `Unknown`, for a command that found no live connection
+        // (right after a reset, while reconnecting) or could not be written.
+        "Failed to route command",
+        "Too many failed write attempts",
+    ];
     let transient = match e.kind() {
         ErrorKind::IO
         | ErrorKind::Timeout
@@ -291,6 +302,8 @@ mod tests {
         assert!(map_err(Error::new(ErrorKind::IO, "reset")).is_retryable());
         assert!(map_err(Error::new(ErrorKind::Timeout, "slow")).is_retryable());
         assert!(map_err(Error::new(ErrorKind::Unknown, "LOADING dataset")).is_retryable());
+        // What fred answers while a reset connection is being replaced.
+        assert!(map_err(Error::new(ErrorKind::Unknown, "Failed to route command.")).is_retryable());
         let e = map_err(Error::new(ErrorKind::InvalidArgument, "WRONGTYPE not a hash"));
         assert!(e.is_system() && !e.is_retryable(), "{e:?}");
     }
