@@ -24,6 +24,11 @@ pub struct Capabilities {
     pub distributed: bool,
     /// Expiry is judged by the server's clock, never the client's.
     pub server_clock: bool,
+    /// Held locks and fencing counters survive a restart of the server: after it, a lock is
+    /// still its holder's and tokens go on increasing. Without it, a restart frees every
+    /// lock at once (their holders hear `LeaseLost` at their next refresh) and tokens may
+    /// start over.
+    pub durable: bool,
 }
 
 /// A successful health probe.

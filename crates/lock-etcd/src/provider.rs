@@ -1373,6 +1373,7 @@ impl LockProvider for EtcdLockProvider {
             fifo: true,
             distributed: true,
             server_clock: true,
+            durable: true,
         }
     }
 

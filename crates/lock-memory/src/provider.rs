@@ -344,6 +344,8 @@ impl LockProvider for MemoryLockProvider {
             fifo: true,
             distributed: false,
             server_clock: true,
+            // Nothing survives the process.
+            durable: false,
         }
     }
 

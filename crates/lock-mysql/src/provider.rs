@@ -453,6 +453,7 @@ impl LockProvider for MySqlLockProvider {
             fifo: false,
             distributed: true,
             server_clock: true,
+            durable: true,
         }
     }
 

@@ -222,6 +222,9 @@ impl LockProvider for RedisLockProvider {
             fifo: false,
             distributed: true,
             server_clock: true,
+            // Whether a restarted server still has the locks and counters depends on its
+            // persistence settings, which a client cannot enforce: see `docs/safety.md`.
+            durable: false,
         }
     }
 
