@@ -27,6 +27,17 @@ impl Harness for Etcd {
         Arc::new(EtcdLockProvider::connect(config()).await.expect("etcd answered a moment ago"))
     }
 
+    fn private_server(&self) -> Option<lock_testkit::servers::Kind> {
+        Some(lock_testkit::servers::Kind::Etcd)
+    }
+
+    async fn provider_at(&self, url: &str) -> Arc<dyn LockProvider> {
+        let config = EtcdConfig::from_list(url)
+            .connect_timeout(Duration::from_secs(3))
+            .request_timeout(Duration::from_secs(1));
+        Arc::new(EtcdLockProvider::connect(config).await.expect("connect to the private server"))
+    }
+
     /// Every connection through a fault proxy (one per endpoint), with a short request
     /// timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {

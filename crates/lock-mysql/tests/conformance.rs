@@ -26,6 +26,20 @@ impl Harness for MySql {
         Arc::new(MySqlLockProvider::connect(&url(), config).await.expect("connect to MySQL"))
     }
 
+    fn private_server(&self) -> Option<lock_testkit::servers::Kind> {
+        Some(lock_testkit::servers::Kind::MariaDb)
+    }
+
+    async fn provider_at(&self, url: &str) -> Arc<dyn LockProvider> {
+        let config = MySqlLockConfig {
+            table: TABLE.into(),
+            max_connections: 4,
+            command_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        Arc::new(MySqlLockProvider::connect(url, config).await.expect("connect to the private server"))
+    }
+
     /// Every connection through a fault proxy, with a short statement timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {
         let proxy = FaultProxy::start(upstream_of(&url())).await.expect("start a fault proxy");

@@ -21,6 +21,10 @@ impl Harness for RedisCluster {
         let config = RedisConfig::new(self.cluster.url()).pool_size(2);
         Arc::new(RedisLockProvider::connect(config).await.expect("connect to the cluster"))
     }
+
+    fn processes_share_servers(&self) -> bool {
+        false
+    }
 }
 
 async fn start() -> Cluster {

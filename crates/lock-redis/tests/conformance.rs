@@ -22,6 +22,15 @@ impl Harness for Redis {
         Arc::new(RedisLockProvider::connect(self.config.clone()).await.expect("connect to redis"))
     }
 
+    fn private_server(&self) -> Option<lock_testkit::servers::Kind> {
+        Some(lock_testkit::servers::Kind::Redis)
+    }
+
+    async fn provider_at(&self, url: &str) -> Arc<dyn LockProvider> {
+        let config = RedisConfig::new(url).pool_size(2).command_timeout(Duration::from_secs(1));
+        Arc::new(RedisLockProvider::connect(config).await.expect("connect to the private server"))
+    }
+
     /// Every connection through a fault proxy, with a short command timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {
         let proxy = FaultProxy::start(upstream_of(&self.config.url)).await.expect("start a fault proxy");

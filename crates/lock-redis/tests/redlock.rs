@@ -32,6 +32,10 @@ impl Harness for Redlock {
         Arc::new(RedisLockProvider::connect(config(&self.servers)).await.expect("connect to the masters"))
     }
 
+    fn processes_share_servers(&self) -> bool {
+        false
+    }
+
     /// One fault proxy per master, with a short command timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {
         let urls: Vec<String> = self.servers.iter().map(Server::url).collect();

@@ -105,7 +105,7 @@ fn opts(key: &str, owner: &str, ttl: Duration) -> LockOptions {
 
 /// Repeats `op` while the backend answers `Unavailable` (reconnecting after a fault), for at
 /// most 30 s; returns the first other outcome.
-async fn settled<T, F, Fut>(mut op: F) -> lock_core::Result<T>
+pub(crate) async fn settled<T, F, Fut>(mut op: F) -> lock_core::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = lock_core::Result<T>>,

@@ -38,7 +38,9 @@ pub mod bench;
 pub mod cases;
 pub mod faults;
 pub mod history;
+pub mod process;
 pub mod proxy;
+pub mod restart;
 pub mod servers;
 
 /// Environment variable that turns a missing service into a test failure.
@@ -62,6 +64,26 @@ pub trait Harness: Send + Sync + 'static {
     /// backend without connections; those cases are then skipped, loudly.
     async fn faulty_provider(&self) -> Option<faults::Faulty> {
         None
+    }
+
+    /// The kind of private server this backend runs on, for the [restart and pause
+    /// cases](restart); `None` (the default) skips them, loudly.
+    fn private_server(&self) -> Option<servers::Kind> {
+        None
+    }
+
+    /// A provider on the server at `url` (a private server of [`private_server`]'s kind).
+    ///
+    /// [`private_server`]: Harness::private_server
+    async fn provider_at(&self, url: &str) -> Arc<dyn LockProvider> {
+        panic!("the harness names a private server kind but cannot connect to {url}")
+    }
+
+    /// Whether a provider built by this harness in another process (the test binary run
+    /// again, see [`process`]) reaches the same servers. `false` for harnesses that start
+    /// servers of their own per case.
+    fn processes_share_servers(&self) -> bool {
+        true
     }
 
     /// Slack added when a case waits for a lease to run out: covers clock granularity and
@@ -205,8 +227,38 @@ macro_rules! conformance_suite {
             fault_lost_answer_on_unlock,
             fault_killed_connections,
             fault_slow_server,
-            fault_chaos_mix
+            fault_chaos_mix,
+            restart_server_while_held_and_awaited,
+            pause_server_while_held_and_awaited
         );
+
+        /// A holder process frozen past its lease (see `lock_testkit::process`).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn paused_holder_process() {
+            let name = concat!(module_path!(), "::paused_holder_process");
+            let Some(h) = $crate::require_or_skip(name, $harness().await) else { return };
+            if !$crate::Harness::processes_share_servers(&h) {
+                eprintln!("SKIPPED {name}: the harness's servers live in this process only");
+                return;
+            }
+            // The child's path inside the test binary: this module's, without the crate.
+            let module = module_path!();
+            let child = match module.split_once("::") {
+                Some((_, inner)) => format!("{inner}::{}", $crate::process::CHILD_TEST),
+                None => $crate::process::CHILD_TEST.to_string(),
+            };
+            let ctx = $crate::Ctx::new(::std::sync::Arc::new(h), "paused_holder_process");
+            $crate::cases::run(name, $crate::process::paused_holder_process(&ctx, &child)).await;
+        }
+
+        /// The holder process of `paused_holder_process`; does nothing unless started by it.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "run by paused_holder_process in a process of its own"]
+        async fn distlock_holder_process() {
+            if let Ok(h) = $harness().await {
+                $crate::process::child(&h).await;
+            }
+        }
     };
 }
 
