@@ -1,7 +1,8 @@
 //! Project chores as code (`cargo xtask <command>`):
 //!
-//! - `test`: make sure the services the backends need are up, then run the whole test suite
-//!   with `DISTLOCK_REQUIRE_SERVICES=1` (a missing service fails the run, never skips it).
+//! - `test [--long]`: make sure the services the backends need are up, then run the whole test
+//!   suite with `DISTLOCK_REQUIRE_SERVICES=1` (a missing service fails the run, never skips
+//!   it); `--long` runs the stress and fault cases with more rounds.
 //! - `ci`: `cargo fmt --check`, clippy with `-D warnings` on every target and feature, `test`,
 //!   the examples (the README's main job among them) and the docs with warnings denied.
 //! - `services up|down|status`: start (installing from Debian packages when running as root)
@@ -17,7 +18,7 @@ use std::process::{exit, Command};
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
 const USAGE: &str =
-    "usage: cargo xtask <test | ci | services up|down|status | bench> [-- extra cargo test args]";
+    "usage: cargo xtask <test [--long] | ci | services up|down|status | bench> [-- extra cargo test args]";
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -104,14 +105,18 @@ fn run_tests(cmd: &mut Command, counts: &mut Counts) -> Result {
     }
 }
 
-/// `cargo xtask test`: services up, then every test of every crate with every feature.
+/// `cargo xtask test [--long]`: services up, then every test of every crate with every
+/// feature. `--long` makes the stress and fault cases run more rounds.
 fn test(extra: &[String]) -> Result<Counts> {
+    let long = extra.iter().any(|a| a == "--long");
+    let extra: Vec<&String> = extra.iter().filter(|a| *a != "--long").collect();
     let envs = services::up(&services::needed())?;
     let mut counts = Counts::default();
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-features", "--all-targets"])
         .args(extra)
         .env("DISTLOCK_REQUIRE_SERVICES", "1")
+        .env("DISTLOCK_TEST_LONG", if long { "1" } else { "0" })
         .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     run_tests(&mut cmd, &mut counts)?;
     // Doctests are not part of --all-targets.

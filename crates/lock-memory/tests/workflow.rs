@@ -213,3 +213,40 @@ async fn lost_fires_when_the_lease_is_taken_over() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(mem.is_locked(&key).await.unwrap().unwrap().owner, "thief");
 }
+
+/// A runtime shut down under live handles: their watchdogs die with it, the handle dropped
+/// afterwards cannot release in the background (no runtime is left to run it) and says so;
+/// nothing panics or hangs, and the lock lives on until its TTL.
+#[test]
+fn dropping_a_runtime_with_live_handles_neither_panics_nor_hangs() {
+    // Built outside any runtime: without a reaper it needs none.
+    let mem = Arc::new(paused_memory());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let wf = WorkflowLockProvider::new(
+        mem.clone(),
+        WorkflowConfig {
+            ttl: Duration::from_secs(30),
+            wait: WaitPolicy::NoWait,
+            ..WorkflowConfig::default()
+        },
+    );
+    let (kept, dropped_inside) = rt.block_on(async {
+        let kept = wf.lock_workflow_execution("kept").await.unwrap();
+        let inside = wf.lock_workflow_execution("dropped-inside").await.unwrap();
+        (kept, inside)
+    });
+    let key = kept.lock_key().to_string();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(dropped_inside);
+        drop(rt);
+        drop(kept);
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("dropping the runtime or a handle panicked or hung");
+    let check = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let held = check.block_on(mem.is_locked(&key)).unwrap();
+    assert!(held.is_some(), "without a runtime nothing could have released it: it waits for its TTL");
+}
