@@ -545,8 +545,9 @@ pub async fn long_waiter_gets_a_full_lease(ctx: &Ctx) {
     assert!(lease.remaining() > ttl / 2, "the lease's local deadline must count from the grant");
 }
 
-/// N tasks x M iterations on one key: never two in the critical section, a shared counter
-/// that ends at N*M, and fencing tokens that strictly increase in acquisition order. Half the
+/// N tasks x M iterations on one key: the history checker finds no overlapping grants and
+/// (with fencing) tokens strictly increasing in grant order; never two in the critical
+/// section; a shared counter that ends at N*M. Half the
 /// tasks share one provider (callers of one process), the others have one each.
 pub async fn mutual_exclusion_under_contention(ctx: &Ctx) {
     const TASKS: usize = 8;
@@ -555,14 +556,14 @@ pub async fn mutual_exclusion_under_contention(ctx: &Ctx) {
     let inside = Arc::new(AtomicBool::new(false));
     let overlaps = Arc::new(AtomicUsize::new(0));
     let counter = Arc::new(AtomicU64::new(0));
-    let last_token = Arc::new(Mutex::new(0u64));
+    let history = crate::history::History::new();
     let fencing = ctx.provider().await.capabilities().fencing;
     let shared = ctx.provider().await;
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         let p = if t % 2 == 0 { shared.clone() } else { ctx.provider().await };
-        let (key, inside, overlaps, counter, last_token) =
-            (key.clone(), inside.clone(), overlaps.clone(), counter.clone(), last_token.clone());
+        let (key, inside, overlaps, counter, history) =
+            (key.clone(), inside.clone(), overlaps.clone(), counter.clone(), history.clone());
         tasks.push(tokio::spawn(async move {
             let owner = format!("task-{t}");
             let o = LockOptions::new(key.as_str(), owner.as_str())
@@ -570,20 +571,15 @@ pub async fn mutual_exclusion_under_contention(ctx: &Ctx) {
                 .wait(WaitPolicy::deadline(Duration::from_secs(60)));
             for _ in 0..ITERS {
                 let lease = p.lock(&o).await.expect("lock under contention");
+                let grant = history.granted(&lease);
                 if inside.swap(true, Ordering::SeqCst) {
                     overlaps.fetch_add(1, Ordering::SeqCst);
-                }
-                {
-                    let mut last = last_token.lock().unwrap();
-                    if fencing {
-                        assert!(lease.token.0 > *last, "token {} after {}", lease.token, *last);
-                    }
-                    *last = lease.token.0;
                 }
                 let seen = counter.load(Ordering::SeqCst);
                 tokio::task::yield_now().await;
                 counter.store(seen + 1, Ordering::SeqCst);
                 inside.store(false, Ordering::SeqCst);
+                history.released(grant);
                 p.unlock(&key, &owner).await.expect("unlock own lock");
             }
         }));
@@ -591,6 +587,8 @@ pub async fn mutual_exclusion_under_contention(ctx: &Ctx) {
     for t in tasks {
         t.await.unwrap();
     }
+    // Grant intervals and token order, then what the critical section itself saw.
+    history.assert_ok(fencing);
     assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders at once");
     assert_eq!(counter.load(Ordering::SeqCst), (TASKS * ITERS) as u64, "lost updates");
     assert_eq!(ctx.provider().await.is_locked(&key).await.unwrap(), None);
