@@ -21,7 +21,8 @@
 //!
 //! ## Handles
 //!
-//! - **Auto-refresh** (on by default): a watchdog refreshes the lease every TTL/3 and stops on
+//! - **Auto-refresh** (on by default): a watchdog refreshes the lease a third of the way into
+//!   its trusted part (the TTL less the safety margin below: about TTL/3) and stops on
 //!   unlock or drop. A refresh that fails with a retryable error is retried until the lease
 //!   stops being trusted (below); a refresh that does not answer is given up at that moment.
 //! - **Lost signal**: [`WorkflowLockHandle::lost`] is a [`CancellationToken`] cancelled when
@@ -67,7 +68,7 @@ pub struct WorkflowConfig {
     pub ttl: Duration,
     /// How long to wait for a busy lock (default: 3 retries, 1 s apart, 20 % jitter).
     pub wait: WaitPolicy,
-    /// Refresh leases in the background at TTL/3 (default `true`).
+    /// Refresh leases in the background, about every TTL/3 (default `true`).
     pub auto_refresh: bool,
     /// Owner id prefix (default `<host>:<pid>:<random>`); each handle appends `:<n>`.
     pub owner_prefix: String,
@@ -496,7 +497,9 @@ impl Drop for WorkflowLockHandle {
     }
 }
 
-/// Refreshes at TTL/3 (when `auto_refresh`) and fires `lost` when the lease cannot be kept:
+/// Refreshes a third of the way into the lease's trusted part (when `auto_refresh`), leaving
+/// the other two thirds for the refresh and its retries, and fires `lost` when the lease cannot
+/// be kept:
 /// at the latest when it comes within its safety margin of `valid_until`, also while a
 /// refresh is still waiting for its answer.
 async fn watchdog(s: Arc<Shared>, auto_refresh: bool) {
@@ -504,8 +507,11 @@ async fn watchdog(s: Arc<Shared>, auto_refresh: bool) {
     loop {
         let (valid_until, ttl) = s.lease();
         let trusted_until = s.trusted_until();
-        // A third of the TTL after the last refresh, i.e. when two thirds are left.
-        let due = retry_at.unwrap_or_else(|| valid_until.checked_sub(ttl * 2 / 3).unwrap_or(valid_until));
+        // A third into the trusted window (TTL less margin) that began with the last refresh.
+        let window = ttl.saturating_sub(s.margin(ttl));
+        let due = retry_at.unwrap_or_else(|| {
+            valid_until.checked_sub(ttl).map_or(valid_until, |granted| granted + window / 3)
+        });
         let next = if auto_refresh { due.min(trusted_until) } else { trusted_until };
         tokio::select! {
             _ = s.stop.cancelled() => return,
