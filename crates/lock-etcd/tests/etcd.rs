@@ -8,21 +8,8 @@ use etcd_client::{Client, GetOptions};
 use lock_core::{LockError, LockOptions, LockProvider, WaitPolicy};
 use lock_etcd::{EtcdConfig, EtcdLockProvider};
 
-/// A provider on its own random prefix, or `None` (skip, or fail under
-/// `DISTLOCK_REQUIRE_SERVICES=1`) when etcd is not there.
-async fn provider(case: &str) -> Option<(EtcdLockProvider, String)> {
-    let endpoints =
-        std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
-    let prefix = format!("distlock-test/{:016x}/{case}/", fastrand::u64(..));
-    let config =
-        EtcdConfig::from_list(&endpoints).prefix(prefix.clone()).connect_timeout(Duration::from_secs(3));
-    let reached = match EtcdLockProvider::connect(config).await {
-        Ok(p) => p.health().await.map(|_| p),
-        Err(e) => Err(e),
-    };
-    let p = lock_testkit::require_or_skip(case, reached.map_err(|e| e.to_string()))?;
-    Some((p, prefix))
-}
+mod common;
+use common::provider;
 
 fn opts(key: &str, owner: &str) -> LockOptions {
     LockOptions::new(key, owner).ttl(Duration::from_secs(30)).no_wait()

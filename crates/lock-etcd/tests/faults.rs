@@ -9,23 +9,10 @@ use std::time::Duration;
 
 use lock_core::{Lease, LockOptions, LockProvider, WaitPolicy};
 use lock_etcd::{EtcdConfig, EtcdLockProvider};
-use tokio::time::Instant;
 
-/// A provider on its own random prefix, or `None` (skip, or fail under
-/// `DISTLOCK_REQUIRE_SERVICES=1`) when etcd is not there.
-async fn provider(case: &str) -> Option<(EtcdLockProvider, String)> {
-    let endpoints =
-        std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
-    let prefix = format!("distlock-test/{:016x}/{case}/", fastrand::u64(..));
-    let config =
-        EtcdConfig::from_list(&endpoints).prefix(prefix.clone()).connect_timeout(Duration::from_secs(3));
-    let reached = match EtcdLockProvider::connect(config).await {
-        Ok(p) => p.health().await.map(|_| p),
-        Err(e) => Err(e),
-    };
-    let p = lock_testkit::require_or_skip(case, reached.map_err(|e| e.to_string()))?;
-    Some((p, prefix))
-}
+mod common;
+use common::provider;
+use tokio::time::Instant;
 
 /// Another provider on the same client and prefix (another process, as far as the lock
 /// protocol is concerned), with its own request timeout.
