@@ -491,6 +491,42 @@ pub async fn dropped_lock_in_flight_leaves_no_lock(ctx: &Ctx) {
     assert!(dropped > 0, "no call was dropped in flight: the case tested nothing");
 }
 
+/// A re-entry dropped in flight (perhaps after the server applied it) gives back at most its
+/// own level: the owner's first level is still held, and one unlock frees the key.
+pub async fn dropped_reentry_keeps_the_first_level(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    if !ctx.requires(p.capabilities(), |c| c.reentrant && c.distributed, "reentrant, distributed") {
+        return;
+    }
+    let mut dropped = 0;
+    for round in 0..30u64 {
+        let key = ctx.key(&format!("k{round}"));
+        let first = p.lock(&opts(&key, "alice")).await.expect("first level");
+        let levels =
+            match within(Duration::from_micros(round * round * 4), p.lock(&opts(&key, "alice"))).await {
+                Some(Ok(lease)) => lease.depth,
+                Some(Err(e)) => panic!("re-entry failed: {e:?}"),
+                None => {
+                    dropped += 1;
+                    // Let a clean-up of the dropped request run.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    p.is_locked(&key).await.unwrap().map_or(0, |i| i.depth)
+                }
+            };
+        let Some(info) = p.is_locked(&key).await.unwrap() else {
+            panic!("round {round}: the first level was lost with the dropped re-entry")
+        };
+        assert_eq!((info.owner.as_str(), info.token), ("alice", first.token), "round {round}");
+        for _ in 0..levels.max(1) {
+            p.unlock(&key, "alice").await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        }
+        let left = eventually_free(&*p, &key).await;
+        assert_eq!(left, None, "round {round}: a level was left behind");
+    }
+    eprintln!("{dropped} of 30 re-entries were dropped in flight");
+    assert!(dropped > 0, "no re-entry was dropped in flight: the case tested nothing");
+}
+
 /// Polls `fut` until it finishes or `budget` has passed, then drops it: a cancellation point
 /// finer than the timer's 1 ms tick (`tokio::time::timeout` rounds a deadline up to it). The
 /// future is polled at least once, and polled again at once whenever it yields, so its I/O
