@@ -73,6 +73,16 @@ impl WaitPolicy {
         }
     }
 
+    /// The whole time the policy may wait: zero for `NoWait`, the retries times the delay for
+    /// `Retry` (the jitter averages out), the timeout for `Deadline`. Constant time, no clock.
+    pub fn budget(&self) -> Duration {
+        match *self {
+            WaitPolicy::NoWait => Duration::ZERO,
+            WaitPolicy::Retry { retries, delay, .. } => delay.saturating_mul(retries),
+            WaitPolicy::Deadline { timeout, .. } => timeout,
+        }
+    }
+
     /// Checks the policy against the [input rules](crate::validate).
     pub fn validate(&self) -> Result<()> {
         match *self {

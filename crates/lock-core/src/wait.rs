@@ -95,12 +95,7 @@ impl Backoff {
     /// hand a lock over in a queue (and so never poll) wait until this instant. Constant time,
     /// whatever the retry count.
     pub fn deadline(&self) -> Instant {
-        let total = match self.policy {
-            WaitPolicy::NoWait => Duration::ZERO,
-            WaitPolicy::Retry { retries, delay, .. } => delay.saturating_mul(retries),
-            WaitPolicy::Deadline { timeout, .. } => timeout,
-        };
-        self.started + total
+        self.started + self.policy.budget()
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    spawn_reaper, validate, Backoff, Capabilities, FencingToken, Health, Lease, LockError, LockInfo,
-    LockOptions, LockProvider, Result,
+    spawn_reaper, validate, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions,
+    LockProvider, Result,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -354,8 +354,9 @@ impl LockProvider for MemoryLockProvider {
         self.check_open()?;
         let inner = &*self.inner;
         let started = Instant::now();
-        // The whole wait budget of the policy; zero (`NoWait`, no retries) means one attempt.
-        let deadline = Backoff::new(&opts.wait).deadline();
+        // The whole wait budget of the policy (no clock read, no loop); zero (`NoWait`, no
+        // retries) means one attempt.
+        let deadline = started + opts.wait.budget();
         let (id, rx, mut holder, mut holder_expires) = {
             let mut shard = lock(inner.shard(&opts.key));
             // Re-check under the shard lock: `close` drains queues under the same locks.
