@@ -6,15 +6,19 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Server;
 use lock_core::{LockError, LockOptions, LockProvider};
 use lock_redis::{RedisConfig, RedisLockProvider};
 use lock_testkit::faults::{through, upstream_of, Faulty};
 use lock_testkit::proxy::FaultProxy;
+use lock_testkit::servers::{Kind, PrivateServer as Server};
 use lock_testkit::Harness;
 
 async fn masters(n: usize) -> Vec<Server> {
-    tokio::task::spawn_blocking(move || (0..n).map(|_| Server::start()).collect()).await.unwrap()
+    tokio::task::spawn_blocking(move || {
+        (0..n).map(|_| Server::start(Kind::Redis).expect("start redis-server")).collect()
+    })
+    .await
+    .unwrap()
 }
 
 fn config(servers: &[Server]) -> RedisConfig {

@@ -83,22 +83,6 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).trim().parse().expect("DBSIZE answers a number")
     }
 
-    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
-    pub(crate) fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Thaws a paused server (SIGCONT): it handles what queued up meanwhile.
-    pub(crate) fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("server running").id();
-        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill").success();
-        assert!(ok, "kill {sig} {pid} failed");
-    }
-
     /// Kills the server (no shutdown save: its data is gone).
     pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
