@@ -1,4 +1,4 @@
-//! Usage 2 of the original design, "custom configuration": MySQL with a table of its own and
+//! Custom configuration: MySQL with a table of its own and
 //! a 10-minute TTL for long workflows.
 //!
 //! `cargo run -p distlock --features mysql --example custom_config`
@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lock_config = LockConfig {
         provider: LockProviderType::Mysql,
         default_ttl: Duration::from_secs(10 * 60),
-        mysql: MySqlConfig { table_name: "custom_locks".into(), ..MySqlConfig::default() },
+        mysql: MySqlConfig::default().table_name("custom_locks"),
         ..LockConfig::default()
     };
     let manager = LockManager::new(Some(db), lock_config).await?;

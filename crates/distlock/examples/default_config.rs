@@ -1,4 +1,4 @@
-//! Usage 1 of the original design, "default configuration": the orchestrator hands its MySQL
+//! Default configuration: the orchestrator hands its MySQL
 //! pool to the lock manager and takes every default (MySQL, table `distributed_locks`,
 //! TTL 5 min, 3 retries 1 s apart).
 //!
@@ -8,7 +8,7 @@
 use distlock::mysql::MySqlPool;
 use distlock::{LockConfig, LockManager};
 
-/// The orchestrator of the original design, reduced to its lock use.
+/// An orchestrator service, reduced to its lock use.
 struct OrchestratorService {
     locks: LockManager,
 }

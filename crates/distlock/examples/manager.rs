@@ -1,4 +1,4 @@
-//! Usage 3 of the original design: the lock manager used directly, with the lock released
+//! The lock manager used directly, with the lock released
 //! however the business logic ends. The provider comes from `distlock.toml` and `DISTLOCK_*`
 //! variables when present, else the embedded memory backend.
 //!

@@ -1,4 +1,4 @@
-//! Usage 4 of the original design, "switching implementation": the memory provider, no
+//! Switching implementation: the memory provider, no
 //! database, for tests and single-node deployments. Business code is unchanged.
 //!
 //! `cargo run -p distlock --example memory`

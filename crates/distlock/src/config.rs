@@ -1,4 +1,4 @@
-//! [`LockConfig`]: the original design's configuration, loaded with figment from defaults, a
+//! [`LockConfig`]: the configuration of a provider, loaded with figment from defaults, a
 //! TOML file and `DISTLOCK_*` environment variables (later sources win).
 //!
 //! ```toml
@@ -8,21 +8,34 @@
 //! default_retry_delay = "1s"
 //! default_retry_jitter = 0.2
 //!
-//! [mysql]
+//! [memory]                     # lock_memory::MemoryConfig
+//! shards = 64
+//! reap_interval = "5s"
+//!
+//! [mysql]                      # lock_mysql::MySqlLockConfig
 //! url = "mysql://root@127.0.0.1:3306/test"   # not needed when the application passes its pool
 //! table_name = "distributed_locks"
+//! max_connections = 10
+//! command_timeout = "5s"
+//! reap_interval = "30s"
+//! reap_grace = "10m"
 //!
-//! [redis]
-//! addr = "127.0.0.1:6379"
+//! [redis]                      # lock_redis::RedisConfig
+//! addr = "127.0.0.1:6379"      # or url = "redis://..." / "redis-cluster://..."
 //! password = ""
 //! db = 0
+//! # mode = "redlock"; nodes = ["redis://a:6379", "redis://b:6379", "redis://c:6379"]
+//! key_prefix = "distlock:"
+//! command_timeout = "5s"
 //!
 //! [etcd]
 //! endpoints = ["http://127.0.0.1:2379"]
 //! ```
 //!
-//! Environment variables use `__` for nesting: `DISTLOCK_PROVIDER=memory`,
-//! `DISTLOCK_DEFAULT_TTL=10m`, `DISTLOCK_MYSQL__TABLE_NAME=custom_locks`.
+//! Each backend's table is that backend's own config struct, so every setting it has is
+//! reachable here, with the defaults defined once, in the backend crate. Environment
+//! variables use `__` for nesting: `DISTLOCK_PROVIDER=memory`, `DISTLOCK_DEFAULT_TTL=10m`,
+//! `DISTLOCK_MYSQL__TABLE_NAME=custom_locks`, `DISTLOCK_REDIS__MODE=redlock`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -37,7 +50,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LockProviderType {
-    /// MySQL / MariaDB (feature `mysql`): the original design's default.
+    /// MySQL / MariaDB (feature `mysql`): the default.
     Mysql,
     /// In-process (feature `memory`).
     Memory,
@@ -59,52 +72,41 @@ impl LockProviderType {
     }
 }
 
-/// MySQL settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MySqlConfig {
-    /// Connection URL; optional when the application hands its pool to the factory.
-    pub url: Option<String>,
-    /// Lock table (default `distributed_locks`).
-    pub table_name: String,
-    /// Pool size when the provider connects by URL.
-    pub max_connections: u32,
-}
+/// MySQL settings: `lock_mysql::MySqlLockConfig` (every setting of the backend), or, with
+/// feature `mysql` off, the table as written.
+#[cfg(feature = "mysql")]
+pub type MySqlConfig = lock_mysql::MySqlLockConfig;
+/// MySQL settings: `lock_mysql::MySqlLockConfig` (every setting of the backend), or, with
+/// feature `mysql` off, the table as written.
+#[cfg(not(feature = "mysql"))]
+pub type MySqlConfig = Disabled;
 
-impl Default for MySqlConfig {
-    fn default() -> Self {
-        MySqlConfig { url: None, table_name: "distributed_locks".into(), max_connections: 10 }
-    }
-}
+/// Redis settings: `lock_redis::RedisConfig` (mode single, cluster or Redlock with its nodes,
+/// key prefix, pool size, timeouts; a URL or the address, password and database), or, with
+/// feature `redis` off, the table as written.
+#[cfg(feature = "redis")]
+pub type RedisConfig = lock_redis::RedisConfig;
+/// Redis settings: `lock_redis::RedisConfig` (mode single, cluster or Redlock with its nodes,
+/// key prefix, pool size, timeouts; a URL or the address, password and database), or, with
+/// feature `redis` off, the table as written.
+#[cfg(not(feature = "redis"))]
+pub type RedisConfig = Disabled;
 
-/// Redis settings (the original design's `Addr`, `Password`, `DB`, or a URL).
+/// In-process settings: `lock_memory::MemoryConfig` (shards, reaper period), or, with feature
+/// `memory` off, the table as written.
+#[cfg(feature = "memory")]
+pub type MemoryConfig = lock_memory::MemoryConfig;
+/// In-process settings: `lock_memory::MemoryConfig` (shards, reaper period), or, with feature
+/// `memory` off, the table as written.
+#[cfg(not(feature = "memory"))]
+pub type MemoryConfig = Disabled;
+
+/// The settings of a backend whose feature is off: kept as written so that one configuration
+/// file serves builds with different features, and never used (building that provider fails
+/// with "enable feature `X`").
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://` URL; wins over `addr`/`password`/`db`.
-    pub url: Option<String>,
-    /// `host:port`.
-    pub addr: Option<String>,
-    /// Password, if any.
-    pub password: Option<String>,
-    /// Database number.
-    pub db: u8,
-}
-
-impl RedisConfig {
-    /// The URL to connect to, from `url` or from `addr`/`password`/`db`.
-    pub fn to_url(&self) -> Option<String> {
-        if let Some(url) = &self.url {
-            return Some(url.clone());
-        }
-        let addr = self.addr.as_ref()?;
-        let auth = match self.password.as_deref() {
-            Some(p) if !p.is_empty() => format!(":{p}@"),
-            _ => String::new(),
-        };
-        Some(format!("redis://{auth}{addr}/{}", self.db))
-    }
-}
+#[serde(transparent)]
+pub struct Disabled(figment::value::Dict);
 
 /// etcd settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -120,13 +122,15 @@ pub struct EtcdConfig {
 
 /// The configuration of the lock system.
 ///
-/// `LockConfig::default()` is the original design's `DefaultLockConfig()`: MySQL, table
+/// `LockConfig::default()` is MySQL, table
 /// `distributed_locks`, TTL 5 minutes, 3 retries 1 s apart (plus 20 % jitter).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockConfig {
     /// The backend.
     pub provider: LockProviderType,
+    /// In-process settings.
+    pub memory: MemoryConfig,
     /// MySQL settings.
     pub mysql: MySqlConfig,
     /// Redis settings.
@@ -157,6 +161,7 @@ impl Default for LockConfig {
     fn default() -> Self {
         LockConfig {
             provider: LockProviderType::Mysql,
+            memory: MemoryConfig::default(),
             mysql: MySqlConfig::default(),
             redis: RedisConfig::default(),
             etcd: EtcdConfig::default(),
@@ -172,7 +177,7 @@ impl Default for LockConfig {
 }
 
 impl LockConfig {
-    /// The original design's "switching implementation": the memory provider, other settings
+    /// The memory provider, other settings
     /// default.
     pub fn memory() -> Self {
         LockConfig { provider: LockProviderType::Memory, ..Self::default() }
@@ -203,7 +208,8 @@ impl LockConfig {
         Ok(config)
     }
 
-    /// Checks values that parsing cannot: TTL, retry settings, the table name.
+    /// Checks values that parsing cannot: TTL, retry settings, and the settings of the backend
+    /// that `provider` names.
     pub fn validate(&self) -> Result<()> {
         validate::ttl(self.default_ttl).map_err(|_| {
             LockError::invalid(
@@ -220,10 +226,7 @@ impl LockConfig {
         if self.key_prefix.is_empty() || self.key_prefix.len() > validate::MAX_KEY_LEN / 2 {
             return Err(LockError::invalid("key_prefix", "must be 1 to 127 bytes"));
         }
-        if self.provider == LockProviderType::Mysql {
-            check_table_name(&self.mysql.table_name)?;
-        }
-        Ok(())
+        self.check_backend()
     }
 
     /// The wait policy of the `default_retry_*` settings.
@@ -256,14 +259,19 @@ fn env() -> Env {
     })
 }
 
-#[cfg(feature = "mysql")]
-fn check_table_name(name: &str) -> Result<()> {
-    lock_mysql::TableName::new(name).map(drop)
-}
-
-#[cfg(not(feature = "mysql"))]
-fn check_table_name(_name: &str) -> Result<()> {
-    Ok(())
+impl LockConfig {
+    /// The chosen backend's own checks; a backend compiled out is the factory's to report.
+    fn check_backend(&self) -> Result<()> {
+        match self.provider {
+            #[cfg(feature = "memory")]
+            LockProviderType::Memory => self.memory.validate(),
+            #[cfg(feature = "mysql")]
+            LockProviderType::Mysql => self.mysql.validate().map(drop),
+            #[cfg(feature = "redis")]
+            LockProviderType::Redis => self.redis.validate(),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -271,7 +279,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_is_the_original_design() {
+    fn default_is_mysql_with_the_seed_defaults() {
         let c = LockConfig::default();
         assert_eq!(c.provider, LockProviderType::Mysql);
         assert_eq!(c.mysql.table_name, "distributed_locks");
@@ -308,6 +316,106 @@ mod tests {
             assert_eq!(LockConfig::default().workflow_config().lost_margin, None);
             Ok(())
         });
+    }
+
+    /// Every backend setting is reachable from TOML and from `DISTLOCK_*` variables and lands
+    /// in the backend's own config struct, which the factory hands over whole.
+    #[cfg(all(feature = "memory", feature = "mysql", feature = "redis"))]
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn every_backend_setting_round_trips_from_toml_and_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "distlock.toml",
+                r#"
+                [memory]
+                shards = 8
+                reap_interval = "2s"
+                [mysql]
+                url = "mysql://u@db/locks"
+                table_name = "t_locks"
+                auto_migrate = false
+                reap_interval = "7s"
+                reap_grace = "20m"
+                max_connections = 3
+                acquire_timeout = "4s"
+                command_timeout = "6s"
+                [redis]
+                mode = "redlock"
+                nodes = ["redis://a:1", "redis://b:2", "redis://c:3"]
+                clock_drift_factor = 0.02
+                key_prefix = "jobs:"
+                pool_size = 9
+                command_timeout = "700ms"
+                connect_timeout = "2s"
+                "#,
+            )?;
+            let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+            let m = &c.memory;
+            assert_eq!((m.shards, m.reap_interval), (8, Some(Duration::from_secs(2))));
+            let my = &c.mysql;
+            assert_eq!(my.url.as_deref(), Some("mysql://u@db/locks"));
+            assert_eq!((my.table_name.as_str(), my.auto_migrate, my.max_connections), ("t_locks", false, 3));
+            assert_eq!(
+                (my.reap_interval, my.reap_grace),
+                (Some(Duration::from_secs(7)), Duration::from_secs(1200))
+            );
+            assert_eq!(
+                (my.acquire_timeout, my.command_timeout),
+                (Duration::from_secs(4), Duration::from_secs(6))
+            );
+            let r = &c.redis;
+            assert_eq!(
+                r.mode,
+                lock_redis::RedisMode::Redlock {
+                    urls: vec!["redis://a:1".into(), "redis://b:2".into(), "redis://c:3".into()],
+                    clock_drift_factor: 0.02
+                }
+            );
+            assert_eq!((r.key_prefix.as_str(), r.pool_size), ("jobs:", 9));
+            assert_eq!(
+                (r.command_timeout, r.connect_timeout),
+                (Duration::from_millis(700), Duration::from_secs(2))
+            );
+
+            // The same through the environment, over the file.
+            jail.set_env("DISTLOCK_MEMORY__SHARDS", "16");
+            jail.set_env("DISTLOCK_MYSQL__TABLE_NAME", "env_locks");
+            jail.set_env("DISTLOCK_MYSQL__COMMAND_TIMEOUT", "2s");
+            jail.set_env("DISTLOCK_MYSQL__REAP_GRACE", "1h");
+            jail.set_env("DISTLOCK_REDIS__MODE", "single");
+            jail.set_env("DISTLOCK_REDIS__NODES", "[]");
+            jail.set_env("DISTLOCK_REDIS__URL", "redis-cluster://h:7000");
+            jail.set_env("DISTLOCK_REDIS__KEY_PREFIX", "env:");
+            jail.set_env("DISTLOCK_REDIS__POOL_SIZE", "2");
+            let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+            assert_eq!(c.memory.shards, 16);
+            assert_eq!(
+                (c.mysql.table_name.as_str(), c.mysql.command_timeout),
+                ("env_locks", Duration::from_secs(2))
+            );
+            assert_eq!(c.mysql.reap_grace, Duration::from_secs(3600));
+            assert_eq!(
+                (c.redis.mode.clone(), c.redis.url.as_str()),
+                (lock_redis::RedisMode::Single, "redis-cluster://h:7000")
+            );
+            assert_eq!((c.redis.key_prefix.as_str(), c.redis.pool_size), ("env:", 2));
+            Ok(())
+        });
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_nodes_without_redlock_mode_are_a_config_error() {
+        let e = config_error("[redis]\nnodes = [\"redis://a:1\"]");
+        assert!(matches!(&e, LockError::Config(msg) if msg.contains("redlock")), "{e:?}");
+    }
+
+    #[cfg(feature = "memory")]
+    #[test]
+    fn bad_memory_settings_are_invalid_when_memory_is_chosen() {
+        let e = config_error("provider = \"memory\"\n[memory]\nshards = 3");
+        assert!(matches!(e, LockError::InvalidArgument { what: "shards", .. }), "{e:?}");
     }
 
     fn config_error(toml: &str) -> LockError {
@@ -355,12 +463,5 @@ mod tests {
             LockConfig::load(Some(Path::new("/nonexistent/distlock.toml"))),
             Err(LockError::Config(_))
         ));
-    }
-
-    #[test]
-    fn redis_url_from_addr_password_db() {
-        let r = RedisConfig { addr: Some("h:6379".into()), password: Some("pw".into()), db: 2, url: None };
-        assert_eq!(r.to_url().unwrap(), "redis://:pw@h:6379/2");
-        assert_eq!(RedisConfig::default().to_url(), None);
     }
 }

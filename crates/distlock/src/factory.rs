@@ -1,4 +1,4 @@
-//! [`LockProviderFactory`]: builds the configured provider (the original design's factory).
+//! [`LockProviderFactory`]: builds the provider a [`LockConfig`](crate::LockConfig) names.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use lock_core::{LockError, LockProvider, Result, Traced};
 
 use crate::config::{LockConfig, LockProviderType};
 
-/// The application's database pool handed to the factory (the original design's `db`): a
+/// The application's database pool handed to the factory: a
 /// `sqlx::MySqlPool` with feature `mysql`.
 #[cfg(feature = "mysql")]
 pub type Db = lock_mysql::MySqlPool;
@@ -44,7 +44,7 @@ impl LockProviderFactory {
     pub async fn create_lock_provider(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
         config.validate()?;
         let provider = match config.provider {
-            LockProviderType::Memory => self.memory()?,
+            LockProviderType::Memory => self.memory(config)?,
             LockProviderType::Mysql => self.mysql(config).await?,
             LockProviderType::Redis => self.redis(config).await?,
             LockProviderType::Etcd => self.etcd(config).await?,
@@ -59,32 +59,22 @@ impl LockProviderFactory {
     }
 
     #[cfg(feature = "memory")]
-    fn memory(&self) -> Result<Arc<dyn LockProvider>> {
-        Ok(Arc::new(lock_memory::MemoryLockProvider::new()))
+    fn memory(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
+        Ok(Arc::new(lock_memory::MemoryLockProvider::with_config(config.memory.clone())?))
     }
 
     #[cfg(not(feature = "memory"))]
-    fn memory(&self) -> Result<Arc<dyn LockProvider>> {
+    fn memory(&self, _config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
         Err(disabled(LockProviderType::Memory))
     }
 
     #[cfg(feature = "mysql")]
     async fn mysql(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
-        use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
-        let settings = MySqlLockConfig {
-            table: config.mysql.table_name.clone(),
-            max_connections: config.mysql.max_connections,
-            ..MySqlLockConfig::default()
-        };
-        let provider = match (&self.db, &config.mysql.url) {
-            (Some(pool), _) => MySqlLockProvider::from_pool(pool.clone(), settings).await?,
-            (None, Some(url)) => MySqlLockProvider::connect(url, settings).await?,
-            (None, None) => {
-                return Err(LockError::Config(
-                    "provider `mysql` needs a database: pass the application's pool to the factory or set mysql.url"
-                        .into(),
-                ))
-            }
+        use lock_mysql::MySqlLockProvider;
+        let settings = config.mysql.clone();
+        let provider = match &self.db {
+            Some(pool) => MySqlLockProvider::from_pool(pool.clone(), settings).await?,
+            None => MySqlLockProvider::open(settings).await?,
         };
         Ok(Arc::new(provider))
     }
@@ -96,10 +86,7 @@ impl LockProviderFactory {
 
     #[cfg(feature = "redis")]
     async fn redis(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
-        let url = config.redis.to_url().ok_or_else(|| {
-            LockError::Config("provider `redis` needs redis.url or redis.addr (with password and db)".into())
-        })?;
-        Ok(Arc::new(lock_redis::RedisLockProvider::connect(lock_redis::RedisConfig::new(url)).await?))
+        Ok(Arc::new(lock_redis::RedisLockProvider::connect(config.redis.clone()).await?))
     }
 
     #[cfg(not(feature = "redis"))]

@@ -1,4 +1,4 @@
-//! [`LockManager`]: the single entry point of the original design.
+//! [`LockManager`]: the single entry point: one configuration, one provider, its workflow locks.
 
 use std::sync::Arc;
 

@@ -96,14 +96,28 @@ async fn etcd_from_config() {
 }
 
 #[tokio::test]
-async fn redis_without_address_is_a_config_error() {
-    let msg = config_error(LockConfig { provider: LockProviderType::Redis, ..LockConfig::default() }).await;
-    assert!(msg.contains("redis.url"), "{msg}");
+async fn redis_with_an_empty_url_is_a_config_error() {
+    let mut config = LockConfig { provider: LockProviderType::Redis, ..LockConfig::default() };
+    config.redis.url = String::new();
+    let msg = config_error(config).await;
+    assert!(msg.contains("url is empty"), "{msg}");
 }
 
+/// Address, password and database (the seed's Redis fields) from TOML reach the provider.
 #[tokio::test]
 async fn redis_from_addr_password_db() {
-    let mut config = LockConfig { provider: LockProviderType::Redis, ..LockConfig::default() };
-    config.redis.addr = Some("127.0.0.1:6379".into());
+    use figment::providers::{Format, Serialized, Toml};
+    let base = LockConfig { provider: LockProviderType::Redis, ..LockConfig::default() };
+    let figment = figment::Figment::from(Serialized::defaults(base))
+        .merge(Toml::string("[redis]\naddr = \"127.0.0.1:6379\"\ndb = 0\ncommand_timeout = \"3s\"\n"));
+    let config = LockConfig::extract(figment).unwrap();
+    assert_eq!(config.redis.url, "redis://127.0.0.1:6379/0");
+    let provider = LockProviderFactory::new(None).create_lock_provider(&config).await;
+    if let Some(provider) =
+        lock_testkit::require_or_skip("redis_from_addr", provider.map_err(|e| e.to_string()))
+    {
+        assert_eq!(provider.request_timeout(), Some(std::time::Duration::from_secs(3)));
+        provider.close().await.unwrap();
+    }
     round_trip("redis_from_addr", config, "redis").await;
 }

@@ -1,6 +1,6 @@
 //! The one error type every backend returns.
 //!
-//! The first rule of the original design is that a caller must be able to tell a lock
+//! A caller must be able to tell a lock
 //! **timeout** (somebody else holds the lock; try later or give up) apart from a **system**
 //! error (the lock service misbehaves). [`LockError::is_timeout`] and
 //! [`LockError::is_system`] make that split explicit, and [`LockError::is_retryable`] says

@@ -50,6 +50,20 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A lease granted by a request sent at `sent`: the server counts `ttl` from a moment after
+    /// that, so `sent + ttl` is a deadline the server's expiry cannot precede. Backends build
+    /// every lease through this constructor, so that the rule lives in one place.
+    pub fn counted_from(
+        sent: Instant,
+        key: impl Into<Arc<str>>,
+        owner: impl Into<Arc<str>>,
+        token: FencingToken,
+        ttl: Duration,
+        depth: u32,
+    ) -> Lease {
+        Lease { key: key.into(), owner: owner.into(), token, ttl, valid_until: sent + ttl, depth }
+    }
+
     /// Time left on the local conservative deadline (zero when passed).
     pub fn remaining(&self) -> Duration {
         self.valid_until.saturating_duration_since(Instant::now())
@@ -82,14 +96,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lease_expires_on_its_local_deadline() {
-        let lease = Lease {
-            key: "k".into(),
-            owner: "o".into(),
-            token: FencingToken(7),
-            ttl: Duration::from_secs(10),
-            valid_until: Instant::now() + Duration::from_secs(10),
-            depth: 1,
-        };
+        let lease =
+            Lease::counted_from(Instant::now(), "k", "o", FencingToken(7), Duration::from_secs(10), 1);
         assert!(!lease.is_expired());
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(lease.remaining(), Duration::from_secs(6));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::validate;
 
-/// Default lease TTL: five minutes, as in the original design.
+/// Default lease TTL: five minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Default number of retries after the first attempt.
 pub const DEFAULT_RETRY_COUNT: u32 = 3;
@@ -20,13 +20,13 @@ pub const DEFAULT_JITTER: f64 = 0.2;
 ///
 /// Backends that can be told when a lock is released (the memory backend's queue, Redis
 /// pub/sub, etcd watches) try again as soon as that happens; the delays below are then only the
-/// fallback and the overall budget. See [`Backoff`](crate::Backoff) for the exact schedule.
+/// fallback and the overall budget. See [`Backoff`](crate::raw::Backoff) for the exact schedule.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum WaitPolicy {
     /// A single attempt; fail at once when the lock is busy.
     NoWait,
-    /// The original design's policy: after the first attempt, up to `retries` more, `delay`
+    /// A fixed number of retries: after the first attempt, up to `retries` more, `delay`
     /// apart. Each delay is scaled by a random factor in `1 ± jitter`. The total wait is
     /// bounded by the sum of the delays; a release wake-up inside a delay costs no retry.
     Retry {

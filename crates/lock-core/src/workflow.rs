@@ -53,8 +53,8 @@ use crate::error::{LockError, Result};
 use crate::lease::{FencingToken, Lease};
 use crate::options::{LockOptions, WaitPolicy, DEFAULT_TTL};
 use crate::provider::LockProvider;
+use crate::raw::wait::Backoff;
 use crate::validate;
-use crate::wait::Backoff;
 
 /// Default key prefix of workflow locks.
 pub const DEFAULT_WORKFLOW_PREFIX: &str = "distlock:workflow:";
@@ -109,7 +109,7 @@ enum Scope {
     Resource,
 }
 
-/// Workflow locks over any [`LockProvider`]: the original design's `WorkflowLockProvider`.
+/// Workflow locks over any [`LockProvider`]: execution, template and resource locks with handles.
 ///
 /// ```
 /// # async fn demo(provider: std::sync::Arc<dyn lock_core::LockProvider>) -> lock_core::Result<()> {
@@ -258,7 +258,7 @@ impl WorkflowLockProvider {
             ),
             Err(e) => tracing::warn!(
                 provider = self.provider.name(), key = &*opts.key, owner = &*opts.owner,
-                wait_us = waited.as_micros() as u64, outcome = crate::observe::outcome_of(e),
+                wait_us = waited.as_micros() as u64, outcome = crate::layer::trace::outcome_of(e),
                 error = %e, "workflow lock not acquired"
             ),
         }
@@ -354,7 +354,7 @@ fn release_in_background(provider: Arc<dyn LockProvider>, key: Arc<str>, owner: 
     });
 }
 
-/// A held workflow lock: the original design's `WorkflowLockHandle`.
+/// A held workflow lock, refreshed in the background until it is unlocked or dropped.
 #[derive(Debug)]
 pub struct WorkflowLockHandle {
     shared: Arc<Shared>,

@@ -11,9 +11,9 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseGrantOptions, PutOptions,
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
 };
+use lock_core::raw::{Backoff, Gate, LockBackend};
 use lock_core::{
-    validate, Backoff, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions,
-    LockProvider, Result,
+    validate, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -55,6 +55,9 @@ struct Inner {
     client: Client,
     layout: Layout,
     request_timeout: Duration,
+    /// The open/closed state the checks layer keeps; `closed` mirrors it for the watchers
+    /// that select on a `watch` channel.
+    gate: Gate,
     closed: watch::Sender<bool>,
     /// Locks this provider acquired and has not released. Lets `unlock` release in one round
     /// trip, and tell "your lease was lost" ([`LockError::LeaseLost`]) from "never held".
@@ -151,6 +154,7 @@ impl EtcdLockProvider {
                 client,
                 layout: Layout::new(&config.prefix),
                 request_timeout: config.request_timeout,
+                gate: Gate::new(),
                 closed: watch::channel(false).0,
                 held: Mutex::new(HashMap::new()),
                 spares: Mutex::new(Vec::new()),
@@ -376,11 +380,7 @@ impl Drop for LeaseGuard {
 
 impl Inner {
     fn check_open(&self) -> Result<()> {
-        if *self.closed.borrow() {
-            Err(LockError::Closed)
-        } else {
-            Ok(())
-        }
+        self.gate.check()
     }
 
     /// One request, bounded by the request timeout.
@@ -1356,16 +1356,18 @@ impl Drop for Pending {
 }
 
 #[async_trait]
-impl LockProvider for EtcdLockProvider {
-    fn name(&self) -> &'static str {
-        BACKEND
+impl LockBackend for EtcdLockProvider {
+    const NAME: &'static str = BACKEND;
+
+    fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
-    fn request_timeout(&self) -> Option<Duration> {
+    fn command_timeout(&self) -> Option<Duration> {
         Some(self.inner.request_timeout)
     }
 
-    fn capabilities(&self) -> Capabilities {
+    fn promises(&self) -> Capabilities {
         Capabilities {
             reentrant: true,
             fencing: true,
@@ -1377,9 +1379,7 @@ impl LockProvider for EtcdLockProvider {
         }
     }
 
-    async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
-        opts.validate()?;
-        self.inner.check_open()?;
+    async fn acquire(&self, opts: &LockOptions) -> Result<Lease> {
         let (mut tx, rx) = oneshot::channel();
         let (inner, task_opts) = (self.inner.clone(), opts.clone());
         tokio::spawn(async move {
@@ -1397,31 +1397,22 @@ impl LockProvider for EtcdLockProvider {
         }
     }
 
-    async fn unlock(&self, key: &str, owner: &str) -> Result<()> {
-        validate::key(key)?;
-        validate::owner(owner)?;
-        self.inner.check_open()?;
+    async fn release(&self, key: &str, owner: &str) -> Result<()> {
         self.inner.release(key, owner, None).await
     }
 
-    async fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
-        validate::key_owner_ttl(key, owner, ttl)?;
-        self.inner.check_open()?;
+    async fn extend(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
         self.inner.refresh(key, owner, ttl).await
     }
 
-    async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
-        validate::key(key)?;
-        self.inner.check_open()?;
+    async fn holder(&self, key: &str) -> Result<Option<LockInfo>> {
         match self.inner.head(key).await? {
             Some(h) => self.inner.info(key.to_string(), h).await,
             None => Ok(None),
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
-        validate::prefix(prefix)?;
-        self.inner.check_open()?;
+    async fn held(&self, prefix: &str) -> Result<Vec<LockInfo>> {
         let layout = &self.inner.layout;
         let resp = self
             .inner
@@ -1463,8 +1454,7 @@ impl LockProvider for EtcdLockProvider {
         Ok(found.into_iter().map(|(_, info)| info).collect())
     }
 
-    async fn health(&self) -> Result<Health> {
-        self.inner.check_open()?;
+    async fn probe(&self) -> Result<Health> {
         let started = Instant::now();
         let status = self.inner.call(self.inner.client.maintenance_client().status()).await?;
         let latency = started.elapsed();
@@ -1481,7 +1471,7 @@ impl LockProvider for EtcdLockProvider {
         })
     }
 
-    async fn close(&self) -> Result<()> {
+    async fn shutdown(&self) -> Result<()> {
         self.inner.closed.send_replace(true);
         let spares = std::mem::take(&mut *self.inner.spares.lock().unwrap());
         for s in spares {

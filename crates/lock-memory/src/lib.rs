@@ -12,7 +12,7 @@
 //! - **FIFO hand-over**: a release (or an expiry) grants the lock directly to the longest
 //!   waiting caller and wakes only that one; nobody polls. The wait policy of
 //!   [`LockOptions`](lock_core::LockOptions) sets how long a caller stays in the queue
-//!   ([`Backoff::deadline`](lock_core::Backoff::deadline)).
+//!   ([`Backoff::deadline`](lock_core::raw::Backoff::deadline)).
 //! - **Cancel safe**: dropping a waiting `lock` future removes it from the queue, and a lock
 //!   handed to it at that very moment is passed on to the next waiter.
 //! - **Cleanup** of expired leases lazily on every touch of a key, plus a background reaper
@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
 mod provider;
 
+pub use config::MemoryConfig;
 pub use provider::{MemoryLockProvider, MemoryLockProviderBuilder};

@@ -2,21 +2,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_core::{
-    spawn_reaper, validate, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions,
-    LockProvider, Result,
-};
+use lock_core::raw::{spawn_reaper, Gate, LockBackend};
+use lock_core::{Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
-const NAME: &str = "memory";
-const DEFAULT_SHARDS: usize = 64;
-const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(5);
+use crate::config::MemoryConfig;
+use tokio::time::Instant;
 
 /// The current holder of a key.
 #[derive(Debug)]
@@ -56,55 +52,49 @@ struct Inner {
     next_token: AtomicU64,
     next_waiter: AtomicU64,
     expired_cleaned: AtomicU64,
-    closed: AtomicBool,
+    gate: Gate,
 }
 
-/// Builder for [`MemoryLockProvider`].
-#[derive(Debug, Clone)]
+/// Builder for [`MemoryLockProvider`], over a [`MemoryConfig`].
+#[derive(Debug, Clone, Default)]
 pub struct MemoryLockProviderBuilder {
-    shards: usize,
-    reap_interval: Option<Duration>,
-}
-
-impl Default for MemoryLockProviderBuilder {
-    fn default() -> Self {
-        MemoryLockProviderBuilder { shards: DEFAULT_SHARDS, reap_interval: Some(DEFAULT_REAP_INTERVAL) }
-    }
+    config: MemoryConfig,
 }
 
 impl MemoryLockProviderBuilder {
     /// Number of independently locked shards (rounded up to a power of two; default 64).
     pub fn shards(mut self, shards: usize) -> Self {
-        self.shards = shards.max(1).next_power_of_two();
+        self.config = self.config.shards(shards);
         self
     }
 
     /// How often the background reaper removes expired leases (default 5 s); `None` leaves
     /// cleanup to the lazy check on every access.
     pub fn reap_interval(mut self, every: Option<Duration>) -> Self {
-        self.reap_interval = every;
+        self.config = self.config.reap_interval(every);
         self
     }
 
     /// Builds the provider. The reaper starts only when called inside a tokio runtime.
     pub fn build(self) -> MemoryLockProvider {
+        let config = self.config;
         let inner = Arc::new(Inner {
-            shards: (0..self.shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..config.shards).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             next_token: AtomicU64::new(0),
             next_waiter: AtomicU64::new(0),
             expired_cleaned: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
+            gate: Gate::new(),
         });
-        let reaper = match (self.reap_interval, tokio::runtime::Handle::try_current()) {
+        let reaper = match (config.reap_interval, tokio::runtime::Handle::try_current()) {
             (Some(every), Ok(_)) => {
                 Some(spawn_reaper(Arc::downgrade(&inner), every, |inner: Arc<Inner>| async move {
-                    if inner.closed.load(Ordering::Acquire) {
+                    if inner.gate.is_closed() {
                         return false;
                     }
                     let n = inner.reap();
                     if n > 0 {
-                        tracing::debug!(backend = NAME, cleaned = n, "reaper pass");
+                        tracing::debug!(backend = MemoryLockProvider::NAME, cleaned = n, "reaper pass");
                     }
                     true
                 }))
@@ -153,6 +143,13 @@ impl MemoryLockProvider {
         MemoryLockProviderBuilder::default()
     }
 
+    /// A provider with `config`, checked first ([`InvalidArgument`](LockError::InvalidArgument)
+    /// names a bad setting).
+    pub fn with_config(config: MemoryConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(MemoryLockProviderBuilder { config }.build())
+    }
+
     /// How many expired leases have been cleaned up so far (lazily or by the reaper).
     pub fn expired_cleaned(&self) -> u64 {
         self.inner.expired_cleaned.load(Ordering::Relaxed)
@@ -161,14 +158,6 @@ impl MemoryLockProvider {
     /// Runs one reaper pass now and returns how many expired leases it cleaned.
     pub fn reap_expired(&self) -> u64 {
         self.inner.reap()
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            Err(LockError::Closed)
-        } else {
-            Ok(())
-        }
     }
 }
 
@@ -187,7 +176,7 @@ impl Inner {
         if entry.holder.as_ref().is_some_and(|h| h.expires_at <= now) {
             entry.holder = None;
             self.expired_cleaned.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(backend = NAME, key = &*entry.key, "expired lease cleaned");
+            tracing::debug!(backend = MemoryLockProvider::NAME, key = &*entry.key, "expired lease cleaned");
             self.hand_over(entry, now);
         }
     }
@@ -197,16 +186,10 @@ impl Inner {
         debug_assert!(entry.holder.is_none());
         while let Some(w) = entry.waiters.pop_front() {
             let token = self.token();
-            let expires_at = now + w.ttl;
-            let lease = Lease {
-                key: entry.key.clone(),
-                owner: w.owner.clone(),
-                token: FencingToken(token),
-                ttl: w.ttl,
-                valid_until: expires_at,
-                depth: 1,
-            };
+            let lease =
+                Lease::counted_from(now, entry.key.clone(), w.owner.clone(), FencingToken(token), w.ttl, 1);
             if w.tx.send(Ok(lease)).is_ok() {
+                let expires_at = now + w.ttl;
                 entry.holder = Some(Holder { owner: w.owner, token, depth: 1, ttl: w.ttl, expires_at });
                 return;
             }
@@ -268,14 +251,15 @@ fn try_acquire(inner: &Inner, entry: &mut Entry, opts: &LockOptions, now: Instan
             let expires_at = now + opts.ttl;
             entry.holder =
                 Some(Holder { owner: opts.owner.clone(), token, depth: 1, ttl: opts.ttl, expires_at });
-            TryOutcome::Acquired(Lease {
-                key: entry.key.clone(),
-                owner: opts.owner.clone(),
-                token: FencingToken(token),
-                ttl: opts.ttl,
-                valid_until: expires_at,
-                depth: 1,
-            })
+            let lease = Lease::counted_from(
+                now,
+                entry.key.clone(),
+                opts.owner.clone(),
+                FencingToken(token),
+                opts.ttl,
+                1,
+            );
+            TryOutcome::Acquired(lease)
         }
         Some(h) if h.owner == opts.owner => {
             // Re-entry keeps the token and extends the lease to the longer of the two.
@@ -285,14 +269,15 @@ fn try_acquire(inner: &Inner, entry: &mut Entry, opts: &LockOptions, now: Instan
                 h.expires_at = expires_at;
                 h.ttl = opts.ttl;
             }
-            TryOutcome::Acquired(Lease {
-                key: entry.key.clone(),
-                owner: h.owner.clone(),
-                token: FencingToken(h.token),
-                ttl: h.expires_at - now,
-                valid_until: h.expires_at,
-                depth: h.depth,
-            })
+            let (token, left) = (FencingToken(h.token), h.expires_at - now);
+            TryOutcome::Acquired(Lease::counted_from(
+                now,
+                entry.key.clone(),
+                h.owner.clone(),
+                token,
+                left,
+                h.depth,
+            ))
         }
         Some(h) => TryOutcome::Busy { holder: h.owner.clone(), expires_at: h.expires_at },
     }
@@ -324,19 +309,25 @@ impl Drop for QueuedWait<'_> {
         // closed. A grant nobody will read must not keep the key locked for a whole TTL.
         self.rx.close();
         if let Ok(Ok(lease)) = self.rx.try_recv() {
-            tracing::debug!(backend = NAME, key = &*self.key, "cancelled waiter passes on its grant");
+            tracing::debug!(
+                backend = MemoryLockProvider::NAME,
+                key = &*self.key,
+                "cancelled waiter passes on its grant"
+            );
             self.inner.release_token(&self.key, &mut shard, lease.token.0);
         }
     }
 }
 
 #[async_trait]
-impl LockProvider for MemoryLockProvider {
-    fn name(&self) -> &'static str {
-        NAME
+impl LockBackend for MemoryLockProvider {
+    const NAME: &'static str = "memory";
+
+    fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
-    fn capabilities(&self) -> Capabilities {
+    fn promises(&self) -> Capabilities {
         Capabilities {
             reentrant: true,
             fencing: true,
@@ -349,9 +340,7 @@ impl LockProvider for MemoryLockProvider {
         }
     }
 
-    async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
-        opts.validate()?;
-        self.check_open()?;
+    async fn acquire(&self, opts: &LockOptions) -> Result<Lease> {
         let inner = &*self.inner;
         let started = Instant::now();
         // The whole wait budget of the policy (no clock read, no loop); zero (`NoWait`, no
@@ -359,8 +348,8 @@ impl LockProvider for MemoryLockProvider {
         let deadline = started + opts.wait.budget();
         let (id, rx, mut holder, mut holder_expires) = {
             let mut shard = lock(inner.shard(&opts.key));
-            // Re-check under the shard lock: `close` drains queues under the same locks.
-            self.check_open()?;
+            // Re-check under the shard lock: `shutdown` drains queues under the same locks.
+            inner.gate.check()?;
             let entry = shard.entry(opts.key.clone()).or_insert_with(|| Entry {
                 key: opts.key.clone(),
                 holder: None,
@@ -421,10 +410,7 @@ impl LockProvider for MemoryLockProvider {
         }
     }
 
-    async fn unlock(&self, key: &str, owner: &str) -> Result<()> {
-        validate::key(key)?;
-        validate::owner(owner)?;
-        self.check_open()?;
+    async fn release(&self, key: &str, owner: &str) -> Result<()> {
         let inner = &*self.inner;
         let mut shard = lock(inner.shard(key));
         let Some(entry) = shard.get_mut(key) else {
@@ -453,9 +439,7 @@ impl LockProvider for MemoryLockProvider {
         result
     }
 
-    async fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
-        validate::key_owner_ttl(key, owner, ttl)?;
-        self.check_open()?;
+    async fn extend(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
         let inner = &*self.inner;
         let mut shard = lock(inner.shard(key));
         let lost = || LockError::LeaseLost { key: key.to_owned() };
@@ -466,22 +450,20 @@ impl LockProvider for MemoryLockProvider {
             Some(h) if &*h.owner == owner => {
                 h.expires_at = now + ttl;
                 h.ttl = ttl;
-                Ok(Lease {
-                    key: entry.key.clone(),
-                    owner: h.owner.clone(),
-                    token: FencingToken(h.token),
+                Ok(Lease::counted_from(
+                    now,
+                    entry.key.clone(),
+                    h.owner.clone(),
+                    FencingToken(h.token),
                     ttl,
-                    valid_until: h.expires_at,
-                    depth: h.depth,
-                })
+                    h.depth,
+                ))
             }
             _ => Err(lost()),
         }
     }
 
-    async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
-        validate::key(key)?;
-        self.check_open()?;
+    async fn holder(&self, key: &str) -> Result<Option<LockInfo>> {
         let inner = &*self.inner;
         let mut shard = lock(inner.shard(key));
         let Some(entry) = shard.get_mut(key) else { return Ok(None) };
@@ -494,9 +476,7 @@ impl LockProvider for MemoryLockProvider {
         Ok(found)
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
-        validate::prefix(prefix)?;
-        self.check_open()?;
+    async fn held(&self, prefix: &str) -> Result<Vec<LockInfo>> {
         let now = Instant::now();
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
@@ -509,20 +489,16 @@ impl LockProvider for MemoryLockProvider {
         Ok(out)
     }
 
-    async fn health(&self) -> Result<Health> {
-        self.check_open()?;
+    async fn probe(&self) -> Result<Health> {
         let held: usize = self.inner.shards.iter().map(|s| lock(s).len()).sum();
         Ok(Health {
-            backend: NAME,
+            backend: Self::NAME,
             latency: Duration::ZERO,
             detail: format!("{held} keys in {} shards", self.inner.shards.len()),
         })
     }
 
-    async fn close(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
+    async fn shutdown(&self) -> Result<()> {
         for shard in self.inner.shards.iter() {
             let mut shard = lock(shard);
             for (_, entry) in shard.drain() {

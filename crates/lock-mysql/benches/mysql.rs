@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use lock_core::{Backoff, LockProvider, WaitPolicy};
+use lock_core::raw::Backoff;
+use lock_core::{LockProvider, WaitPolicy};
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
 use lock_testkit::bench::{self, fmt_dur, rate, BoxFut, Cycle, ProviderCycle};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -105,7 +106,7 @@ async fn contenders() -> Contenders {
     let pool = MySqlPoolOptions::new().max_connections(POOL).connect(&url()).await.expect("connect");
     // Both tables fresh, in the provider's current schema.
     sqlx::query(&format!("DROP TABLE IF EXISTS `{TABLE}`")).execute(&pool).await.expect("drop table");
-    let config = MySqlLockConfig { table: TABLE.into(), ..Default::default() };
+    let config = MySqlLockConfig::default().table_name(TABLE);
     let provider = Arc::new(MySqlLockProvider::from_pool(pool.clone(), config).await.expect("provider"));
     // The raw table has exactly the provider's shape.
     for sql in

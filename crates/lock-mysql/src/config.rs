@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use lock_core::{LockError, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::table::{TableName, DEFAULT_TABLE};
 
@@ -10,17 +11,31 @@ use crate::table::{TableName, DEFAULT_TABLE};
 /// a freed row outlives, by far, any statement that may still be working on its key.
 pub const REAP_GRACE_FACTOR: u32 = 10;
 
-/// Settings of a [`MySqlLockProvider`](crate::MySqlLockProvider).
+/// Settings of a [`MySqlLockProvider`](crate::MySqlLockProvider), with every default.
 ///
-/// Build it from [`Default`] and change the fields you need
-/// (`MySqlLockConfig { table: "my_locks".into(), ..Default::default() }`).
-#[derive(Debug, Clone)]
+/// Build it from [`Default`] and the setters, or load it with serde (TOML keys are the field
+/// names; durations in humantime form, `"30s"`):
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_mysql::MySqlLockConfig;
+///
+/// let config = MySqlLockConfig::default().table_name("my_locks").command_timeout(Duration::from_secs(2));
+/// assert_eq!(config.table_name, "my_locks");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MySqlLockConfig {
+    /// Where [`MySqlLockProvider::open`](crate::MySqlLockProvider::open) connects
+    /// (`mysql://user:pass@host/db`) when the application hands in no pool of its own.
+    pub url: Option<String>,
     /// Lock table (default `distributed_locks`); validated as a plain identifier.
-    pub table: String,
+    pub table_name: String,
     /// Create the table on start if it is missing (default `true`).
     pub auto_migrate: bool,
     /// Period of the background reaper; `None` disables it (default 30 s).
+    #[serde(with = "humantime_serde")]
     pub reap_interval: Option<Duration>,
     /// How long a row stays after its lock was released or expired before the reaper deletes
     /// it (default 10 min). While the row stays, the key's last fencing token stays, and the
@@ -28,23 +43,27 @@ pub struct MySqlLockConfig {
     /// `command_timeout` (and, on MySQL, times the server's `innodb_lock_wait_timeout`), so
     /// that no statement that started before the row was freed can still be running when it
     /// is deleted.
+    #[serde(with = "humantime_serde")]
     pub reap_grace: Duration,
     /// Pool size when the provider builds its own pool from a URL (default 10).
     pub max_connections: u32,
     /// How long to wait for a pooled connection before answering `Unavailable` (default 5 s).
+    #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
     /// Longest a statement may take (default 5 s). On MariaDB the server aborts and rolls
     /// back a statement that runs longer (`max_statement_time`, and row-lock waits end by
     /// then too); the client gives up a little later. Either way the operation fails with a
     /// retryable `Unavailable`, and an acquisition whose answer was lost is undone when it
     /// completes. See [`MySqlLockProvider::command_timeout`](crate::MySqlLockProvider::command_timeout).
+    #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
 }
 
 impl Default for MySqlLockConfig {
     fn default() -> Self {
         MySqlLockConfig {
-            table: DEFAULT_TABLE.to_string(),
+            url: None,
+            table_name: DEFAULT_TABLE.to_string(),
             auto_migrate: true,
             reap_interval: Some(Duration::from_secs(30)),
             reap_grace: Duration::from_secs(600),
@@ -56,9 +75,57 @@ impl Default for MySqlLockConfig {
 }
 
 impl MySqlLockConfig {
+    /// Sets [`url`](Self::url).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Sets [`table_name`](Self::table_name).
+    pub fn table_name(mut self, table: impl Into<String>) -> Self {
+        self.table_name = table.into();
+        self
+    }
+
+    /// Sets [`auto_migrate`](Self::auto_migrate).
+    pub fn auto_migrate(mut self, on: bool) -> Self {
+        self.auto_migrate = on;
+        self
+    }
+
+    /// Sets [`reap_interval`](Self::reap_interval).
+    pub fn reap_interval(mut self, every: Option<Duration>) -> Self {
+        self.reap_interval = every;
+        self
+    }
+
+    /// Sets [`reap_grace`](Self::reap_grace).
+    pub fn reap_grace(mut self, grace: Duration) -> Self {
+        self.reap_grace = grace;
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets [`acquire_timeout`](Self::acquire_timeout).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets [`command_timeout`](Self::command_timeout).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
     /// Checks everything that can be checked without a server; returns the table name.
-    pub(crate) fn validate(&self) -> Result<TableName> {
-        let table = TableName::new(&self.table)?;
+    pub fn validate(&self) -> Result<TableName> {
+        let table = TableName::new(&self.table_name)?;
         if self.command_timeout < Duration::from_millis(10)
             || self.command_timeout > Duration::from_secs(3600)
         {

@@ -1,6 +1,6 @@
 //! # lock-mysql
 //!
-//! The MySQL / MariaDB backend of distlock, on a `sqlx::MySqlPool`: the original design's
+//! The MySQL / MariaDB backend of distlock, on a `sqlx::MySqlPool`: the
 //! default provider, for teams that already run MySQL and want no extra component. Use it
 //! through the `distlock` facade (feature `mysql`).
 //!
@@ -83,8 +83,10 @@
 //! The statements use only syntax common to MariaDB 10.5+ and MySQL 8. They rely on
 //! `ON DUPLICATE KEY UPDATE` and `UPDATE` assigning left to right.
 
+mod backend;
 mod config;
-mod errors;
+mod core;
+mod error;
 mod provider;
 mod table;
 

@@ -5,7 +5,7 @@
 
 use lock_core::{LockError, Result};
 
-/// Default table name, as in the original design.
+/// Default table name.
 pub const DEFAULT_TABLE: &str = "distributed_locks";
 
 /// Longest accepted table name (MySQL's identifier limit).

@@ -22,7 +22,7 @@ struct MySql;
 #[async_trait::async_trait]
 impl Harness for MySql {
     async fn provider(&self) -> Arc<dyn LockProvider> {
-        let config = MySqlLockConfig { table: TABLE.into(), max_connections: 4, ..Default::default() };
+        let config = MySqlLockConfig::default().table_name(TABLE).max_connections(4);
         Arc::new(MySqlLockProvider::connect(&url(), config).await.expect("connect to MySQL"))
     }
 
@@ -31,25 +31,21 @@ impl Harness for MySql {
     }
 
     async fn provider_at(&self, url: &str) -> Arc<dyn LockProvider> {
-        let config = MySqlLockConfig {
-            table: TABLE.into(),
-            max_connections: 4,
-            command_timeout: Duration::from_secs(1),
-            ..Default::default()
-        };
+        let config = MySqlLockConfig::default()
+            .table_name(TABLE)
+            .max_connections(4)
+            .command_timeout(Duration::from_secs(1));
         Arc::new(MySqlLockProvider::connect(url, config).await.expect("connect to the private server"))
     }
 
     /// Every connection through a fault proxy, with a short statement timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {
         let proxy = FaultProxy::start(upstream_of(&url())).await.expect("start a fault proxy");
-        let config = MySqlLockConfig {
-            table: TABLE.into(),
-            max_connections: 4,
-            command_timeout: Duration::from_secs(1),
-            acquire_timeout: Duration::from_secs(2),
-            ..Default::default()
-        };
+        let config = MySqlLockConfig::default()
+            .table_name(TABLE)
+            .max_connections(4)
+            .command_timeout(Duration::from_secs(1))
+            .acquire_timeout(Duration::from_secs(2));
         let provider = MySqlLockProvider::connect(&through(&url(), &proxy), config)
             .await
             .expect("connect through the proxy");
@@ -58,7 +54,7 @@ impl Harness for MySql {
 }
 
 async fn harness() -> Result<MySql, String> {
-    let config = MySqlLockConfig { table: TABLE.into(), max_connections: 1, ..Default::default() };
+    let config = MySqlLockConfig::default().table_name(TABLE).max_connections(1);
     let probe = MySqlLockProvider::connect(&url(), config).await.map_err(|e| format!("{}: {e}", url()))?;
     probe.close().await.map_err(|e| e.to_string())?;
     Ok(MySql)

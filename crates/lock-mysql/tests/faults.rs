@@ -25,7 +25,7 @@ fn opts(key: &str, owner: &str) -> LockOptions {
 }
 
 fn config(table: &str) -> MySqlLockConfig {
-    MySqlLockConfig { table: table.into(), max_connections: 4, ..Default::default() }
+    MySqlLockConfig::default().table_name(table).max_connections(4)
 }
 
 async fn provider(test: &str, config: MySqlLockConfig) -> Option<MySqlLockProvider> {

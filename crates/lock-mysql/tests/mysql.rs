@@ -24,7 +24,7 @@ fn opts(key: &str, owner: &str) -> LockOptions {
 
 /// A provider on its own fresh table, or `None` (skip, or fail when services are required).
 async fn provider(test: &str, table: &str, max_connections: u32) -> Option<MySqlLockProvider> {
-    let config = MySqlLockConfig { table: table.into(), max_connections, ..Default::default() };
+    let config = MySqlLockConfig::default().table_name(table).max_connections(max_connections);
     require_or_skip(
         test,
         MySqlLockProvider::connect(&url(), config).await.map_err(|e| format!("{}: {e}", url())),
@@ -39,7 +39,7 @@ async fn drop_table(p: &MySqlLockProvider) {
 async fn bad_table_names_are_rejected_before_any_connection() {
     // Port 1 has no server: reaching it would be `Unavailable`, not `InvalidArgument`.
     for bad in ["locks; DROP TABLE x", "lo`cks", "", "db.locks", "1x"] {
-        let config = MySqlLockConfig { table: bad.into(), ..Default::default() };
+        let config = MySqlLockConfig::default().table_name(bad);
         match MySqlLockProvider::connect("mysql://root@127.0.0.1:1/test", config).await {
             Err(LockError::InvalidArgument { what: "table name", .. }) => {}
             other => panic!("{bad:?}: {other:?}"),
@@ -50,7 +50,7 @@ async fn bad_table_names_are_rejected_before_any_connection() {
 #[tokio::test]
 async fn bad_table_name_on_an_existing_pool_is_rejected() {
     let pool = MySqlPoolOptions::new().max_connections(1).connect_lazy(&url()).unwrap();
-    let config = MySqlLockConfig { table: "x`; DROP TABLE y; --".into(), ..Default::default() };
+    let config = MySqlLockConfig::default().table_name("x`; DROP TABLE y; --");
     let err = MySqlLockProvider::from_pool(pool, config).await.unwrap_err();
     assert!(matches!(err, LockError::InvalidArgument { what: "table name", .. }), "{err:?}");
 }
@@ -221,13 +221,11 @@ async fn waiters_hold_no_connection_while_they_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_background_reaper_deletes_freed_rows() {
-    let config = MySqlLockConfig {
-        table: unique_table("reaper"),
-        reap_interval: Some(Duration::from_millis(200)),
-        command_timeout: Duration::from_millis(100),
-        reap_grace: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let config = MySqlLockConfig::default()
+        .table_name(unique_table("reaper"))
+        .reap_interval(Some(Duration::from_millis(200)))
+        .command_timeout(Duration::from_millis(100))
+        .reap_grace(Duration::from_secs(1));
     let connected = MySqlLockProvider::connect(&url(), config).await.map_err(|e| e.to_string());
     let Some(p) = require_or_skip("background_reaper", connected) else { return };
     for k in ["a", "b"] {
@@ -245,7 +243,7 @@ async fn the_background_reaper_deletes_freed_rows() {
 
 #[tokio::test]
 async fn a_grace_period_shorter_than_statements_can_run_is_rejected() {
-    let config = MySqlLockConfig { reap_grace: Duration::from_secs(1), ..Default::default() };
+    let config = MySqlLockConfig::default().reap_grace(Duration::from_secs(1));
     match MySqlLockProvider::connect("mysql://root@127.0.0.1:1/test", config).await {
         Err(LockError::InvalidArgument { what: "reap_grace", .. }) => {}
         other => panic!("{other:?}"),
@@ -255,8 +253,7 @@ async fn a_grace_period_shorter_than_statements_can_run_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_per_operation() {
     let Some(p) = provider("statements", &unique_table("stmts"), 2).await else { return };
-    let other_instance =
-        MySqlLockConfig { table: p.table().into(), max_connections: 1, ..Default::default() };
+    let other_instance = MySqlLockConfig::default().table_name(p.table()).max_connections(1);
     let q = MySqlLockProvider::connect(&url(), other_instance).await.unwrap();
     let cost = |before: u64, p: &MySqlLockProvider| p.statements_sent() - before;
 

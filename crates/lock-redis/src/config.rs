@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use lock_core::{LockError, Result};
+use serde::{Deserialize, Serialize};
 
 /// Default key prefix: every key the backend writes starts with it.
 pub const DEFAULT_KEY_PREFIX: &str = "distlock:";
@@ -35,7 +36,24 @@ pub enum RedisMode {
     },
 }
 
-/// Configuration of a [`RedisLockProvider`](crate::RedisLockProvider).
+/// Configuration of a [`RedisLockProvider`](crate::RedisLockProvider), with every default.
+///
+/// With serde (the `[redis]` table of the facade's `LockConfig`), every field is a key, and a
+/// few spell the deployment:
+///
+/// ```toml
+/// url = "redis://127.0.0.1:6379"      # or redis-cluster://...; or instead:
+/// addr = "127.0.0.1:6379"             #   address, password and database
+/// password = "secret"
+/// db = 0
+/// mode = "redlock"                    # single (default) | redlock
+/// nodes = ["redis://a:6379", "redis://b:6379", "redis://c:6379"]   # the Redlock masters
+/// clock_drift_factor = 0.01
+/// key_prefix = "distlock:"
+/// pool_size = 4
+/// command_timeout = "5s"
+/// connect_timeout = "5s"
+/// ```
 ///
 /// ```
 /// use std::time::Duration;
@@ -47,11 +65,12 @@ pub enum RedisMode {
 ///     .command_timeout(Duration::from_secs(2));
 /// assert_eq!(config.key_prefix, "orders:locks:");
 ///
-/// // The original design's fields: address, password, database.
+/// // Address, password, database.
 /// let same = RedisConfig::from_addr("10.0.0.5:6379", Some("secret"), 2);
 /// assert_eq!(same.url, "redis://:secret@10.0.0.5:6379/2");
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RedisSettings", into = "RedisSettings")]
 #[non_exhaustive]
 pub struct RedisConfig {
     /// Server URL: `redis://[[user]:password@]host[:port][/db]`, or `redis-cluster://...` for a
@@ -88,7 +107,7 @@ impl RedisConfig {
         }
     }
 
-    /// The original design's `Addr`, `Password`, `DB`.
+    /// From an address, an optional password and a database number.
     pub fn from_addr(addr: &str, password: Option<&str>, db: u8) -> Self {
         let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
         RedisConfig::new(format!("redis://{auth}{addr}/{db}"))
@@ -169,6 +188,100 @@ impl RedisConfig {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The serde form of [`RedisConfig`]: flat keys, and the seed's address, password and
+/// database as an alternative to the URL.
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RedisSettings {
+    url: Option<String>,
+    addr: Option<String>,
+    password: Option<String>,
+    db: u8,
+    mode: ModeName,
+    nodes: Vec<String>,
+    clock_drift_factor: f64,
+    key_prefix: String,
+    pool_size: usize,
+    #[serde(with = "humantime_serde")]
+    command_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModeName {
+    #[default]
+    Single,
+    Redlock,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisConfig::default().into()
+    }
+}
+
+impl From<RedisConfig> for RedisSettings {
+    fn from(c: RedisConfig) -> Self {
+        let (mode, nodes, clock_drift_factor) = match c.mode {
+            RedisMode::Single => (ModeName::Single, Vec::new(), DEFAULT_CLOCK_DRIFT_FACTOR),
+            RedisMode::Redlock { urls, clock_drift_factor } => (ModeName::Redlock, urls, clock_drift_factor),
+        };
+        RedisSettings {
+            url: (!c.url.is_empty()).then_some(c.url),
+            addr: None,
+            password: None,
+            db: 0,
+            mode,
+            nodes,
+            clock_drift_factor,
+            key_prefix: c.key_prefix,
+            pool_size: c.pool_size,
+            command_timeout: c.command_timeout,
+            connect_timeout: c.connect_timeout,
+        }
+    }
+}
+
+impl TryFrom<RedisSettings> for RedisConfig {
+    type Error = String;
+
+    fn try_from(s: RedisSettings) -> std::result::Result<Self, String> {
+        let url = match (s.url, &s.addr) {
+            (_, Some(addr)) if addr.is_empty() => return Err("redis.addr is empty".into()),
+            // An address given on its own wins over the default URL it was merged onto; both
+            // given explicitly is ambiguous, and figment cannot tell them apart, so the
+            // address wins and the URL must not be set to something else.
+            (Some(url), Some(addr)) if url != RedisConfig::default().url => {
+                return Err(format!("set either redis.url ({url}) or redis.addr ({addr}), not both"))
+            }
+            (_, Some(addr)) => {
+                RedisConfig::from_addr(addr, s.password.as_deref().filter(|p| !p.is_empty()), s.db).url
+            }
+            (Some(url), None) => url,
+            (None, None) => String::new(),
+        };
+        let mode = match s.mode {
+            ModeName::Single if !s.nodes.is_empty() => {
+                return Err("redis.nodes lists Redlock masters: set redis.mode = \"redlock\"".into())
+            }
+            ModeName::Single => RedisMode::Single,
+            ModeName::Redlock => {
+                RedisMode::Redlock { urls: s.nodes, clock_drift_factor: s.clock_drift_factor }
+            }
+        };
+        Ok(RedisConfig {
+            url,
+            pool_size: s.pool_size,
+            key_prefix: s.key_prefix,
+            command_timeout: s.command_timeout,
+            connect_timeout: s.connect_timeout,
+            mode,
+        })
     }
 }
 

@@ -15,8 +15,9 @@
 //! - **Reentrant** by owner: depth counted, each `lock` needs its `unlock`.
 //! - **Wake-ups over pub/sub.** A release publishes on the key's channel; the provider's single
 //!   subscriber connection (subscribed to the keys its callers wait for) wakes one local waiter.
-//! - **Cancel safe.** Each attempt runs in its own task; a lock granted to a caller that stopped
-//!   waiting is given back (matched by owner and token).
+//! - **Cancel safe.** The caller polls each attempt in place; if it stops waiting while the
+//!   request is on the wire, the rest of the request finishes in a task of its own and a lock
+//!   granted meanwhile is given back (matched by owner and token).
 //! - **Any key.** Keys with `{`, `}`, `*`, `?`, `[`, spaces or any UTF-8 are plain keys: the
 //!   layout escapes braces so the lock and its counter always share a cluster slot, and `list`
 //!   escapes glob characters in its `SCAN MATCH`.

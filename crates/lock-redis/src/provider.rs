@@ -1,4 +1,4 @@
-//! [`RedisLockProvider`]: the [`LockProvider`] on one Redis deployment.
+//! [`RedisLockProvider`]: the [`LockBackend`] on one Redis deployment.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use lock_core::raw::{
+    acquire_with_backoff, finish_on_drop, Attempt, Backoff, FinishOnDrop, Gate, LockBackend,
+};
 use lock_core::{
-    acquire_with_backoff, async_trait, finish_on_drop, validate, Attempt, Backoff, Capabilities,
-    FencingToken, FinishOnDrop, Health, Lease, LockError, LockInfo, LockOptions, LockProvider, Result,
+    async_trait, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result,
 };
 
 use tokio::sync::Notify;
@@ -23,8 +25,8 @@ use crate::NAME;
 
 /// Distributed locks on Redis. See the [crate docs](crate) for the design.
 ///
-/// Cheap to clone (the clones share one set of connections); [`close`](LockProvider::close)
-/// closes them all.
+/// Cheap to clone (the clones share one set of connections);
+/// [`close`](lock_core::LockProvider::close) closes them all.
 #[derive(Clone, Debug)]
 pub struct RedisLockProvider {
     inner: Arc<Inner>,
@@ -35,8 +37,7 @@ struct Inner {
     keys: KeySpace,
     backend: Backend,
     wakers: Arc<Wakers>,
-    closed: AtomicBool,
-    on_close: Notify,
+    gate: Gate,
     inflight: Inflight,
     command_timeout: Duration,
 }
@@ -148,8 +149,7 @@ impl RedisLockProvider {
                 keys: KeySpace::new(&config.key_prefix),
                 backend,
                 wakers: Arc::new(Wakers::new(match_tokens, move || subscriber.clone_new())),
-                closed: AtomicBool::new(false),
-                on_close: Notify::new(),
+                gate: Gate::new(),
                 inflight: Inflight::default(),
                 command_timeout: config.command_timeout,
             }),
@@ -164,56 +164,38 @@ impl RedisLockProvider {
 }
 
 impl Inner {
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(LockError::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
-    async fn closed(&self) {
-        loop {
-            let n = self.on_close.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            if self.closed.load(Ordering::Acquire) {
-                return;
-            }
-            n.await;
-        }
-    }
-
     /// One acquire round trip (see [`acquire_request`] for what happens if the caller leaves).
     async fn attempt(self: &Arc<Self>, names: &Arc<KeyNames>, opts: &LockOptions) -> Result<Attempt> {
-        self.check_open()?;
+        self.gate.check()?;
         let sent = Instant::now();
         match acquire_request(self, names, &opts.owner, opts.ttl).await? {
             // From here on nothing awaits: the lease reaches the caller or nobody got it.
-            Acquire::Granted(g) => Ok(Attempt::Acquired(Lease {
-                key: opts.key.clone(),
-                owner: opts.owner.clone(),
-                token: FencingToken(g.token),
-                ttl: g.ttl,
-                valid_until: sent + g.ttl,
-                depth: g.depth,
-            })),
+            Acquire::Granted(g) => Ok(Attempt::Acquired(Lease::counted_from(
+                sent,
+                opts.key.clone(),
+                opts.owner.clone(),
+                FencingToken(g.token),
+                g.ttl,
+                g.depth,
+            ))),
             Acquire::Busy { holder, left } => Ok(Attempt::Busy { holder, expires_in: left }),
         }
     }
 }
 
 #[async_trait]
-impl LockProvider for RedisLockProvider {
-    fn name(&self) -> &'static str {
-        NAME
+impl LockBackend for RedisLockProvider {
+    const NAME: &'static str = NAME;
+
+    fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
-    fn request_timeout(&self) -> Option<Duration> {
+    fn command_timeout(&self) -> Option<Duration> {
         Some(self.inner.command_timeout)
     }
 
-    fn capabilities(&self) -> Capabilities {
+    fn promises(&self) -> Capabilities {
         Capabilities {
             reentrant: true,
             // Redlock tokens come from independent counters: see `docs/redis.md`.
@@ -228,10 +210,8 @@ impl LockProvider for RedisLockProvider {
         }
     }
 
-    async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
-        opts.validate()?;
+    async fn acquire(&self, opts: &LockOptions) -> Result<Lease> {
         let inner = &self.inner;
-        inner.check_open()?;
         let names = Arc::new(inner.keys.names(&opts.key));
         // Only a caller whose policy lets it wait listens for releases (and may be answered
         // from local knowledge); one that tries once always asks the server.
@@ -252,17 +232,10 @@ impl LockProvider for RedisLockProvider {
             interest.record(&answer);
             Ok(answer)
         };
-        tokio::select! {
-            biased;
-            r = acquire_with_backoff(opts, interest.as_ref().map(Interest::notify), attempt) => r,
-            () = inner.closed() => Err(LockError::Closed),
-        }
+        acquire_with_backoff(opts, &inner.gate, interest.as_ref().map(Interest::notify), attempt).await
     }
 
-    async fn unlock(&self, key: &str, owner: &str) -> Result<()> {
-        validate::key(key)?;
-        validate::owner(owner)?;
-        self.inner.check_open()?;
+    async fn release(&self, key: &str, owner: &str) -> Result<()> {
         let names = self.inner.keys.names(key);
         let released = self.inner.backend.release(&names, owner).await?;
         match released {
@@ -285,20 +258,13 @@ impl LockProvider for RedisLockProvider {
         }
     }
 
-    async fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
-        validate::key_owner_ttl(key, owner, ttl)?;
-        self.inner.check_open()?;
+    async fn extend(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
         let names = self.inner.keys.names(key);
         let sent = Instant::now();
         match self.inner.backend.refresh(&names, owner, ttl).await? {
-            Some((token, depth, ttl)) => Ok(Lease {
-                key: key.into(),
-                owner: owner.into(),
-                token: FencingToken(token),
-                ttl,
-                valid_until: sent + ttl,
-                depth,
-            }),
+            Some((token, depth, ttl)) => {
+                Ok(Lease::counted_from(sent, key, owner, FencingToken(token), ttl, depth))
+            }
             None => {
                 self.inner.wakers.released(&names.channel, Some(owner), None);
                 Err(LockError::LeaseLost { key: key.to_owned() })
@@ -306,9 +272,7 @@ impl LockProvider for RedisLockProvider {
         }
     }
 
-    async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
-        validate::key(key)?;
-        self.inner.check_open()?;
+    async fn holder(&self, key: &str) -> Result<Option<LockInfo>> {
         let lock_key = self.inner.keys.lock_key(key);
         Ok(self.inner.backend.inspect(&lock_key).await?.map(|h| LockInfo {
             key: key.to_owned(),
@@ -319,9 +283,7 @@ impl LockProvider for RedisLockProvider {
         }))
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
-        validate::prefix(prefix)?;
-        self.inner.check_open()?;
+    async fn held(&self, prefix: &str) -> Result<Vec<LockInfo>> {
         let inner = &self.inner;
         let pattern = inner.keys.scan_pattern(prefix);
         let mut found = BTreeMap::new();
@@ -367,8 +329,7 @@ impl LockProvider for RedisLockProvider {
         Ok(out)
     }
 
-    async fn health(&self) -> Result<Health> {
-        self.inner.check_open()?;
+    async fn probe(&self) -> Result<Health> {
         let started = Instant::now();
         let nodes = self.inner.backend.nodes();
         let probes = futures::future::join_all(nodes.iter().map(Node::ping)).await;
@@ -405,12 +366,8 @@ impl LockProvider for RedisLockProvider {
         Ok(Health { backend: NAME, latency, detail })
     }
 
-    async fn close(&self) -> Result<()> {
+    async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
-        if inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        inner.on_close.notify_waiters();
         inner.wakers.wake_all();
         // Attempts already sent may still have to give a lock back: let them, boundedly.
         inner.inflight.wait_idle(inner.command_timeout * 2).await;

@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use lock_core::{Attempt, Lease};
+use lock_core::raw::Attempt;
+use lock_core::Lease;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify, OnceCell};
 use tokio::time::Instant;
 

@@ -1,8 +1,8 @@
 //! Per-key wake-up signals for the waiters of one process.
 //!
-//! A backend that learns of a release (its own `unlock`, a pub/sub message, a watch event)
-//! calls [`Wakers::wake_one`]; a waiter passes [`Wakers::signal`] for its key to
-//! [`acquire_with_backoff`](crate::acquire_with_backoff), which retries at once when woken.
+//! A backend that learns of a release (a release through the same provider, say) calls
+//! [`Wakers::wake_one`]; a waiter passes [`Wakers::signal`] for its key to
+//! [`acquire_with_backoff`](crate::raw::acquire_with_backoff), which retries at once when woken.
 //! Waking one waiter per release, not all of them, avoids a thundering herd; the woken waiter
 //! that loses the race simply waits again, and the timer of the wait loop covers any wake-up
 //! that never comes.

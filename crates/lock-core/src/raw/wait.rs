@@ -1,10 +1,13 @@
 //! The shared wait loop: jittered backoff plus release wake-ups.
 //!
-//! Every backend waits through this module. [`Backoff`] turns a [`WaitPolicy`] into the
-//! schedule of attempts; [`acquire_with_backoff`] runs that schedule and also tries again the
-//! moment a backend's release signal ([`tokio::sync::Notify`]) fires, so a backend that can see
-//! releases (Redis pub/sub, etcd watch) never makes its waiters sleep a whole delay, while a
-//! lost wake-up only costs latency: the timer still fires.
+//! [`Backoff`] turns a [`WaitPolicy`] into the schedule of attempts; every backend and the
+//! workflow layer's refresh loop take their delays or their deadline from it.
+//! [`acquire_with_backoff`] runs that schedule for the backends that poll (MySQL, Redis) and
+//! also tries again the moment the backend's release signal ([`tokio::sync::Notify`]) fires,
+//! so a backend that can see releases (a local unlock, Redis pub/sub) never makes its waiters
+//! sleep a whole delay, while a lost wake-up only costs latency: the timer still fires.
+//! Backends that queue their waiters instead (memory, etcd) wait until
+//! [`Backoff::deadline`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use tokio::time::Instant;
 use crate::error::{LockError, Result};
 use crate::lease::Lease;
 use crate::options::{LockOptions, WaitPolicy};
+use crate::raw::gate::Gate;
 
 /// The outcome of one acquisition attempt.
 #[derive(Debug)]
@@ -106,9 +110,13 @@ impl Backoff {
 /// and tries again as soon as it fires. Such extra attempts do not use up the retry budget:
 /// they happen inside the current delay. Errors from `attempt` end the loop at once.
 ///
+/// When `gate` closes during a delay the loop ends with [`LockError::Closed`]; an attempt
+/// already on its way to the server runs to its end (its outcome is returned).
+///
 /// On a spent budget the result is [`LockError::Timeout`] with the last seen holder.
 pub async fn acquire_with_backoff<F, Fut>(
     opts: &LockOptions,
+    gate: &Gate,
     wake: Option<&Notify>,
     mut attempt: F,
 ) -> Result<Lease>
@@ -118,6 +126,7 @@ where
 {
     let mut backoff = Backoff::new(&opts.wait);
     loop {
+        gate.check()?;
         let mut notified = std::pin::pin!(wake.map(Notify::notified));
         if let Some(n) = notified.as_mut().as_pin_mut() {
             n.enable();
@@ -139,6 +148,7 @@ where
         while let Some(n) = notified.as_mut().as_pin_mut() {
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break,
+                _ = gate.closed() => return Err(LockError::Closed),
                 _ = n => {}
             }
             notified.set(wake.map(Notify::notified));
@@ -149,7 +159,10 @@ where
                 return Ok(lease);
             }
         }
-        tokio::time::sleep_until(due).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            _ = gate.closed() => return Err(LockError::Closed),
+        }
     }
 }
 
@@ -161,14 +174,7 @@ mod tests {
     use std::sync::Arc;
 
     fn lease() -> Lease {
-        Lease {
-            key: "k".into(),
-            owner: "o".into(),
-            token: FencingToken(1),
-            ttl: Duration::from_secs(1),
-            valid_until: Instant::now() + Duration::from_secs(1),
-            depth: 1,
-        }
+        Lease::counted_from(Instant::now(), "k", "o", FencingToken(1), Duration::from_secs(1), 1)
     }
 
     #[test]
@@ -223,7 +229,7 @@ mod tests {
             jitter: 0.0,
         });
         let start = Instant::now();
-        let err = acquire_with_backoff(&opts, None, || {
+        let err = acquire_with_backoff(&opts, &Gate::new(), None, || {
             attempts.set(attempts.get() + 1);
             async { Ok(Attempt::Busy { holder: Some("h".into()), expires_in: None }) }
         })
@@ -256,7 +262,7 @@ mod tests {
         });
         let start = Instant::now();
         let a = attempts.clone();
-        let got = acquire_with_backoff(&opts, Some(&notify), || {
+        let got = acquire_with_backoff(&opts, &Gate::new(), Some(&notify), || {
             let n = a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move {
                 if n == 0 {
@@ -281,7 +287,7 @@ mod tests {
             jitter: 0.0,
         });
         let start = Instant::now();
-        acquire_with_backoff(&opts, None, || {
+        acquire_with_backoff(&opts, &Gate::new(), None, || {
             attempts.set(attempts.get() + 1);
             let first = attempts.get() == 1;
             async move {
@@ -300,9 +306,30 @@ mod tests {
     #[tokio::test]
     async fn errors_end_the_loop() {
         let opts = LockOptions::new("k", "o").wait(WaitPolicy::retry(5, Duration::from_secs(1)));
-        let err = acquire_with_backoff(&opts, None, || async { Err(LockError::unavailable("x", "down")) })
-            .await
-            .unwrap_err();
+        let err = acquire_with_backoff(&opts, &Gate::new(), None, || async {
+            Err(LockError::unavailable("x", "down"))
+        })
+        .await
+        .unwrap_err();
         assert!(err.is_system());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_gate_ends_the_wait_with_closed() {
+        let gate = Gate::new();
+        let opts = LockOptions::new("k", "o").wait(WaitPolicy::deadline(Duration::from_secs(600)));
+        let closer = gate.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            closer.close();
+        });
+        let start = Instant::now();
+        let err = acquire_with_backoff(&opts, &gate, None, || async {
+            Ok(Attempt::Busy { holder: None, expires_in: None })
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, LockError::Closed), "{err:?}");
+        assert!(start.elapsed() < Duration::from_secs(600), "the wait ended at the close, not the deadline");
     }
 }

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use crate::error::Result;
 use crate::lease::Lease;
-use crate::wait::Attempt;
+use crate::raw::wait::Attempt;
 
 /// Releases one acquisition nobody will use. It must compare owner **and** fencing token, so
 /// that it can never release a later acquisition of the same key.
@@ -103,14 +103,7 @@ mod tests {
     use tokio::time::Instant;
 
     fn lease(token: u64) -> Lease {
-        Lease {
-            key: "k".into(),
-            owner: "o".into(),
-            token: FencingToken(token),
-            ttl: Duration::from_secs(1),
-            valid_until: Instant::now() + Duration::from_secs(1),
-            depth: 1,
-        }
+        Lease::counted_from(Instant::now(), "k", "o", FencingToken(token), Duration::from_secs(1), 1)
     }
 
     fn recording_undo(seen: Arc<AtomicU64>) -> Undo {

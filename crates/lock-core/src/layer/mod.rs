@@ -1,0 +1,11 @@
+//! Layers: behaviour applied around a provider, once for every backend.
+//!
+//! - [`checks`]: input validation and the closed state, the [`LockProvider`](crate::LockProvider)
+//!   of every [`LockBackend`](crate::raw::LockBackend);
+//! - [`trace`]: [`Traced`](trace::Traced), a `tracing` event per operation.
+//!
+//! The [workflow layer](crate::workflow) builds execution, template and resource locks with
+//! auto-refresh on top of any provider.
+
+pub mod checks;
+pub mod trace;

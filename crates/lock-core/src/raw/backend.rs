@@ -1,0 +1,64 @@
+//! [`LockBackend`]: what a backend author implements, the server protocol and nothing else.
+//!
+//! Every `LockBackend` is a [`LockProvider`](crate::LockProvider) through the [checks
+//! layer](crate::layer::checks), which validates the input and enforces the closed state
+//! before a hook runs. A hook may therefore take for granted that keys, owners, TTLs, prefixes
+//! and wait policies satisfy [`validate`](crate::validate) and that the provider was open when
+//! the call began.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::lease::{Lease, LockInfo};
+use crate::options::LockOptions;
+use crate::provider::{Capabilities, Health};
+use crate::raw::gate::Gate;
+
+/// The hooks of a lock backend. See the [module docs](self) for what the caller guarantees.
+///
+/// The hooks carry their own names (not the [`LockProvider`](crate::LockProvider) ones) so
+/// that a call on a backend type always resolves to the checked operation.
+#[async_trait]
+pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
+    /// Short backend name, as [`LockProvider::name`](crate::LockProvider::name) reports it.
+    const NAME: &'static str;
+
+    /// The provider's open/closed state. The checks layer refuses calls once it is closed and
+    /// closes it on `close`; the backend's wait loops and background tasks watch it.
+    fn gate(&self) -> &Gate;
+
+    /// What this backend promises ([`LockProvider::capabilities`](crate::LockProvider::capabilities)).
+    fn promises(&self) -> Capabilities;
+
+    /// The client's command timeout, where the backend bounds one request
+    /// ([`LockProvider::request_timeout`](crate::LockProvider::request_timeout)).
+    fn command_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Acquires `opts.key` for `opts.owner`, waiting as `opts.wait` allows; fails with
+    /// [`Closed`](crate::LockError::Closed) if the gate closes while it waits. Dropping the
+    /// future leaves no lock behind.
+    async fn acquire(&self, opts: &LockOptions) -> Result<Lease>;
+
+    /// Releases one level of `key` held by `owner`.
+    async fn release(&self, key: &str, owner: &str) -> Result<()>;
+
+    /// Extends `owner`'s lease on `key` to `ttl` from now, keeping its fencing token.
+    async fn extend(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease>;
+
+    /// The current holder of `key`, if any.
+    async fn holder(&self, key: &str) -> Result<Option<LockInfo>>;
+
+    /// Every held lock whose key starts with `prefix`, sorted by key.
+    async fn held(&self, prefix: &str) -> Result<Vec<LockInfo>>;
+
+    /// Probes the server.
+    async fn probe(&self) -> Result<Health>;
+
+    /// Stops background work and lets go of connections. Called once, after the gate closed.
+    async fn shutdown(&self) -> Result<()>;
+}

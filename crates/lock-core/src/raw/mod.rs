@@ -1,0 +1,31 @@
+//! The toolkit for backend authors; applications never need it.
+//!
+//! A backend implements [`LockBackend`] (the server protocol only: the
+//! [checks layer](crate::layer::checks) validates input and enforces the closed state for it)
+//! and builds on:
+//! - [`Gate`]: the open/closed state its waits and background tasks watch;
+//! - [`Lease::counted_from`](crate::Lease::counted_from): the one way to build a lease, its
+//!   validity counted from when the granting request was *sent*;
+//! - [`wait`]: the attempt schedule ([`Backoff`]) and the wait loop
+//!   ([`acquire_with_backoff`]) that retries on a wake-up or on the timer;
+//! - [`wake`]: per-key wake-up signals ([`Wakers`]) for the waiters of one process;
+//! - [`detach`]: cancel safety for server round trips ([`finish_on_drop`],
+//!   [`attempt_detached`] and its [`Undo`]);
+//! - [`reaper`]: the periodic clean-up loop ([`spawn_reaper`]).
+//!
+//! `docs/architecture.md` ("Adding a backend") walks through the memory backend as the worked
+//! example.
+
+pub mod backend;
+pub mod detach;
+pub mod gate;
+pub mod reaper;
+pub mod wait;
+pub mod wake;
+
+pub use backend::LockBackend;
+pub use detach::{attempt_detached, finish_on_drop, FinishOnDrop, Undo};
+pub use gate::Gate;
+pub use reaper::spawn_reaper;
+pub use wait::{acquire_with_backoff, Attempt, Backoff};
+pub use wake::Wakers;
