@@ -214,6 +214,7 @@ macro_rules! conformance_suite {
             cancel_racing_release_leaves_no_orphan,
             dropped_lock_in_flight_leaves_no_lock,
             dropped_reentry_keeps_the_first_level,
+            dropped_acquisition_keeps_the_owners_other_level,
             distinct_keys_are_independent,
             keys_extending_each_other_are_independent,
             long_waiter_gets_a_full_lease,
