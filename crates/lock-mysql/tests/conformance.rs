@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use lock_core::LockProvider;
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
-use lock_testkit::faults::{through, upstream_of, Faulty};
+use lock_testkit::faults::{through, upstream_of, Faulty, ServerConnection};
 use lock_testkit::proxy::FaultProxy;
 use lock_testkit::Harness;
+use sqlx::mysql::{MySqlDatabaseError, MySqlPoolOptions};
 
 const TABLE: &str = "distlock_conformance";
 
@@ -51,6 +52,44 @@ impl Harness for MySql {
             .expect("connect through the proxy");
         Some(Faulty::new(Arc::new(provider), vec![proxy]))
     }
+
+    /// `KILL CONNECTION` of every `processlist` row whose `HOST` is one of `connections`'
+    /// client addresses, from a connection of its own.
+    async fn kill_server_side(&self, connections: &[ServerConnection]) -> Option<usize> {
+        let server = upstream_of(&url());
+        let admin =
+            MySqlPoolOptions::new().max_connections(1).connect(&url()).await.expect("admin connection");
+        let rows: Vec<(u64, Option<String>)> =
+            sqlx::query_as("SELECT CAST(ID AS UNSIGNED), HOST FROM information_schema.PROCESSLIST")
+                .fetch_all(&admin)
+                .await
+                .expect("read the processlist");
+        let mut killed = 0;
+        for (id, host) in rows {
+            let ours = host.is_some_and(|host| {
+                connections.iter().any(|c| c.server == server && is_client(&host, c.client))
+            });
+            if !ours {
+                continue;
+            }
+            match sqlx::query(&format!("KILL CONNECTION {id}")).execute(&admin).await {
+                Ok(_) => killed += 1,
+                // ER_NO_SUCH_THREAD: it closed between the read and the kill.
+                Err(sqlx::Error::Database(e))
+                    if e.try_downcast_ref::<MySqlDatabaseError>().is_some_and(|e| e.number() == 1094) => {}
+                Err(e) => panic!("KILL CONNECTION {id}: {e}"),
+            }
+        }
+        admin.close().await;
+        Some(killed)
+    }
+}
+
+/// Whether a `processlist` `HOST` (`ip:port`, or `localhost:port` when the server resolves
+/// names) names the client address `client`.
+fn is_client(host: &str, client: std::net::SocketAddr) -> bool {
+    host == client.to_string()
+        || (client.ip().is_loopback() && host == format!("localhost:{}", client.port()))
 }
 
 async fn harness() -> Result<MySql, String> {

@@ -1,12 +1,14 @@
 //! The shared conformance suite against a Redis server (`DISTLOCK_TEST_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::LockProvider;
 use lock_redis::{RedisConfig, RedisLockProvider};
-use lock_testkit::faults::{through, upstream_of, Faulty};
+use lock_testkit::faults::{through, upstream_of, Faulty, ServerConnection};
 use lock_testkit::proxy::FaultProxy;
 use lock_testkit::Harness;
 
@@ -38,6 +40,11 @@ impl Harness for Redis {
         config.url = through(&self.config.url, &proxy);
         let provider = RedisLockProvider::connect(config).await.expect("connect through the proxy");
         Some(Faulty::new(Arc::new(provider), vec![proxy]))
+    }
+
+    /// `CLIENT KILL ADDR` of each connection.
+    async fn kill_server_side(&self, connections: &[ServerConnection]) -> Option<usize> {
+        Some(common::client_kill(connections).await)
     }
 }
 

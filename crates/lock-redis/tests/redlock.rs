@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lock_core::{LockError, LockOptions, LockProvider};
 use lock_redis::{RedisConfig, RedisLockProvider};
-use lock_testkit::faults::{through, upstream_of, Faulty};
+use lock_testkit::faults::{through, upstream_of, Faulty, ServerConnection};
 use lock_testkit::proxy::FaultProxy;
 use lock_testkit::servers::{Kind, PrivateServer as Server};
 use lock_testkit::Harness;
@@ -50,6 +50,11 @@ impl Harness for Redlock {
             .command_timeout(Duration::from_secs(1));
         let provider = RedisLockProvider::connect(config).await.expect("connect through the proxies");
         Some(Faulty::new(Arc::new(provider), proxies))
+    }
+
+    /// `CLIENT KILL ADDR` of each connection, on the master it is connected to.
+    async fn kill_server_side(&self, connections: &[ServerConnection]) -> Option<usize> {
+        Some(common::client_kill(connections).await)
     }
 }
 

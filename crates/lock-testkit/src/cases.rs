@@ -14,7 +14,7 @@ use crate::Ctx;
 pub use crate::faults::{
     fault_chaos_mix, fault_hung_refresh, fault_killed_connections, fault_lost_answer_on_acquire,
     fault_lost_answer_on_reentry, fault_lost_answer_on_refresh, fault_lost_answer_on_unlock,
-    fault_partitioned_holder, fault_slow_server,
+    fault_partitioned_holder, fault_server_killed_connections, fault_slow_server,
 };
 pub use crate::restart::{pause_server_while_held_and_awaited, restart_server_while_held_and_awaited};
 
@@ -525,6 +525,61 @@ pub async fn dropped_reentry_keeps_the_first_level(ctx: &Ctx) {
     }
     eprintln!("{dropped} of 30 re-entries were dropped in flight");
     assert!(dropped > 0, "no re-entry was dropped in flight: the case tested nothing");
+}
+
+/// Two tasks of one owner lock a free key at once and one of them is dropped in flight: the
+/// dropped call gives back at most the one level it may have taken, never the level the other
+/// task received (which may sit on the same entry, as a re-entry of it).
+pub async fn dropped_acquisition_keeps_the_owners_other_level(ctx: &Ctx) {
+    const ROUNDS: u64 = 200;
+    let p = ctx.provider().await;
+    if !ctx.requires(p.capabilities(), |c| c.reentrant && c.distributed, "reentrant, distributed") {
+        return;
+    }
+    let mut dropped = 0;
+    for round in 0..ROUNDS {
+        let key = ctx.key(&format!("k{round}"));
+        // The dropped call gets 0 to 0.6 ms, the other one starts 0 to 7.6 ms after it: from
+        // "taken before the other call asks" to "given back before it", swept again and again.
+        let budget = Duration::from_micros(round % 4 * 200);
+        let delay = Duration::from_micros(round / 4 % 20 * 400);
+        let alice = opts(&key, "alice");
+        let (first, second) = tokio::join!(within(budget, p.lock(&alice)), async {
+            within(delay, std::future::pending::<()>()).await;
+            p.lock(&alice).await
+        });
+        let second =
+            second.unwrap_or_else(|e| panic!("round {round}: a lock of alice's own key failed: {e:?}"));
+        let received = match first {
+            Some(Ok(_)) => 2,
+            Some(Err(e)) => panic!("round {round}: a lock of alice's own key failed: {e:?}"),
+            None => {
+                dropped += 1;
+                1
+            }
+        };
+        // Let a clean-up of the dropped call run; it may take back its own level only.
+        let until = Instant::now() + Duration::from_secs(5);
+        let info = loop {
+            let info = p.is_locked(&key).await.unwrap();
+            if info.as_ref().map_or(true, |i| i.depth <= received) || Instant::now() >= until {
+                break info;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let Some(info) = info else {
+            panic!("round {round}: alice's received level was taken back with the dropped call")
+        };
+        assert_eq!((info.owner.as_str(), info.token), ("alice", second.token), "round {round}");
+        assert_eq!(info.depth, received, "round {round}: levels held after the clean-up");
+        for _ in 0..received {
+            p.unlock(&key, "alice").await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        }
+        let left = eventually_free(&*p, &key).await;
+        assert_eq!(left, None, "round {round}: a level was left behind");
+    }
+    eprintln!("{dropped} of {ROUNDS} concurrent acquisitions were dropped in flight");
+    assert!(dropped > 0, "no acquisition was dropped in flight: the case tested nothing");
 }
 
 /// Polls `fut` until it finishes or `budget` has passed, then drops it: a cancellation point

@@ -8,6 +8,12 @@
 //! timeout, and mix all of it under random cancellation, judging the outcome with the
 //! [`History`] checker. A backend without connections (the memory backend) skips them, loudly.
 //!
+//! The server-side kill goes through [`Harness::kill_server_side`](crate::Harness::kill_server_side):
+//! the proxies know the client addresses the server sees for their connections
+//! ([`Faulty::server_connections`]), and the harness has the server kill exactly those, never
+//! another client of a shared server. A backend whose server has no such command (etcd) keeps
+//! the default `None` and skips that case, loudly.
+//!
 //! | case | fault | what must hold |
 //! |---|---|---|
 //! | [`fault_partitioned_holder`] | holder's connections blackholed both ways | `lost()` fires before `valid_until`; the next holder is granted only after it, with a larger token; the old holder's unlock and refresh fail after healing |
@@ -16,10 +22,12 @@
 //! | [`fault_lost_answer_on_reentry`] | the answer to a re-entry is lost | the holder keeps its lock; its levels can be released; nothing held past the TTL |
 //! | [`fault_lost_answer_on_refresh`] | the answer to a refresh is lost | the holder keeps its lock and releases it |
 //! | [`fault_lost_answer_on_unlock`] | the answer to an unlock is lost | a retried unlock never releases the next holder's lock |
-//! | [`fault_killed_connections`] | every connection reset while holding and while waiting | the lock stays held and is released; the waiter acquires or fails retryably |
+//! | [`fault_killed_connections`] | every connection reset (by the proxy) while holding and while waiting | the lock stays held and is released; the waiter acquires or fails retryably |
+//! | [`fault_server_killed_connections`] | the server kills every connection of the provider (MariaDB `KILL`, Redis `CLIENT KILL`) while holding and while waiting | as above |
 //! | [`fault_slow_server`] | answers later than the request timeout | the call fails retryably; nothing held past the TTL |
 //! | [`fault_chaos_mix`] | the faults above switched at random under random cancellation | the history shows no overlap and increasing tokens; nothing held at the end |
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +39,15 @@ use tokio::time::Instant;
 use crate::history::{assert_nothing_held, GrantId, History};
 use crate::proxy::{Direction, FaultProxy};
 use crate::Ctx;
+
+/// One open connection of a [`Faulty`] provider, as its server sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerConnection {
+    /// The server (a proxy's upstream).
+    pub server: SocketAddr,
+    /// The connection's client address on that server: the proxy's side of it.
+    pub client: SocketAddr,
+}
 
 /// A provider whose every connection to the server runs through `proxies`.
 #[derive(Debug)]
@@ -82,6 +99,17 @@ impl Faulty {
     /// Delays everything in `dir` by `d`.
     pub fn latency(&self, dir: Direction, d: Duration) {
         self.proxies.iter().for_each(|p| p.latency(dir, d));
+    }
+
+    /// The provider's open connections on every node, by the addresses the servers see.
+    pub fn server_connections(&self) -> Vec<ServerConnection> {
+        self.proxies
+            .iter()
+            .flat_map(|p| {
+                let server = p.upstream();
+                p.upstream_clients().into_iter().map(move |client| ServerConnection { server, client })
+            })
+            .collect()
     }
 }
 
@@ -315,36 +343,97 @@ pub async fn fault_lost_answer_on_unlock(ctx: &Ctx) {
     observer.unlock(&key, "bob").await.unwrap();
 }
 
-/// Every connection is reset while a lock is held and while a caller waits.
+/// Every connection is reset (by the proxy) while a lock is held and while a caller waits.
 pub async fn fault_killed_connections(ctx: &Ctx) {
+    killed_connections(ctx, Killer::Proxy).await
+}
+
+/// The server itself kills every connection of the provider (MariaDB `KILL`, Redis `CLIENT
+/// KILL`) while a lock is held and while a caller waits.
+pub async fn fault_server_killed_connections(ctx: &Ctx) {
+    killed_connections(ctx, Killer::Server).await
+}
+
+/// Who kills the connections of [`killed_connections`].
+#[derive(Clone, Copy, Debug)]
+enum Killer {
+    /// The proxy resets them on both sides.
+    Proxy,
+    /// The server closes them ([`Harness::kill_server_side`](crate::Harness::kill_server_side)).
+    Server,
+}
+
+impl Killer {
+    /// Kills every open connection of `f`; `false` when the harness cannot (a loud skip).
+    async fn kill(self, ctx: &Ctx, f: &Faulty) -> bool {
+        match self {
+            Killer::Proxy => {
+                f.reset_all();
+                true
+            }
+            Killer::Server => {
+                let conns = f.server_connections();
+                assert!(!conns.is_empty(), "the provider has no open connection to kill");
+                match ctx.harness.kill_server_side(&conns).await {
+                    None => {
+                        eprintln!(
+                            "SKIPPED {}: the server has no command to kill a client's connections",
+                            ctx.case
+                        );
+                        false
+                    }
+                    Some(killed) => {
+                        assert!(killed > 0, "the server killed none of {conns:?}: the case tested nothing");
+                        eprintln!("{}: the server killed {killed} of {} connections", ctx.case, conns.len());
+                        true
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The body of the killed-connection cases: a holder whose connections are killed keeps its
+/// lock (the lock lives in the server's data, not in a connection; nobody else is granted it)
+/// and can refresh and release it; a waiter whose
+/// connections are killed acquires after the release or fails retryably, and never hangs.
+async fn killed_connections(ctx: &Ctx, killer: Killer) {
     let Some(f) = faulty(ctx).await else { return };
     let observer = ctx.provider().await;
     let (key, ttl) = (ctx.key("k"), fault_ttl(ctx) * 4);
     let lease = f.provider.lock(&opts(&key, "alice", ttl)).await.expect("lock");
-    f.reset_all();
-    let info = observer.is_locked(&key).await.unwrap().expect("a reset connection must not release the lock");
+    if !killer.kill(ctx, &f).await {
+        f.provider.unlock(&key, "alice").await.expect("unlock on an intact connection");
+        return;
+    }
+    let info =
+        observer.is_locked(&key).await.unwrap().expect("a killed connection must not release the lock");
     assert_eq!((info.owner.as_str(), info.token), ("alice", lease.token));
-    settled(|| f.provider.refresh_lock(&key, "alice", ttl)).await.expect("refresh after the reset");
-    settled(|| f.provider.unlock(&key, "alice")).await.expect("unlock after the reset");
+    let other = observer.lock(&opts(&key, "mallory", ttl)).await;
+    assert!(matches!(other, Err(LockError::Timeout { .. })), "a second holder after the kill: {other:?}");
+    let refreshed =
+        settled(|| f.provider.refresh_lock(&key, "alice", ttl)).await.expect("refresh after the kill");
+    assert_eq!(refreshed.token, lease.token, "a refresh keeps the token");
+    settled(|| f.provider.unlock(&key, "alice")).await.expect("unlock after the kill");
     assert_nothing_held(&*observer, &key, Duration::from_secs(5)).await;
 
-    // A waiter whose connections are reset while it waits.
+    // A waiter whose connections are killed while it waits.
     observer.lock(&opts(&key, "bob", ttl)).await.unwrap();
     let (p, k) = (f.provider.clone(), key.clone());
     let waiter = tokio::spawn(async move {
         p.lock(&opts(&k, "carol", ttl).wait(WaitPolicy::deadline(Duration::from_secs(30)))).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    f.reset_all();
+    assert!(killer.kill(ctx, &f).await, "the server killed connections once and then could not");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(observer.is_locked(&key).await.unwrap().map(|i| i.owner).as_deref(), Some("bob"));
     observer.unlock(&key, "bob").await.unwrap();
-    match waiter.await.unwrap() {
+    match tokio::time::timeout(Duration::from_secs(60), waiter).await.expect("the waiter hangs").unwrap() {
         Ok(lease) => {
             assert_eq!(&*lease.owner, "carol");
             settled(|| f.provider.unlock(&key, "carol")).await.expect("carol unlocks");
         }
-        Err(e) => assert!(e.is_retryable(), "a waiter whose connection was reset: {e:?}"),
+        Err(e) => assert!(e.is_retryable(), "a waiter whose connection was killed: {e:?}"),
     }
     assert_nothing_held(&*observer, ctx.prefix(), Duration::from_secs(10)).await;
 }

@@ -66,6 +66,17 @@ pub trait Harness: Send + Sync + 'static {
         None
     }
 
+    /// Has the server itself kill `connections` (MariaDB `KILL` of the `processlist` rows
+    /// whose `HOST` is a connection's client address, Redis `CLIENT KILL ADDR`), for
+    /// [`fault_server_killed_connections`](faults::fault_server_killed_connections). Returns how
+    /// many the servers killed. Must touch nothing but the named connections: other clients of
+    /// a shared server are not the test's to kill. `None` (the default) for a server without
+    /// such a command; the case is then skipped, loudly.
+    async fn kill_server_side(&self, connections: &[faults::ServerConnection]) -> Option<usize> {
+        let _ = connections;
+        None
+    }
+
     /// The kind of private server this backend runs on, for the [restart and pause
     /// cases](restart); `None` (the default) skips them, loudly.
     fn private_server(&self) -> Option<servers::Kind> {
@@ -203,6 +214,7 @@ macro_rules! conformance_suite {
             cancel_racing_release_leaves_no_orphan,
             dropped_lock_in_flight_leaves_no_lock,
             dropped_reentry_keeps_the_first_level,
+            dropped_acquisition_keeps_the_owners_other_level,
             distinct_keys_are_independent,
             keys_extending_each_other_are_independent,
             long_waiter_gets_a_full_lease,
@@ -227,6 +239,7 @@ macro_rules! conformance_suite {
             fault_lost_answer_on_refresh,
             fault_lost_answer_on_unlock,
             fault_killed_connections,
+            fault_server_killed_connections,
             fault_slow_server,
             fault_chaos_mix,
             restart_server_while_held_and_awaited,

@@ -1,6 +1,8 @@
 //! [`FaultProxy`]: a TCP proxy on 127.0.0.1 that sits between a client and its server and
 //! injects network faults on demand — latency, a blackhole per direction, a lost answer,
-//! connection resets and refused connections.
+//! connection resets and refused connections. It also names the client addresses its
+//! connections have on the server ([`FaultProxy::upstream_clients`]), so that a test can have
+//! the server itself kill exactly those connections.
 //!
 //! Every open connection runs one task per direction. Each task reads the current faults on
 //! every chunk, so switching a fault on or off takes effect on live connections at once.
@@ -81,6 +83,8 @@ struct Conn {
     kill: watch::Sender<bool>,
     /// Set when this connection's answers are to be discarded (see `drop_next_answer`).
     drop_answers: AtomicBool,
+    /// The local address of the upstream socket: the client address the server sees.
+    upstream_client: SocketAddr,
 }
 
 impl Conn {
@@ -294,6 +298,15 @@ impl FaultProxy {
         self.shared().conns().open.len()
     }
 
+    /// The client addresses the server sees for this proxy's open connections (the local
+    /// addresses of the proxy's sockets to [`upstream`](Self::upstream)), in no particular
+    /// order. A server command that kills clients by address (MariaDB's `KILL` of a
+    /// `processlist` row, Redis `CLIENT KILL ADDR`) thus reaches this proxy's connections and
+    /// no others.
+    pub fn upstream_clients(&self) -> Vec<SocketAddr> {
+        self.shared().conns().open.values().map(|c| c.upstream_client).collect()
+    }
+
     /// How many [`drop_next_answer`](Self::drop_next_answer) shots have fired.
     pub fn answers_dropped(&self) -> u64 {
         self.shared().answers_dropped.load(Ordering::SeqCst)
@@ -331,10 +344,15 @@ async fn connect(client: TcpStream, shared: Arc<Shared>) {
             return;
         }
     };
+    let Ok(upstream_client) = server.local_addr() else {
+        abort_socket(&client);
+        abort_socket(&server);
+        return;
+    };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (kill, kill_rx) = watch::channel(false);
-    let conn = Arc::new(Conn { kill, drop_answers: AtomicBool::new(false) });
+    let conn = Arc::new(Conn { kill, drop_answers: AtomicBool::new(false), upstream_client });
     let registration = {
         let mut conns = shared.conns();
         if conns.closed {

@@ -181,3 +181,29 @@ impl Cluster {
         format!("redis-cluster://127.0.0.1:{first}?{}", others.join("&"))
     }
 }
+
+/// Has each server kill the named client connection (`CLIENT KILL ADDR ip:port`, which
+/// matches one client exactly); returns how many the servers killed.
+pub(crate) async fn client_kill(connections: &[lock_testkit::faults::ServerConnection]) -> usize {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let mut killed = 0;
+    for c in connections {
+        let stream = tokio::net::TcpStream::connect(c.server).await.expect("connect to kill a client");
+        let mut stream = BufReader::new(stream);
+        let addr = c.client.to_string();
+        let command =
+            format!("*4\r\n$6\r\nCLIENT\r\n$4\r\nKILL\r\n$4\r\nADDR\r\n${}\r\n{addr}\r\n", addr.len());
+        stream.get_mut().write_all(command.as_bytes()).await.expect("send CLIENT KILL");
+        let mut reply = String::new();
+        stream.read_line(&mut reply).await.expect("read the answer to CLIENT KILL");
+        // The filter form answers the number of clients it killed (`:1`, or `:0` for a
+        // connection that closed meanwhile).
+        let n: usize = reply
+            .strip_prefix(':')
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("CLIENT KILL ADDR {addr}: {reply:?}"));
+        killed += n;
+    }
+    killed
+}

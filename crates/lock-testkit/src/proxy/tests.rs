@@ -216,6 +216,29 @@ async fn reset_all_closes_every_connection() {
 }
 
 #[tokio::test]
+async fn upstream_clients_are_the_peers_the_server_sees_and_a_server_close_reaches_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = FaultProxy::start(listener.local_addr().unwrap()).await.unwrap();
+    assert!(proxy.upstream_clients().is_empty());
+    let mut a = client(&proxy).await;
+    let _b = client(&proxy).await;
+    let (server_a, peer_a) = listener.accept().await.unwrap();
+    let (_server_b, peer_b) = listener.accept().await.unwrap();
+    wait_connections(&proxy, 2).await;
+    let mut seen = proxy.upstream_clients();
+    seen.sort();
+    let mut peers = vec![peer_a, peer_b];
+    peers.sort();
+    assert_eq!(seen, peers);
+    // The server closes one of them: its client hears the end, the other one stays listed.
+    drop(server_a);
+    assert_closed(&mut a).await;
+    drop(a);
+    wait_connections(&proxy, 1).await;
+    assert_eq!(proxy.upstream_clients(), vec![peer_b]);
+}
+
+#[tokio::test]
 async fn refuse_new_rejects_only_new_connections() {
     let mut server = EchoServer::start().await;
     let proxy = FaultProxy::start(server.addr).await.unwrap();
