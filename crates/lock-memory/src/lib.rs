@@ -31,8 +31,10 @@
 //! # Ok(()) }
 //! ```
 
+mod backend;
 mod config;
 mod provider;
+mod table;
 
 pub use config::MemoryConfig;
 pub use provider::{MemoryLockProvider, MemoryLockProviderBuilder};

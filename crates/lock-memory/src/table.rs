@@ -1,0 +1,187 @@
+//! The sharded lock table: entries (holder and FIFO queue per key), token issue, expiry
+//! settlement and hand-over to the next waiter, the reaper's pass.
+//!
+//! Every function here runs under one shard's mutex and never awaits: a shard lock is never
+//! held across an `.await`, and no operation takes two shard locks.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lock_core::raw::{Gate, LockBackend};
+use lock_core::{FencingToken, Lease, LockInfo, LockOptions, Result};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::MemoryLockProvider;
+
+/// The current holder of a key.
+#[derive(Debug)]
+pub(crate) struct Holder {
+    pub(crate) owner: Arc<str>,
+    pub(crate) token: u64,
+    pub(crate) depth: u32,
+    pub(crate) ttl: Duration,
+    pub(crate) expires_at: Instant,
+}
+
+/// A caller queued for a key. The lock is handed to it through `tx`.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    pub(crate) id: u64,
+    pub(crate) owner: Arc<str>,
+    pub(crate) ttl: Duration,
+    pub(crate) tx: oneshot::Sender<Result<Lease>>,
+}
+
+/// One key's state. Invariant: a key without a holder has no waiters (a release hands the
+/// lock to the first waiter), so an entry with neither is removed.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The key again, shared with every lease handed out for it.
+    pub(crate) key: Arc<str>,
+    pub(crate) holder: Option<Holder>,
+    pub(crate) waiters: VecDeque<Waiter>,
+}
+
+pub(crate) type Shard = HashMap<Arc<str>, Entry>;
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) shards: Box<[Mutex<Shard>]>,
+    pub(crate) hasher: RandomState,
+    pub(crate) next_token: AtomicU64,
+    pub(crate) next_waiter: AtomicU64,
+    pub(crate) expired_cleaned: AtomicU64,
+    pub(crate) gate: Gate,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard cannot leave an entry half-written (every mutation is a
+    // few field assignments), so a poisoned shard is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn shard(&self, key: &str) -> &Mutex<Shard> {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h & (self.shards.len() - 1)]
+    }
+
+    pub(crate) fn token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ends an expired lease and hands the lock to the first live waiter.
+    pub(crate) fn settle(&self, entry: &mut Entry, now: Instant) {
+        if entry.holder.as_ref().is_some_and(|h| h.expires_at <= now) {
+            entry.holder = None;
+            self.expired_cleaned.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(backend = MemoryLockProvider::NAME, key = &*entry.key, "expired lease cleaned");
+            self.hand_over(entry, now);
+        }
+    }
+
+    /// Grants a free lock to the first waiter still listening.
+    pub(crate) fn hand_over(&self, entry: &mut Entry, now: Instant) {
+        debug_assert!(entry.holder.is_none());
+        while let Some(w) = entry.waiters.pop_front() {
+            let token = self.token();
+            let lease =
+                Lease::counted_from(now, entry.key.clone(), w.owner.clone(), FencingToken(token), w.ttl, 1);
+            if w.tx.send(Ok(lease)).is_ok() {
+                let expires_at = now + w.ttl;
+                entry.holder = Some(Holder { owner: w.owner, token, depth: 1, ttl: w.ttl, expires_at });
+                return;
+            }
+        }
+    }
+
+    /// Gives back one level of the lease `token` on `key` if it is still the current one (used
+    /// when a grant reached a waiter that was cancelled before it could read it). Only that one
+    /// level: the same owner may have re-entered meanwhile, and those levels are still in use.
+    pub(crate) fn release_token(&self, key: &str, shard: &mut Shard, token: u64) {
+        let Some(entry) = shard.get_mut(key) else { return };
+        if let Some(h) = entry.holder.as_mut().filter(|h| h.token == token) {
+            if h.depth > 1 {
+                h.depth -= 1;
+                return;
+            }
+            entry.holder = None;
+            self.hand_over(entry, Instant::now());
+        }
+        if entry.holder.is_none() && entry.waiters.is_empty() {
+            shard.remove(key);
+        }
+    }
+
+    pub(crate) fn reap(&self) -> u64 {
+        let before = self.expired_cleaned.load(Ordering::Relaxed);
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.retain(|_, entry| {
+                self.settle(entry, now);
+                entry.holder.is_some() || !entry.waiters.is_empty()
+            });
+        }
+        self.expired_cleaned.load(Ordering::Relaxed) - before
+    }
+}
+
+pub(crate) fn info(key: &str, h: &Holder, now: Instant) -> LockInfo {
+    LockInfo {
+        key: key.to_owned(),
+        owner: h.owner.to_string(),
+        token: FencingToken(h.token),
+        remaining_ttl: h.expires_at.saturating_duration_since(now),
+        depth: h.depth,
+    }
+}
+
+/// Either the lock (acquired or re-entered) or the state to wait on.
+pub(crate) enum TryOutcome {
+    Acquired(Lease),
+    Busy { holder: Arc<str>, expires_at: Instant },
+}
+
+pub(crate) fn try_acquire(inner: &Inner, entry: &mut Entry, opts: &LockOptions, now: Instant) -> TryOutcome {
+    match &mut entry.holder {
+        None => {
+            let token = inner.token();
+            let expires_at = now + opts.ttl;
+            entry.holder =
+                Some(Holder { owner: opts.owner.clone(), token, depth: 1, ttl: opts.ttl, expires_at });
+            let lease = Lease::counted_from(
+                now,
+                entry.key.clone(),
+                opts.owner.clone(),
+                FencingToken(token),
+                opts.ttl,
+                1,
+            );
+            TryOutcome::Acquired(lease)
+        }
+        Some(h) if h.owner == opts.owner => {
+            // Re-entry keeps the token and extends the lease to the longer of the two.
+            h.depth += 1;
+            let expires_at = now + opts.ttl;
+            if expires_at > h.expires_at {
+                h.expires_at = expires_at;
+                h.ttl = opts.ttl;
+            }
+            let (token, left) = (FencingToken(h.token), h.expires_at - now);
+            TryOutcome::Acquired(Lease::counted_from(
+                now,
+                entry.key.clone(),
+                h.owner.clone(),
+                token,
+                left,
+                h.depth,
+            ))
+        }
+        Some(h) => TryOutcome::Busy { holder: h.owner.clone(), expires_at: h.expires_at },
+    }
+}
