@@ -53,9 +53,38 @@
 //!
 //! See `docs/etcd.md` in the repository for failover behaviour and measurements.
 
+//!
+//! ## Modules
+//!
+//! | module | holds |
+//! |---|---|
+//! | `config` | [`EtcdConfig`]: the settings |
+//! | `keys` | the key layout: where a lock's entries live, what an entry's value says |
+//! | `provider` | [`EtcdLockProvider`], its shared state, connecting, bounded requests |
+//! | `error` | etcd-client errors as [`LockError`](lock_core::LockError)s |
+//! | `leases` | lease grant, keep-alive, revocation, kept leases for reuse |
+//! | `held` | what a provider remembers of the locks it holds |
+//! | `acquire` | the acquisition task, the free-lock fast path, joining the queue |
+//! | `queue` | the FIFO wait on the predecessor |
+//! | `reenter` | re-entry by the holder's owner |
+//! | `release` | unlock and refresh |
+//! | `takeback` | undoing what a cancelled or unanswered call may have written |
+//! | `inspect` | `is_locked`, `list`, `health` |
+//! | `backend` | the [`LockBackend`](lock_core::raw::LockBackend) impl, delegating to the above |
+
+mod acquire;
+mod backend;
 mod config;
+mod error;
+mod held;
+mod inspect;
 mod keys;
+mod leases;
 mod provider;
+mod queue;
+mod reenter;
+mod release;
+mod takeback;
 
 pub use config::{EtcdConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT};
 pub use provider::EtcdLockProvider;

@@ -1,0 +1,67 @@
+//! The [`LockBackend`] impl of [`EtcdLockProvider`]: each method delegates to the protocol
+//! modules. No protocol here, and no input or closed checks: lock-core's checks layer applies
+//! both before any of these is called.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::raw::{Gate, LockBackend};
+use lock_core::{Capabilities, Health, Lease, LockInfo, LockOptions, Result};
+
+use crate::error::BACKEND;
+use crate::provider::EtcdLockProvider;
+
+#[async_trait]
+impl LockBackend for EtcdLockProvider {
+    const NAME: &'static str = BACKEND;
+
+    fn gate(&self) -> &Gate {
+        &self.inner.gate
+    }
+
+    fn command_timeout(&self) -> Option<Duration> {
+        Some(self.inner.request_timeout)
+    }
+
+    fn promises(&self) -> Capabilities {
+        Capabilities {
+            reentrant: true,
+            fencing: true,
+            wakes_waiters: true,
+            fifo: true,
+            distributed: true,
+            server_clock: true,
+            durable: true,
+        }
+    }
+
+    async fn acquire(&self, opts: &LockOptions) -> Result<Lease> {
+        self.inner.lock(opts).await
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<()> {
+        self.inner.release(key, owner, None).await
+    }
+
+    async fn extend(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
+        self.inner.refresh(key, owner, ttl).await
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<LockInfo>> {
+        self.inner.is_locked(key).await
+    }
+
+    async fn held(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn probe(&self) -> Result<Health> {
+        self.inner.health().await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.inner.closed.send_replace(true);
+        self.inner.revoke_spares();
+        Ok(())
+    }
+}
