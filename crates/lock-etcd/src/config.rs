@@ -1,16 +1,29 @@
-//! [`EtcdConfig`]: where the cluster is and how to talk to it.
+//! [`EtcdConfig`]: where the cluster is and how to talk to it, with every default in one
+//! place.
+//!
+//! The settings can be built in code (builder-style setters) or read from a configuration
+//! file (`serde`; durations as `"5s"`, unknown fields rejected). Defaults live only here: the
+//! `DEFAULT_*` constants and [`EtcdConfig::default`]. [`EtcdConfig::connect_options`] turns
+//! the settings into the client's connect options; nothing else reads them when connecting.
 
 use std::fmt;
 use std::time::Duration;
 
+use etcd_client::ConnectOptions;
 use lock_core::{LockError, Result};
+use serde::{Deserialize, Serialize};
 
+/// Default endpoint: a member on this host.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// Default key prefix under which every lock lives.
 pub const DEFAULT_PREFIX: &str = "distlock/";
 /// Default bound on establishing the connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default bound on one request to the cluster.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default interval of the connection's HTTP/2 keep-alive pings; a ping unanswered within
+/// the request timeout closes the connection.
+pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How to reach an etcd cluster.
 ///
@@ -24,24 +37,143 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 ///     .connect_timeout(Duration::from_secs(2));
 /// assert_eq!(config.endpoints.len(), 2);
 /// ```
-#[derive(Clone)]
+///
+/// The same from a configuration file (every field optional):
+///
+/// ```toml
+/// endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+/// prefix = "jobs/locks/"
+/// user = "scheduler"
+/// password = "secret"
+/// connect_timeout = "2s"
+/// request_timeout = "5s"
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EtcdConfig {
-    /// Client URLs of the cluster members (`http://host:2379`, or `https://` with TLS).
+    /// Client URLs of the cluster members (`http://host:2379`, or `https://` with TLS);
+    /// default [`DEFAULT_ENDPOINT`].
     pub endpoints: Vec<String>,
-    /// User name and password, when the cluster has authentication enabled.
-    pub user: Option<(String, String)>,
+    /// User name, when the cluster has authentication enabled.
+    pub user: Option<String>,
+    /// Password of [`user`](Self::user) (empty when not given). Never printed by `Debug`.
+    pub password: Option<String>,
     /// Key prefix of every lock (default [`DEFAULT_PREFIX`]). Providers that should share
     /// locks must use the same prefix.
     pub prefix: String,
-    /// Bound on establishing the connection.
+    /// Bound on establishing the connection (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Bound on each request; a request that takes longer fails with
-    /// [`LockError::Unavailable`].
+    /// Bound on each request (default [`DEFAULT_REQUEST_TIMEOUT`]); a request that takes
+    /// longer fails with [`LockError::Unavailable`].
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// TLS settings (feature `tls`).
+    /// Interval of the connection's keep-alive pings (default
+    /// [`DEFAULT_KEEP_ALIVE_INTERVAL`]): how soon a silently dead connection is noticed.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_interval: Duration,
+    /// TLS from PEM files (feature `tls`), read when connecting.
     #[cfg(feature = "tls")]
+    pub tls_files: Option<TlsFiles>,
+    /// TLS settings built in code (feature `tls`); not part of a configuration file. Set
+    /// either this or [`tls_files`](Self::tls_files), not both.
+    #[cfg(feature = "tls")]
+    #[serde(skip)]
     pub tls: Option<etcd_client::TlsOptions>,
+}
+
+/// TLS to the cluster from PEM files (feature `tls`).
+///
+/// ```toml
+/// [tls_files]
+/// ca = "/etc/etcd/ca.pem"            # the CA that signed the members' certificates
+/// cert = "/etc/etcd/client.pem"      # client certificate, with `key`, when the cluster asks
+/// key = "/etc/etcd/client-key.pem"
+/// domain = "etcd.internal"           # name to verify instead of the endpoint's host
+/// ```
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// CA certificate(s) to trust.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (chain); needs [`key`](Self::key).
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key of the client certificate; needs [`cert`](Self::cert).
+    pub key: Option<std::path::PathBuf>,
+    /// Server name to verify, when it differs from the endpoints' host.
+    pub domain: Option<String>,
+}
+
+#[cfg(feature = "tls")]
+impl TlsFiles {
+    /// Trusting the CA certificate(s) in `ca`.
+    pub fn new(ca: impl Into<std::path::PathBuf>) -> Self {
+        TlsFiles { ca: Some(ca.into()), ..Self::default() }
+    }
+
+    /// Sets the client certificate and its key.
+    pub fn identity(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.cert = Some(cert.into());
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the server name to verify.
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Reads the files into the client's TLS options.
+    fn load(&self) -> Result<etcd_client::TlsOptions> {
+        use etcd_client::{Certificate, Identity, TlsOptions};
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| LockError::Config(format!("etcd: cannot read TLS file {}: {e}", path.display())))
+        };
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+            (None, None) => {}
+            _ => {
+                return Err(LockError::Config(
+                    "etcd: a TLS client certificate and its key go together".into(),
+                ))
+            }
+        }
+        if let Some(domain) = &self.domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        Ok(tls)
+    }
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec![DEFAULT_ENDPOINT.to_string()],
+            user: None,
+            password: None,
+            prefix: DEFAULT_PREFIX.to_string(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
+            #[cfg(feature = "tls")]
+            tls_files: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
 }
 
 impl EtcdConfig {
@@ -51,15 +183,7 @@ impl EtcdConfig {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        EtcdConfig {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            user: None,
-            prefix: DEFAULT_PREFIX.to_string(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
+        EtcdConfig { endpoints: endpoints.into_iter().map(Into::into).collect(), ..Self::default() }
     }
 
     /// Endpoints from a comma-separated list, as in `DISTLOCK_TEST_ETCD_ENDPOINTS`.
@@ -75,7 +199,8 @@ impl EtcdConfig {
 
     /// Sets user name and password.
     pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
-        self.user = Some((name.into(), password.into()));
+        self.user = Some(name.into());
+        self.password = Some(password.into());
         self
     }
 
@@ -91,10 +216,23 @@ impl EtcdConfig {
         self
     }
 
+    /// Sets the interval of the connection's keep-alive pings.
+    pub fn keep_alive_interval(mut self, interval: Duration) -> Self {
+        self.keep_alive_interval = interval;
+        self
+    }
+
     /// Sets the TLS options (feature `tls`).
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: etcd_client::TlsOptions) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Sets TLS from PEM files (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls_files(mut self, files: TlsFiles) -> Self {
+        self.tls_files = Some(files);
         self
     }
 
@@ -108,22 +246,57 @@ impl EtcdConfig {
                 "etcd: the key prefix must be non-empty and must not contain a NUL byte".into(),
             ));
         }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return Err(LockError::Config("etcd: timeouts must be greater than zero".into()));
+        if self.connect_timeout.is_zero()
+            || self.request_timeout.is_zero()
+            || self.keep_alive_interval.is_zero()
+        {
+            return Err(LockError::Config("etcd: timeouts and intervals must be greater than zero".into()));
+        }
+        if self.password.is_some() && self.user.is_none() {
+            return Err(LockError::Config("etcd: a password needs a user name".into()));
+        }
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() && self.tls_files.is_some() {
+            return Err(LockError::Config("etcd: set TLS either in code or from files, not both".into()));
         }
         Ok(())
+    }
+
+    /// The client's connect options for these settings (after [`validate`](Self::validate));
+    /// reads the TLS files, if any.
+    pub fn connect_options(&self) -> Result<ConnectOptions> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_keep_alive(self.keep_alive_interval, self.request_timeout)
+            // A member cut off from the leader refuses requests instead of serving a watch
+            // that can never fire.
+            .with_require_leader(true);
+        if let Some(name) = &self.user {
+            options = options.with_user(name.clone(), self.password.clone().unwrap_or_default());
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        } else if let Some(files) = &self.tls_files {
+            options = options.with_tls(files.load()?);
+        }
+        Ok(options)
     }
 }
 
 impl fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdConfig")
-            .field("endpoints", &self.endpoints)
-            .field("user", &self.user.as_ref().map(|(name, _)| name))
+        let mut d = f.debug_struct("EtcdConfig");
+        d.field("endpoints", &self.endpoints)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
-            .finish_non_exhaustive()
+            .field("keep_alive_interval", &self.keep_alive_interval);
+        #[cfg(feature = "tls")]
+        d.field("tls_files", &self.tls_files).field("tls", &self.tls.is_some());
+        d.finish()
     }
 }
 
@@ -135,10 +308,77 @@ mod tests {
     fn parses_an_endpoint_list_and_hides_the_password() {
         let c = EtcdConfig::from_list(" http://a:2379, http://b:2379 ,").user("u", "hunter2");
         assert_eq!(c.endpoints, vec!["http://a:2379", "http://b:2379"]);
-        assert!(!format!("{c:?}").contains("hunter2"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("<hidden>"), "{shown}");
         c.validate().unwrap();
         assert!(EtcdConfig::from_list("").validate().is_err());
         assert!(EtcdConfig::new(["x"]).prefix("a\0").validate().is_err());
         assert!(EtcdConfig::new(["x"]).prefix("").validate().is_err());
+        assert!(EtcdConfig::new(["x"]).keep_alive_interval(Duration::ZERO).validate().is_err());
+        let no_user = EtcdConfig { password: Some("p".into()), ..EtcdConfig::default() };
+        assert!(matches!(no_user.validate(), Err(LockError::Config(_))));
+    }
+
+    /// The settings a configuration file carries, for comparisons.
+    fn settings(c: &EtcdConfig) -> (Vec<String>, Option<String>, Option<String>, String, [Duration; 3]) {
+        let times = [c.connect_timeout, c.request_timeout, c.keep_alive_interval];
+        (c.endpoints.clone(), c.user.clone(), c.password.clone(), c.prefix.clone(), times)
+    }
+
+    fn from_toml(toml: &str) -> std::result::Result<EtcdConfig, String> {
+        use figment::providers::Format;
+        figment::Figment::from(figment::providers::Toml::string(toml)).extract().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_live_in_one_place() {
+        let c = EtcdConfig::default();
+        assert_eq!(c.endpoints, vec![DEFAULT_ENDPOINT]);
+        assert_eq!(c.prefix, DEFAULT_PREFIX);
+        assert_eq!(
+            (c.connect_timeout, c.request_timeout),
+            (DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)
+        );
+        assert_eq!(c.keep_alive_interval, DEFAULT_KEEP_ALIVE_INTERVAL);
+        assert_eq!(settings(&EtcdConfig::new([DEFAULT_ENDPOINT])), settings(&c));
+        assert_eq!(settings(&from_toml("").unwrap()), settings(&c));
+        c.validate().unwrap();
+        c.connect_options().unwrap();
+    }
+
+    #[test]
+    fn reads_from_a_configuration_file_with_defaults_for_the_rest() {
+        let c = from_toml(
+            r#"
+            endpoints = ["http://a:2379"]
+            user = "u"
+            password = "p"
+            request_timeout = "750ms"
+            "#,
+        )
+        .unwrap();
+        let built =
+            EtcdConfig::new(["http://a:2379"]).user("u", "p").request_timeout(Duration::from_millis(750));
+        assert_eq!(settings(&c), settings(&built));
+        let back: EtcdConfig =
+            figment::Figment::from(figment::providers::Serialized::defaults(&c)).extract().unwrap();
+        assert_eq!(settings(&back), settings(&c));
+        assert!(from_toml(r#"endpoint = "x""#).is_err(), "unknown field");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_files_are_read_when_connecting() {
+        let missing = EtcdConfig::default().tls_files(TlsFiles::new("/nonexistent/ca.pem"));
+        missing.validate().unwrap();
+        assert!(
+            matches!(missing.connect_options(), Err(LockError::Config(m)) if m.contains("/nonexistent/ca.pem"))
+        );
+        let half = TlsFiles { cert: Some("c.pem".into()), ..TlsFiles::default() };
+        assert!(matches!(EtcdConfig::default().tls_files(half).connect_options(), Err(LockError::Config(_))));
+        let both = EtcdConfig::default().tls(etcd_client::TlsOptions::new()).tls_files(TlsFiles::default());
+        assert!(both.validate().is_err());
+        let c = from_toml("[tls_files]\nca = \"/etc/ca.pem\"\ndomain = \"etcd\"").unwrap();
+        assert_eq!(c.tls_files, Some(TlsFiles::new("/etc/ca.pem").domain("etcd")));
     }
 }

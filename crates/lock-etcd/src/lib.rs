@@ -58,7 +58,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | `config` | [`EtcdConfig`]: the settings |
+//! | `config` | [`EtcdConfig`]: the settings and their defaults |
 //! | `keys` | the key layout: where a lock's entries live, what an entry's value says |
 //! | `provider` | [`EtcdLockProvider`], its shared state, connecting, bounded requests |
 //! | `error` | etcd-client errors as [`LockError`](lock_core::LockError)s |
@@ -86,7 +86,12 @@ mod reenter;
 mod release;
 mod takeback;
 
-pub use config::{EtcdConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT};
+#[cfg(feature = "tls")]
+pub use config::TlsFiles;
+pub use config::{
+    EtcdConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ENDPOINT, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_PREFIX,
+    DEFAULT_REQUEST_TIMEOUT,
+};
 pub use provider::EtcdLockProvider;
 
 /// The client crate, re-exported so that callers name the same version.

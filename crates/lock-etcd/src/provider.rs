@@ -18,9 +18,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOpResponse, TxnResponse,
-};
+use etcd_client::{Client, GetOptions, SortOrder, SortTarget, Txn, TxnOpResponse, TxnResponse};
 use lock_core::raw::Gate;
 use lock_core::{validate, LockError, Result};
 use tokio::sync::watch;
@@ -92,19 +90,7 @@ impl EtcdLockProvider {
     /// [`LockError::Unavailable`] when no endpoint answers within the connect timeout.
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
         config.validate()?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            .with_keep_alive(Duration::from_secs(5), config.request_timeout)
-            // A member cut off from the leader refuses requests instead of serving a watch
-            // that can never fire.
-            .with_require_leader(true);
-        if let Some((name, password)) = &config.user {
-            options = options.with_user(name.clone(), password.clone());
-        }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &config.tls {
-            options = options.with_tls(tls.clone());
-        }
+        let options = config.connect_options()?;
         let client =
             tokio::time::timeout(config.connect_timeout, Client::connect(&config.endpoints, Some(options)))
                 .await
