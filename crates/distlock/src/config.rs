@@ -28,8 +28,13 @@
 //! key_prefix = "distlock:"
 //! command_timeout = "5s"
 //!
-//! [etcd]
+//! [etcd]                       # lock_etcd::EtcdConfig
 //! endpoints = ["http://127.0.0.1:2379"]
+//! user = "scheduler"           # with password, when the cluster has auth on
+//! password = "secret"
+//! prefix = "distlock/"
+//! request_timeout = "5s"
+//! # [etcd.tls_files]; ca = "/etc/etcd/ca.pem" (feature `tls` of lock-etcd)
 //! ```
 //!
 //! Each backend's table is that backend's own config struct, so every setting it has is
@@ -108,17 +113,14 @@ pub type MemoryConfig = Disabled;
 #[serde(transparent)]
 pub struct Disabled(figment::value::Dict);
 
-/// etcd settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EtcdConfig {
-    /// Client endpoints, e.g. `http://127.0.0.1:2379`.
-    pub endpoints: Vec<String>,
-    /// User name, if authentication is on.
-    pub user: Option<String>,
-    /// Password, if authentication is on.
-    pub password: Option<String>,
-}
+/// etcd settings: `lock_etcd::EtcdConfig` (endpoints, user and password, key prefix,
+/// timeouts, TLS files), or, with feature `etcd` off, the table as written.
+#[cfg(feature = "etcd")]
+pub type EtcdConfig = lock_etcd::EtcdConfig;
+/// etcd settings: `lock_etcd::EtcdConfig` (endpoints, user and password, key prefix,
+/// timeouts, TLS files), or, with feature `etcd` off, the table as written.
+#[cfg(not(feature = "etcd"))]
+pub type EtcdConfig = Disabled;
 
 /// The configuration of the lock system.
 ///
@@ -269,6 +271,9 @@ impl LockConfig {
             LockProviderType::Mysql => self.mysql.validate().map(drop),
             #[cfg(feature = "redis")]
             LockProviderType::Redis => self.redis.validate(),
+            #[cfg(feature = "etcd")]
+            LockProviderType::Etcd => self.etcd.validate(),
+            #[cfg(not(all(feature = "memory", feature = "mysql", feature = "redis", feature = "etcd")))]
             _ => Ok(()),
         }
     }
@@ -402,6 +407,38 @@ mod tests {
             assert_eq!((c.redis.key_prefix.as_str(), c.redis.pool_size), ("env:", 2));
             Ok(())
         });
+    }
+
+    /// The etcd table is `lock_etcd::EtcdConfig`: every setting from TOML and `DISTLOCK_ETCD__*`.
+    #[cfg(feature = "etcd")]
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn etcd_settings_come_from_toml_and_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "distlock.toml",
+                r#"
+                provider = "etcd"
+                [etcd]
+                endpoints = ["http://a:2379", "http://b:2379"]
+                user = "scheduler"
+                password = "secret"
+                prefix = "jobs/"
+                request_timeout = "2s"
+                "#,
+            )?;
+            jail.set_env("DISTLOCK_ETCD__CONNECT_TIMEOUT", "3s");
+            let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+            let want = lock_etcd::EtcdConfig::new(["http://a:2379", "http://b:2379"])
+                .user("scheduler", "secret")
+                .prefix("jobs/")
+                .request_timeout(Duration::from_secs(2))
+                .connect_timeout(Duration::from_secs(3));
+            assert_eq!(c.etcd, want);
+            Ok(())
+        });
+        let e = config_error("provider = \"etcd\"\n[etcd]\nendpoints = []");
+        assert!(matches!(&e, LockError::Config(msg) if msg.contains("etcd.endpoints")), "{e:?}");
     }
 
     #[cfg(feature = "redis")]

@@ -96,14 +96,7 @@ impl LockProviderFactory {
 
     #[cfg(feature = "etcd")]
     async fn etcd(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
-        if config.etcd.endpoints.is_empty() {
-            return Err(LockError::Config("provider `etcd` needs etcd.endpoints".into()));
-        }
-        let mut settings = lock_etcd::EtcdConfig::new(config.etcd.endpoints.iter().cloned());
-        if let Some(user) = &config.etcd.user {
-            settings = settings.user(user.clone(), config.etcd.password.clone().unwrap_or_default());
-        }
-        Ok(Arc::new(lock_etcd::EtcdLockProvider::connect(settings).await?))
+        Ok(Arc::new(lock_etcd::EtcdLockProvider::connect(config.etcd.clone()).await?))
     }
 
     #[cfg(not(feature = "etcd"))]

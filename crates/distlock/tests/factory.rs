@@ -82,7 +82,9 @@ async fn round_trip(test: &str, mut config: LockConfig, backend: &str) {
 
 #[tokio::test]
 async fn etcd_without_endpoints_is_a_config_error() {
-    let msg = config_error(LockConfig { provider: LockProviderType::Etcd, ..LockConfig::default() }).await;
+    let mut config = LockConfig { provider: LockProviderType::Etcd, ..LockConfig::default() };
+    config.etcd.endpoints.clear();
+    let msg = config_error(config).await;
     assert!(msg.contains("etcd.endpoints"), "{msg}");
 }
 

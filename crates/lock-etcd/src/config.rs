@@ -239,7 +239,7 @@ impl EtcdConfig {
     /// Checks the configuration before connecting.
     pub fn validate(&self) -> Result<()> {
         if self.endpoints.is_empty() {
-            return Err(LockError::Config("etcd: no endpoint given".into()));
+            return Err(LockError::Config("etcd: no endpoint given (etcd.endpoints)".into()));
         }
         if self.prefix.is_empty() || self.prefix.contains('\0') {
             return Err(LockError::Config(
@@ -284,6 +284,25 @@ impl EtcdConfig {
     }
 }
 
+/// Equal settings; TLS options built in code (which have no equality of their own) compare
+/// by their `Debug` form, which shows every certificate and option.
+impl PartialEq for EtcdConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let same = self.endpoints == other.endpoints
+            && self.user == other.user
+            && self.password == other.password
+            && self.prefix == other.prefix
+            && self.connect_timeout == other.connect_timeout
+            && self.request_timeout == other.request_timeout
+            && self.keep_alive_interval == other.keep_alive_interval;
+        #[cfg(feature = "tls")]
+        let same = same
+            && self.tls_files == other.tls_files
+            && format!("{:?}", self.tls) == format!("{:?}", other.tls);
+        same
+    }
+}
+
 impl fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("EtcdConfig");
@@ -319,12 +338,6 @@ mod tests {
         assert!(matches!(no_user.validate(), Err(LockError::Config(_))));
     }
 
-    /// The settings a configuration file carries, for comparisons.
-    fn settings(c: &EtcdConfig) -> (Vec<String>, Option<String>, Option<String>, String, [Duration; 3]) {
-        let times = [c.connect_timeout, c.request_timeout, c.keep_alive_interval];
-        (c.endpoints.clone(), c.user.clone(), c.password.clone(), c.prefix.clone(), times)
-    }
-
     fn from_toml(toml: &str) -> std::result::Result<EtcdConfig, String> {
         use figment::providers::Format;
         figment::Figment::from(figment::providers::Toml::string(toml)).extract().map_err(|e| e.to_string())
@@ -340,8 +353,9 @@ mod tests {
             (DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)
         );
         assert_eq!(c.keep_alive_interval, DEFAULT_KEEP_ALIVE_INTERVAL);
-        assert_eq!(settings(&EtcdConfig::new([DEFAULT_ENDPOINT])), settings(&c));
-        assert_eq!(settings(&from_toml("").unwrap()), settings(&c));
+        assert_eq!(EtcdConfig::new([DEFAULT_ENDPOINT]), c);
+        assert_eq!(from_toml("").unwrap(), c);
+        assert_ne!(c.clone().user("u", "a"), c.clone().user("u", "b"), "passwords count");
         c.validate().unwrap();
         c.connect_options().unwrap();
     }
@@ -359,10 +373,10 @@ mod tests {
         .unwrap();
         let built =
             EtcdConfig::new(["http://a:2379"]).user("u", "p").request_timeout(Duration::from_millis(750));
-        assert_eq!(settings(&c), settings(&built));
+        assert_eq!(c, built);
         let back: EtcdConfig =
             figment::Figment::from(figment::providers::Serialized::defaults(&c)).extract().unwrap();
-        assert_eq!(settings(&back), settings(&c));
+        assert_eq!(back, c);
         assert!(from_toml(r#"endpoint = "x""#).is_err(), "unknown field");
     }
 
