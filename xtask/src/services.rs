@@ -140,6 +140,10 @@ pub(crate) fn ensure_build_tools() -> Result {
     if Path::new("crates/lock-etcd").exists() && !Path::new("/usr/bin/etcdctl").exists() {
         apt_install("etcd-client")?;
     }
+    // The etcd TLS test makes its certificates with the openssl command.
+    if Path::new("crates/lock-etcd/tests/tls.rs").exists() && !Path::new("/usr/bin/openssl").exists() {
+        apt_install("openssl")?;
+    }
     Ok(())
 }
 

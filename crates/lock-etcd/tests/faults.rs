@@ -34,7 +34,10 @@ fn short_timeout(round: usize) -> Duration {
 /// Polls (bounded) until `key` shows `depth` levels held by `owner`; the last state seen.
 async fn settles_at(p: &EtcdLockProvider, key: &str, owner: &str, depth: u32) -> Option<(String, u32)> {
     let mut seen = None;
-    for _ in 0..40 {
+    // The take-back of an unanswered call retries in the background with pauses of up to a
+    // second between tries; on a loaded machine a few tries can fail. 15 s is still half the
+    // cases' 30 s TTL, so a level that expired instead of being taken back still fails.
+    for _ in 0..150 {
         seen = p.is_locked(key).await.unwrap().map(|i| (i.owner, i.depth));
         if seen.as_ref().is_some_and(|(o, d)| o == owner && *d == depth) {
             break;
