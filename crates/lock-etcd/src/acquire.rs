@@ -24,7 +24,7 @@ use lock_core::{FencingToken, Lease, LockError, LockOptions, Result};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::error::{lease_not_found, BACKEND};
+use crate::error::{lease_not_found, NAME};
 use crate::held::HeldEntry;
 use crate::keys::{Entry, Value};
 use crate::leases::{secs, LeaseGrant};
@@ -80,7 +80,7 @@ impl Inner {
         pending.rx = None;
         match result {
             Ok(r) => r.map(|got| got.lease),
-            Err(_) => Err(LockError::backend(BACKEND, "the acquiring task ended without an answer")),
+            Err(_) => Err(LockError::backend(NAME, "the acquiring task ended without an answer")),
         }
     }
 

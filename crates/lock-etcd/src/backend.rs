@@ -8,12 +8,12 @@ use async_trait::async_trait;
 use lock_core::raw::{Gate, LockBackend};
 use lock_core::{Capabilities, Health, Lease, LockInfo, LockOptions, Result};
 
-use crate::error::BACKEND;
+use crate::error::NAME;
 use crate::provider::EtcdLockProvider;
 
 #[async_trait]
 impl LockBackend for EtcdLockProvider {
-    const NAME: &'static str = BACKEND;
+    const NAME: &'static str = NAME;
 
     fn gate(&self) -> &Gate {
         &self.inner.gate

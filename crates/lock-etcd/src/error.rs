@@ -11,7 +11,7 @@ use std::time::Duration;
 use lock_core::LockError;
 
 /// The backend's name, in errors and [`Health`](lock_core::Health).
-pub(crate) const BACKEND: &str = "etcd";
+pub(crate) const NAME: &str = "etcd";
 
 /// Maps a client error: transport trouble and a cluster without leader are retryable.
 pub(crate) fn map_err(e: etcd_client::Error) -> LockError {
@@ -31,9 +31,9 @@ pub(crate) fn map_err(e: etcd_client::Error) -> LockError {
         _ => false,
     };
     if retryable {
-        LockError::unavailable(BACKEND, e)
+        LockError::unavailable(NAME, e)
     } else {
-        LockError::backend(BACKEND, e)
+        LockError::backend(NAME, e)
     }
 }
 
@@ -44,7 +44,7 @@ pub(crate) fn no_answer(what: Option<&str>, within: Duration) -> LockError {
         Some(what) => format!("{what}: no answer within {within:?}"),
         None => format!("no answer within {within:?}"),
     };
-    LockError::unavailable(BACKEND, message)
+    LockError::unavailable(NAME, message)
 }
 
 /// `true` for etcd's answer to a put on a lease that does not exist.

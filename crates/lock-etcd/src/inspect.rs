@@ -12,7 +12,7 @@ use etcd_client::GetOptions;
 use lock_core::{FencingToken, Health, LockError, LockInfo, Result};
 use tokio::time::Instant;
 
-use crate::error::BACKEND;
+use crate::error::NAME;
 use crate::keys::Entry;
 use crate::leases::secs;
 use crate::provider::Inner;
@@ -85,7 +85,7 @@ impl Inner {
         }
         let mut found = Vec::new();
         while let Some(done) = tasks.join_next().await {
-            let (i, info) = done.map_err(|e| LockError::backend(BACKEND, e))?;
+            let (i, info) = done.map_err(|e| LockError::backend(NAME, e))?;
             if let Some(info) = info? {
                 found.push((i, info));
             }
@@ -101,7 +101,7 @@ impl Inner {
         let latency = started.elapsed();
         let member = status.header().map_or(0, |h| h.member_id());
         Ok(Health {
-            backend: BACKEND,
+            backend: NAME,
             latency,
             detail: format!(
                 "etcd {} (member {member:x}, leader {:x}, raft term {})",

@@ -24,7 +24,7 @@ use lock_core::{validate, LockError, Result};
 use tokio::sync::watch;
 
 use crate::config::EtcdConfig;
-use crate::error::{map_err, no_answer, BACKEND};
+use crate::error::{map_err, no_answer, NAME};
 use crate::held::HeldEntry;
 use crate::keys::{Entry, Layout};
 use crate::leases::Spare;
@@ -96,7 +96,7 @@ impl EtcdLockProvider {
                 .await
                 .map_err(|_| {
                     LockError::unavailable(
-                        BACKEND,
+                        NAME,
                         format!("no endpoint answered within {:?}", config.connect_timeout),
                     )
                 })?

@@ -17,7 +17,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use lock_core::{FencingToken, Lease, LockError, LockOptions, Result};
 
 use crate::acquire::Acquired;
-use crate::error::{lease_not_found, BACKEND};
+use crate::error::{lease_not_found, NAME};
 use crate::held::HeldEntry;
 use crate::keys::{Entry, Value};
 use crate::leases::{secs, LeaseGrant};
@@ -76,7 +76,7 @@ impl Inner {
                     own.as_mut().unwrap_or(guard).disarm();
                     self.settle_in_background(mine, head.clone(), target.id);
                     return Err(LockError::unavailable(
-                        BACKEND,
+                        NAME,
                         format!(
                             "re-entry of {:?} unanswered ({e}); a level it may have added is taken back in \
                              the background, or ends with its lease",

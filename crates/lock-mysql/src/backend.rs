@@ -9,10 +9,9 @@ use lock_core::raw::{acquire_with_backoff, attempt_detached, Gate, LockBackend, 
 use lock_core::{Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result};
 use tokio::time::Instant;
 
-use crate::error::{map_err, with_contention_retry};
+use crate::core::{bounded, micros, row_to_info, Released};
+use crate::error::{map_err, with_contention_retry, NAME};
 use crate::table::like_prefix;
-
-use crate::core::{bounded, micros, row_to_info, Released, NAME};
 use crate::MySqlLockProvider;
 
 #[async_trait]

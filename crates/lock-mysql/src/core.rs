@@ -17,10 +17,8 @@ use sqlx::Row;
 use tokio::time::Instant;
 
 use crate::config::MySqlLockConfig;
-use crate::error::{map_err, with_contention_retry};
+use crate::error::{map_err, with_contention_retry, NAME};
 use crate::table::{op, Statements, GENERATION_BITS};
-
-pub(crate) const NAME: &str = "mysql";
 
 #[derive(Debug)]
 pub(crate) struct Inner {

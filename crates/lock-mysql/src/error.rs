@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use lock_core::{LockError, Result};
 
-const NAME: &str = "mysql";
+/// The backend's name, as `LockProvider::name` reports it and errors and logs carry it.
+pub(crate) const NAME: &str = "mysql";
 
 /// MySQL/MariaDB error numbers that mean "try the same statement again".
 const DEADLOCK: u16 = 1213;

@@ -10,10 +10,9 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::Row;
 
 use crate::config::{CleanupStats, MySqlLockConfig, REAP_GRACE_FACTOR};
-use crate::error::map_err;
+use crate::core::{bounded, Inner};
+use crate::error::{map_err, NAME};
 use crate::table::{statement_guard, Statements};
-
-use crate::core::{bounded, Inner, NAME};
 
 /// Distributed locks in a MySQL or MariaDB table. See the [crate docs](crate).
 #[derive(Debug)]

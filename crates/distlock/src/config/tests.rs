@@ -1,0 +1,218 @@
+use super::*;
+
+#[test]
+fn default_is_mysql_with_the_seed_defaults() {
+    let c = LockConfig::default();
+    assert_eq!(c.provider, LockProviderType::Mysql);
+    assert_eq!(c.mysql.table_name, "distributed_locks");
+    assert_eq!(c.default_ttl, Duration::from_secs(300));
+    assert_eq!((c.default_retry_count, c.default_retry_delay), (3, Duration::from_secs(1)));
+    c.validate().unwrap();
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn loads_toml_then_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "distlock.toml",
+            r#"
+            provider = "mysql"
+            default_ttl = "10m"
+            lost_margin = "45s"
+            [mysql]
+            table_name = "custom_locks"
+            url = "mysql://root@127.0.0.1/test"
+            "#,
+        )?;
+        jail.set_env("DISTLOCK_DEFAULT_RETRY_COUNT", "7");
+        jail.set_env("DISTLOCK_MYSQL__MAX_CONNECTIONS", "3");
+        jail.set_env("DISTLOCK_REQUIRE_SERVICES", "1");
+        jail.set_env("DISTLOCK_TEST_MYSQL_URL", "ignored");
+        let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+        assert_eq!(c.default_ttl, Duration::from_secs(600));
+        assert_eq!(c.mysql.table_name, "custom_locks");
+        assert_eq!(c.default_retry_count, 7);
+        assert_eq!(c.mysql.max_connections, 3);
+        assert_eq!(c.workflow_config().lost_margin, Some(Duration::from_secs(45)));
+        assert_eq!(LockConfig::default().workflow_config().lost_margin, None);
+        Ok(())
+    });
+}
+
+/// Every backend setting is reachable from TOML and from `DISTLOCK_*` variables and lands
+/// in the backend's own config struct, which the factory hands over whole.
+#[cfg(all(feature = "memory", feature = "mysql", feature = "redis"))]
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn every_backend_setting_round_trips_from_toml_and_env() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "distlock.toml",
+            r#"
+            [memory]
+            shards = 8
+            reap_interval = "2s"
+            [mysql]
+            url = "mysql://u@db/locks"
+            table_name = "t_locks"
+            auto_migrate = false
+            reap_interval = "7s"
+            reap_grace = "20m"
+            max_connections = 3
+            acquire_timeout = "4s"
+            command_timeout = "6s"
+            [redis]
+            mode = "redlock"
+            nodes = ["redis://a:1", "redis://b:2", "redis://c:3"]
+            clock_drift_factor = 0.02
+            key_prefix = "jobs:"
+            pool_size = 9
+            command_timeout = "700ms"
+            connect_timeout = "2s"
+            "#,
+        )?;
+        let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+        let m = &c.memory;
+        assert_eq!((m.shards, m.reap_interval), (8, Some(Duration::from_secs(2))));
+        let my = &c.mysql;
+        assert_eq!(my.url.as_deref(), Some("mysql://u@db/locks"));
+        assert_eq!((my.table_name.as_str(), my.auto_migrate, my.max_connections), ("t_locks", false, 3));
+        assert_eq!(
+            (my.reap_interval, my.reap_grace),
+            (Some(Duration::from_secs(7)), Duration::from_secs(1200))
+        );
+        assert_eq!(
+            (my.acquire_timeout, my.command_timeout),
+            (Duration::from_secs(4), Duration::from_secs(6))
+        );
+        let r = &c.redis;
+        assert_eq!(
+            r.mode,
+            lock_redis::RedisMode::Redlock {
+                urls: vec!["redis://a:1".into(), "redis://b:2".into(), "redis://c:3".into()],
+                clock_drift_factor: 0.02
+            }
+        );
+        assert_eq!((r.key_prefix.as_str(), r.pool_size), ("jobs:", 9));
+        assert_eq!(
+            (r.command_timeout, r.connect_timeout),
+            (Duration::from_millis(700), Duration::from_secs(2))
+        );
+
+        // The same through the environment, over the file.
+        jail.set_env("DISTLOCK_MEMORY__SHARDS", "16");
+        jail.set_env("DISTLOCK_MYSQL__TABLE_NAME", "env_locks");
+        jail.set_env("DISTLOCK_MYSQL__COMMAND_TIMEOUT", "2s");
+        jail.set_env("DISTLOCK_MYSQL__REAP_GRACE", "1h");
+        jail.set_env("DISTLOCK_REDIS__MODE", "single");
+        jail.set_env("DISTLOCK_REDIS__NODES", "[]");
+        jail.set_env("DISTLOCK_REDIS__URL", "redis-cluster://h:7000");
+        jail.set_env("DISTLOCK_REDIS__KEY_PREFIX", "env:");
+        jail.set_env("DISTLOCK_REDIS__POOL_SIZE", "2");
+        let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+        assert_eq!(c.memory.shards, 16);
+        assert_eq!(
+            (c.mysql.table_name.as_str(), c.mysql.command_timeout),
+            ("env_locks", Duration::from_secs(2))
+        );
+        assert_eq!(c.mysql.reap_grace, Duration::from_secs(3600));
+        assert_eq!(
+            (c.redis.mode.clone(), c.redis.url.as_str()),
+            (lock_redis::RedisMode::Single, "redis-cluster://h:7000")
+        );
+        assert_eq!((c.redis.key_prefix.as_str(), c.redis.pool_size), ("env:", 2));
+        Ok(())
+    });
+}
+
+/// The etcd table is `lock_etcd::EtcdConfig`: every setting from TOML and `DISTLOCK_ETCD__*`.
+#[cfg(feature = "etcd")]
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn etcd_settings_come_from_toml_and_env() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "distlock.toml",
+            r#"
+            provider = "etcd"
+            [etcd]
+            endpoints = ["http://a:2379", "http://b:2379"]
+            user = "scheduler"
+            password = "secret"
+            prefix = "jobs/"
+            request_timeout = "2s"
+            "#,
+        )?;
+        jail.set_env("DISTLOCK_ETCD__CONNECT_TIMEOUT", "3s");
+        let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+        let want = lock_etcd::EtcdConfig::new(["http://a:2379", "http://b:2379"])
+            .user("scheduler", "secret")
+            .prefix("jobs/")
+            .request_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(3));
+        assert_eq!(c.etcd, want);
+        Ok(())
+    });
+    let e = config_error("provider = \"etcd\"\n[etcd]\nendpoints = []");
+    assert!(matches!(&e, LockError::Config(msg) if msg.contains("etcd.endpoints")), "{e:?}");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_nodes_without_redlock_mode_are_a_config_error() {
+    let e = config_error("[redis]\nnodes = [\"redis://a:1\"]");
+    assert!(matches!(&e, LockError::Config(msg) if msg.contains("redlock")), "{e:?}");
+}
+
+#[cfg(feature = "memory")]
+#[test]
+fn bad_memory_settings_are_invalid_when_memory_is_chosen() {
+    let e = config_error("provider = \"memory\"\n[memory]\nshards = 3");
+    assert!(matches!(e, LockError::InvalidArgument { what: "shards", .. }), "{e:?}");
+}
+
+fn config_error(toml: &str) -> LockError {
+    LockConfig::extract(Figment::from(Serialized::defaults(LockConfig::default())).merge(Toml::string(toml)))
+        .unwrap_err()
+}
+
+#[test]
+fn unknown_provider_is_a_clear_config_error() {
+    match config_error(r#"provider = "zookeeper""#) {
+        LockError::Config(msg) => assert!(msg.contains("zookeeper") && msg.contains("memory"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn zero_ttl_and_bad_jitter_are_invalid() {
+    assert!(matches!(
+        config_error(r#"default_ttl = "0s""#),
+        LockError::InvalidArgument { what: "default_ttl", .. }
+    ));
+    assert!(matches!(
+        config_error("default_retry_jitter = 3.0"),
+        LockError::InvalidArgument { what: "jitter", .. }
+    ));
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn bad_table_name_is_invalid() {
+    let e = config_error("[mysql]\ntable_name = \"locks; DROP TABLE x\"");
+    assert!(matches!(e, LockError::InvalidArgument { what: "table name", .. }), "{e:?}");
+}
+
+#[test]
+fn unknown_fields_are_rejected() {
+    assert!(matches!(config_error("default_tll = \"5m\""), LockError::Config(_)));
+}
+
+#[test]
+fn missing_file_is_reported() {
+    assert!(matches!(
+        LockConfig::load(Some(Path::new("/nonexistent/distlock.toml"))),
+        Err(LockError::Config(_))
+    ));
+}
