@@ -1,5 +1,7 @@
 //! How to reach Redis: [`RedisConfig`] and its deployment [`RedisMode`].
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use lock_core::{LockError, Result};
@@ -53,6 +55,9 @@ pub enum RedisMode {
 /// pool_size = 4
 /// command_timeout = "5s"
 /// connect_timeout = "5s"
+///
+/// [connect_to]                        # announced "host:port" = the address to dial instead
+/// "10.0.0.5:7000" = "127.0.0.1:17000"
 /// ```
 ///
 /// ```
@@ -86,6 +91,11 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Deployment mode.
     pub mode: RedisMode,
+    /// Addresses to dial instead of the ones a server is known by: `(host, port)` as written
+    /// in a URL or announced by a cluster node, mapped to the socket address to connect to.
+    /// Names not in the map are resolved as usual. Empty by default; see
+    /// [`connect_to`](RedisConfig::connect_to).
+    pub connect_to: BTreeMap<(String, u16), SocketAddr>,
 }
 
 impl Default for RedisConfig {
@@ -104,6 +114,7 @@ impl RedisConfig {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             mode: RedisMode::Single,
+            connect_to: BTreeMap::new(),
         }
     }
 
@@ -149,6 +160,28 @@ impl RedisConfig {
     /// Sets the connect timeout.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
+        self
+    }
+
+    /// Connects to `to` whenever a server named `host:port` is to be reached, like curl's
+    /// `--connect-to`. A Redis Cluster tells its clients where its nodes are (`CLUSTER SLOTS`),
+    /// and the client then dials those addresses; when they cannot be reached from the
+    /// client (a cluster behind NAT or port forwarding, a proxy or tunnel in front of each
+    /// node), map each announced address to the one that reaches the node. Applies to every
+    /// connection of the provider, in every mode, including its pub/sub connection.
+    ///
+    /// ```
+    /// use lock_redis::RedisConfig;
+    ///
+    /// // The nodes announce 10.0.0.5:7000 and 10.0.0.6:7000; this host reaches them through
+    /// // forwarded local ports.
+    /// let config = RedisConfig::new("redis-cluster://10.0.0.5:7000?node=10.0.0.6:7000")
+    ///     .connect_to("10.0.0.5", 7000, "127.0.0.1:17000".parse().unwrap())
+    ///     .connect_to("10.0.0.6", 7000, "127.0.0.1:17001".parse().unwrap());
+    /// assert_eq!(config.connect_to.len(), 2);
+    /// ```
+    pub fn connect_to(mut self, host: impl Into<String>, port: u16, to: SocketAddr) -> Self {
+        self.connect_to.insert((host.into(), port), to);
         self
     }
 
@@ -209,6 +242,8 @@ struct RedisSettings {
     command_timeout: Duration,
     #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
+    /// `"host:port"` → the address to dial instead.
+    connect_to: BTreeMap<String, SocketAddr>,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -243,6 +278,11 @@ impl From<RedisConfig> for RedisSettings {
             pool_size: c.pool_size,
             command_timeout: c.command_timeout,
             connect_timeout: c.connect_timeout,
+            connect_to: c
+                .connect_to
+                .into_iter()
+                .map(|((host, port), to)| (format!("{host}:{port}"), to))
+                .collect(),
         }
     }
 }
@@ -274,6 +314,14 @@ impl TryFrom<RedisSettings> for RedisConfig {
                 RedisMode::Redlock { urls: s.nodes, clock_drift_factor: s.clock_drift_factor }
             }
         };
+        let mut connect_to = BTreeMap::new();
+        for (name, to) in s.connect_to {
+            let port = name.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+            let Some((host, port)) = port else {
+                return Err(format!("redis.connect_to: `{name}` is not host:port"));
+            };
+            connect_to.insert((host.to_owned(), port), to);
+        }
         Ok(RedisConfig {
             url,
             pool_size: s.pool_size,
@@ -281,6 +329,7 @@ impl TryFrom<RedisSettings> for RedisConfig {
             command_timeout: s.command_timeout,
             connect_timeout: s.connect_timeout,
             mode,
+            connect_to,
         })
     }
 }

@@ -1,14 +1,20 @@
 //! One Redis deployment (a server, or a cluster): its connection pool and the typed calls of
 //! the [scripts](crate::scripts).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use fred::bytes_utils::Str;
 use fred::clients::{Client, Pool, SubscriberClient};
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::ClientLike;
 use fred::types::config::{Config, ReconnectPolicy};
-use fred::types::Builder;
+use fred::types::{Builder, Resolve};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use lock_core::LockError;
 
 use crate::keys::KeyNames;
@@ -44,6 +50,35 @@ pub(crate) struct Held {
     pub(crate) left: Duration,
 }
 
+/// Dials the addresses of [`RedisConfig::connect_to`](crate::RedisConfig::connect_to) instead
+/// of the ones a server is known by; resolves every other name as usual.
+#[derive(Debug)]
+pub(crate) struct ConnectTo(pub(crate) BTreeMap<(String, u16), SocketAddr>);
+
+#[async_trait::async_trait]
+impl Resolve for ConnectTo {
+    async fn resolve(&self, host: Str, port: u16) -> Result<Vec<SocketAddr>, Error> {
+        if let Some(to) = self.0.get(&(host.to_string(), port)) {
+            return Ok(vec![*to]);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((&*host, port)).await?.collect();
+        if addrs.is_empty() {
+            return Err(Error::new(ErrorKind::IO, format!("{host}:{port} resolves to no address")));
+        }
+        Ok(addrs)
+    }
+}
+
+/// Connection settings of a [`Node`], shared by the nodes of one provider.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) pool_size: usize,
+    pub(crate) command_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    /// `None`: every name resolved as usual.
+    pub(crate) resolver: Option<Arc<ConnectTo>>,
+}
+
 /// A connected deployment.
 #[derive(Debug)]
 pub(crate) struct Node {
@@ -51,6 +86,7 @@ pub(crate) struct Node {
     url: String,
     pub(crate) pool: Pool,
     builder: Builder,
+    resolver: Option<Arc<ConnectTo>>,
     scripts: Scripts,
     /// Acquire script calls made (each is one round trip).
     pub(crate) attempts: AtomicU64,
@@ -80,11 +116,10 @@ impl Node {
     /// Connects the pool to `url` and loads the scripts.
     pub(crate) async fn connect(
         url: String,
-        pool_size: usize,
-        command_timeout: Duration,
-        connect_timeout: Duration,
+        settings: &Settings,
         fail_fast: bool,
     ) -> Result<Node, LockError> {
+        let Settings { pool_size, command_timeout, connect_timeout, .. } = *settings;
         let shown = redact(&url);
         let config = Config::from_url(&url)
             .map_err(|e| LockError::Config(format!("redis: bad URL `{shown}`: {e}")))?;
@@ -105,6 +140,10 @@ impl Node {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 20, 2_000, 2));
         let pool = builder.build_pool(pool_size).map_err(|e| LockError::Config(format!("redis: {e}")))?;
+        let resolver = settings.resolver.clone();
+        if let Some(r) = &resolver {
+            pool.set_resolver(r.clone()).await;
+        }
         let connected = async {
             pool.init().await?;
             Scripts::default().load(pool.next()).await
@@ -124,6 +163,7 @@ impl Node {
             url: shown,
             pool,
             builder,
+            resolver,
             scripts: Scripts::default(),
             attempts: AtomicU64::new(0),
             fail_fast,
@@ -139,9 +179,24 @@ impl Node {
         Ok(client)
     }
 
-    /// A new, unconnected subscriber client for the same deployment.
-    pub(crate) fn subscriber(&self) -> SubscriberClient {
-        self.builder.build_subscriber_client().expect("the builder already built a pool with this config")
+    /// Builds new, unconnected subscriber clients for the same deployment, reaching it the way
+    /// the pool does.
+    pub(crate) fn subscribers(&self) -> impl Fn() -> BoxFuture<'static, SubscriberClient> + Send + Sync {
+        let template = self
+            .builder
+            .build_subscriber_client()
+            .expect("the builder already built a pool with this config");
+        let resolver = self.resolver.clone();
+        move || {
+            let (subscriber, resolver) = (template.clone_new(), resolver.clone());
+            async move {
+                if let Some(r) = resolver {
+                    subscriber.set_resolver(r).await;
+                }
+                subscriber
+            }
+            .boxed()
+        }
     }
 
     /// The acquire script: one round trip.

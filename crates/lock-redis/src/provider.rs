@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::backend::{Acquire, Backend, Redlock, Release};
 use crate::config::{RedisConfig, RedisMode};
 use crate::keys::{KeyNames, KeySpace};
-use crate::node::{map_err, Node};
+use crate::node::{map_err, ConnectTo, Node, Settings};
 use crate::wake::{Interest, Wakers};
 use crate::NAME;
 
@@ -124,9 +124,13 @@ impl RedisLockProvider {
     /// [`LockError::Unavailable`] when the server cannot be reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         config.validate()?;
-        let connect = |url: String, fail_fast: bool| {
-            Node::connect(url, config.pool_size, config.command_timeout, config.connect_timeout, fail_fast)
+        let settings = Settings {
+            pool_size: config.pool_size,
+            command_timeout: config.command_timeout,
+            connect_timeout: config.connect_timeout,
+            resolver: (!config.connect_to.is_empty()).then(|| Arc::new(ConnectTo(config.connect_to.clone()))),
         };
+        let connect = |url: String, fail_fast: bool| Node::connect(url, &settings, fail_fast);
         let backend = match &config.mode {
             RedisMode::Single => Backend::Single(Box::new(connect(config.url.clone(), false).await?)),
             RedisMode::Redlock { urls, clock_drift_factor } => {
@@ -142,13 +146,13 @@ impl RedisLockProvider {
                 }))
             }
         };
-        let subscriber = backend.wake_node().subscriber();
+        let subscribers = backend.wake_node().subscribers();
         let match_tokens = matches!(backend, Backend::Single(_));
         Ok(RedisLockProvider {
             inner: Arc::new(Inner {
                 keys: KeySpace::new(&config.key_prefix),
                 backend,
-                wakers: Arc::new(Wakers::new(match_tokens, move || subscriber.clone_new())),
+                wakers: Arc::new(Wakers::new(match_tokens, subscribers)),
                 gate: Gate::new(),
                 inflight: Inflight::default(),
                 command_timeout: config.command_timeout,

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use futures::future::BoxFuture;
 use lock_core::raw::Attempt;
 use lock_core::Lease;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify, OnceCell};
@@ -146,7 +147,7 @@ impl Registry {
 pub(crate) struct Wakers {
     registry: Arc<Registry>,
     commands: OnceCell<mpsc::UnboundedSender<Command>>,
-    make_subscriber: Box<dyn Fn() -> SubscriberClient + Send + Sync>,
+    make_subscriber: Box<dyn Fn() -> BoxFuture<'static, SubscriberClient> + Send + Sync>,
 }
 
 impl std::fmt::Debug for Wakers {
@@ -164,7 +165,7 @@ impl Wakers {
     /// `match_tokens`: release tokens identify leases (a single node; not Redlock).
     pub(crate) fn new(
         match_tokens: bool,
-        make_subscriber: impl Fn() -> SubscriberClient + Send + Sync + 'static,
+        make_subscriber: impl Fn() -> BoxFuture<'static, SubscriberClient> + Send + Sync + 'static,
     ) -> Self {
         Wakers {
             registry: Arc::new(Registry { entries: Mutex::default(), match_tokens }),
@@ -224,7 +225,7 @@ impl Wakers {
     async fn sender(&self) -> Option<&mpsc::UnboundedSender<Command>> {
         self.commands
             .get_or_try_init(|| async {
-                let subscriber = (self.make_subscriber)();
+                let subscriber = (self.make_subscriber)().await;
                 if let Err(e) = subscriber.init().await {
                     tracing::warn!(error = %e, "cannot open the pub/sub connection; waiters fall back to polling");
                     return Err(());

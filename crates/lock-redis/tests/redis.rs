@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, PubsubInterface};
 use lock_core::{LockError, LockOptions, LockProvider};
 use lock_redis::{RedisConfig, RedisLockProvider};
 
@@ -278,4 +278,44 @@ async fn a_restart_without_persistence_makes_the_holders_refresh_fail_with_lease
     assert!(next.token > lease.token, "{} after {}", next.token, lease.token);
     p.close().await.unwrap();
     drop(server);
+}
+
+/// `connect_to` dials the mapped address for a server name that resolves nowhere, on every
+/// connection: the command pool and the pub/sub connection that wakes a waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_reaches_the_server_behind_a_name_that_resolves_nowhere() {
+    let test = "connect_to_reaches_the_server_behind_a_name_that_resolves_nowhere";
+    let Some(shared) = shared(test).await else { return };
+    let server = lock_testkit::faults::upstream_of(&common::url());
+    let config = RedisConfig::new(format!("redis://locks.invalid:{}", server.port()))
+        .pool_size(2)
+        .connect_to("locks.invalid", server.port(), server);
+    let p = RedisLockProvider::connect(config).await.expect("connect through the mapped address");
+    let key = format!("{}k", run_prefix());
+    shared.lock(&opts(&key, "alice")).await.unwrap();
+    let waiter = {
+        let (p, key) = (p.clone(), key.clone());
+        tokio::spawn(async move {
+            p.lock(&opts(&key, "bob").wait(lock_core::WaitPolicy::deadline(Duration::from_secs(20)))).await
+        })
+    };
+    // The waiter listens for the release on a subscriber connection of its own.
+    let raw = raw_client(&common::url()).await;
+    let pattern = format!("*{key}*");
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let channels: Vec<String> = raw.pubsub_channels(pattern.as_str()).await.unwrap();
+        if !channels.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "the waiter's pub/sub connection never subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shared.unlock(&key, "alice").await.unwrap();
+    let lease = waiter.await.unwrap().expect("the waiter gets the lock");
+    assert_eq!(&*lease.owner, "bob");
+    assert!(p.health().await.unwrap().detail.contains("locks.invalid"));
+    p.unlock(&key, "bob").await.unwrap();
+    p.close().await.unwrap();
+    shared.close().await.unwrap();
 }
