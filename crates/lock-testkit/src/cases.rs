@@ -16,7 +16,10 @@ pub use crate::faults::{
     fault_lost_answer_on_reentry, fault_lost_answer_on_refresh, fault_lost_answer_on_unlock,
     fault_partitioned_holder, fault_server_killed_connections, fault_slow_server,
 };
-pub use crate::restart::{pause_server_while_held_and_awaited, restart_server_while_held_and_awaited};
+pub use crate::restart::{
+    pause_minority_while_held_and_awaited, pause_server_while_held_and_awaited,
+    restart_minority_while_held_and_awaited, restart_server_while_held_and_awaited,
+};
 
 /// A generous bound on any single case: a hang is a failure, not a stuck CI run.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);

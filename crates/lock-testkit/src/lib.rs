@@ -90,11 +90,41 @@ pub trait Harness: Send + Sync + 'static {
         panic!("the harness names a private server kind but cannot connect to {url}")
     }
 
+    /// How many independent private servers one deployment of this backend spans, for the
+    /// [restart and pause cases](restart): more than one means a quorum deployment (Redlock's
+    /// masters), where a lock granted by a majority outlives the loss of the others. 1 (the
+    /// default) for a single server.
+    fn private_server_count(&self) -> usize {
+        1
+    }
+
+    /// A provider on the deployment made of the private servers at `urls` (one per server, as
+    /// many as [`private_server_count`]). The default connects to the only one through
+    /// [`provider_at`].
+    ///
+    /// [`private_server_count`]: Harness::private_server_count
+    /// [`provider_at`]: Harness::provider_at
+    async fn provider_on(&self, urls: &[String]) -> Arc<dyn LockProvider> {
+        match urls {
+            [url] => self.provider_at(url).await,
+            _ => panic!("the harness spans one private server, not {}", urls.len()),
+        }
+    }
+
     /// Whether a provider built by this harness in another process (the test binary run
-    /// again, see [`process`]) reaches the same servers. `false` for harnesses that start
-    /// servers of their own per case.
+    /// again, see [`process`]) reaches the same servers, given the environment of
+    /// [`child_env`](Harness::child_env). `false` for harnesses whose servers cannot be
+    /// reached from another process.
     fn processes_share_servers(&self) -> bool {
         true
+    }
+
+    /// Environment variables a holder process (see [`process`]) needs so that its harness
+    /// reaches this harness's servers: a harness that starts servers of its own per case
+    /// names them here, and its harness function connects to them instead of starting new
+    /// ones when it finds the variables set. Empty by default.
+    fn child_env(&self) -> Vec<(String, String)> {
+        Vec::new()
     }
 
     /// Slack added when a case waits for a lease to run out: covers clock granularity and
@@ -243,7 +273,9 @@ macro_rules! conformance_suite {
             fault_slow_server,
             fault_chaos_mix,
             restart_server_while_held_and_awaited,
-            pause_server_while_held_and_awaited
+            pause_server_while_held_and_awaited,
+            restart_minority_while_held_and_awaited,
+            pause_minority_while_held_and_awaited
         );
 
         /// A holder process frozen past its lease (see `lock_testkit::process`).

@@ -4,7 +4,9 @@
 //! The test binary runs itself again as the holder: [`conformance_suite!`](crate::conformance_suite)
 //! adds an ignored test, `distlock_holder_process`, that does nothing unless
 //! [`CHILD_ENV`] is set. With it set, it takes the lock named there, prints its fencing token,
-//! and then answers `refresh` and `unlock` commands on stdin with one line each.
+//! and then answers `refresh` and `unlock` commands on stdin with one line each. The child
+//! also gets the harness's [`child_env`](crate::Harness::child_env), so that a harness whose
+//! servers are its own (started per case) connects the child to the same ones.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -75,10 +77,11 @@ struct Holder {
 const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 
 impl Holder {
-    fn spawn(test_path: &str, key: &str, ttl: Duration) -> Holder {
+    fn spawn(test_path: &str, key: &str, ttl: Duration, env: Vec<(String, String)>) -> Holder {
         let exe = std::env::current_exe().expect("the test binary");
         let mut child = Command::new(exe)
             .args([test_path, "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .envs(env)
             .env(CHILD_ENV, format!("{key}\t{}", ttl.as_millis()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -160,9 +163,9 @@ pub async fn paused_holder_process(ctx: &Ctx, child_test: &str) {
     }
     let key = ctx.key("paused");
     let ttl = (ctx.short_ttl() * 4).max(Duration::from_secs(2));
-    let (k, test) = (key.clone(), child_test.to_string());
+    let (k, test, env) = (key.clone(), child_test.to_string(), ctx.harness.child_env());
     let (mut holder, token) = tokio::task::spawn_blocking(move || {
-        let mut holder = Holder::spawn(&test, &k, ttl);
+        let mut holder = Holder::spawn(&test, &k, ttl, env);
         let token: u64 = holder.line().strip_prefix("token ").unwrap().parse().unwrap();
         (holder, token)
     })

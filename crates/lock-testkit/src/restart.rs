@@ -1,9 +1,23 @@
-//! Cases on a private server the case starts itself ([`crate::servers`]): the server is
-//! killed and restarted, or frozen, while a lock is held and another caller waits. The shared
+//! Cases on private servers the case starts itself ([`crate::servers`]): servers are killed
+//! and restarted, or frozen, while a lock is held and another caller waits. The shared
 //! services the other cases use are never touched.
 //!
 //! A harness opts in with [`Harness::private_server`](crate::Harness::private_server) and
-//! [`Harness::provider_at`](crate::Harness::provider_at).
+//! [`Harness::provider_at`](crate::Harness::provider_at) (one server), or additionally
+//! [`Harness::private_server_count`](crate::Harness::private_server_count) and
+//! [`Harness::provider_on`](crate::Harness::provider_on) for a quorum over several
+//! independent servers (Redlock's masters).
+//!
+//! | case | fault | what must hold |
+//! |---|---|---|
+//! | [`restart_server_while_held_and_awaited`] | every server killed and started again | durable backend: no grant while the holder trusts its lease, then a larger token; otherwise the lock is gone with the servers' memory and the holder hears `lost()`; nobody hangs, the lock is free once released |
+//! | [`pause_server_while_held_and_awaited`] | every server frozen (SIGSTOP) past the TTL | the lock survives the freeze: no grant while the holder trusts its lease |
+//! | [`restart_minority_while_held_and_awaited`] | the largest minority of a quorum's servers restarted (1 of 3) | the majority keeps the lock: the holder (with a TTL of at least nine request timeouts) never hears `lost()` and releases it; no grant before that |
+//! | [`pause_minority_while_held_and_awaited`] | the largest minority frozen for two refresh periods | as above, though every round waits a request timeout for the frozen server; its queued requests, applied on thaw, leave nothing behind |
+//!
+//! Every case ends with the waiter granted the lock once the holder let go (the deployment
+//! recovered, no lock is stuck) and nothing held under the case's prefix after its release.
+//! The minority cases are skipped, loudly, for a deployment of one server.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,14 +32,19 @@ use crate::history::assert_nothing_held;
 use crate::servers::PrivateServer;
 use crate::Ctx;
 
-/// Starts the harness's private server, or says why not (a loud skip, or a failure under
-/// `DISTLOCK_REQUIRE_SERVICES=1`).
-async fn private(ctx: &Ctx) -> Option<PrivateServer> {
+/// Starts the harness's private servers ([`Harness::private_server_count`] of them), or says
+/// why not (a loud skip, or a failure under `DISTLOCK_REQUIRE_SERVICES=1`).
+///
+/// [`Harness::private_server_count`]: crate::Harness::private_server_count
+async fn private(ctx: &Ctx) -> Option<Vec<PrivateServer>> {
     let Some(kind) = ctx.harness.private_server() else {
         eprintln!("SKIPPED {}: the harness runs no private server", ctx.case);
         return None;
     };
-    let started = tokio::task::spawn_blocking(move || PrivateServer::start(kind)).await.expect("start task");
+    let n = ctx.harness.private_server_count().max(1);
+    let started = tokio::task::spawn_blocking(move || (0..n).map(|_| PrivateServer::start(kind)).collect())
+        .await
+        .expect("start task");
     crate::require_or_skip(ctx.case, started)
 }
 
@@ -37,22 +56,32 @@ struct Seen {
     at: Instant,
 }
 
-/// Runs `fault` on the server while a workflow handle holds a lock and another provider waits
+/// Runs `fault` on the servers while a workflow handle holds a lock and another provider waits
 /// for it, then judges: nobody hangs; the waiter is granted the lock only once the holder
 /// stopped trusting its lease (where `survives` says the lock outlives the fault), with a
 /// larger token; a holder whose lock did not survive hears `lost()`; once the holder lets go
 /// after the fault, the waiter gets the lock (the service recovered, no lock is stuck).
+///
+/// With `holder_keeps` (a majority of the servers lives through the fault untouched) the
+/// lease's TTL follows the floor of `docs/safety.md`, three times the default margin plus the
+/// request timeout, and the holder must keep its lock through the fault: no `lost()`, and its
+/// release succeeds.
 async fn hold_and_wait_through(
     ctx: &Ctx,
-    fault: fn(&mut PrivateServer),
+    fault: fn(&mut [PrivateServer]),
     survives: fn(&Capabilities) -> bool,
+    holder_keeps: bool,
 ) {
-    let Some(mut server) = private(ctx).await else { return };
-    let url = server.url();
-    let holder_side = ctx.harness.provider_at(&url).await;
-    let waiter_side = ctx.harness.provider_at(&url).await;
+    let Some(mut servers) = private(ctx).await else { return };
+    let urls: Vec<String> = servers.iter().map(PrivateServer::url).collect();
+    let holder_side = ctx.harness.provider_on(&urls).await;
+    let waiter_side = ctx.harness.provider_on(&urls).await;
     let caps = holder_side.capabilities();
-    let ttl = (ctx.short_ttl() * 8).max(Duration::from_secs(4));
+    let mut ttl = (ctx.short_ttl() * 8).max(Duration::from_secs(4));
+    if holder_keeps {
+        let request = holder_side.request_timeout().unwrap_or(Duration::from_secs(1));
+        ttl = ttl.max(request * 9);
+    }
     let config = WorkflowConfig {
         key_prefix: ctx.key("wf:"),
         ttl,
@@ -79,16 +108,22 @@ async fn hold_and_wait_through(
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let server = tokio::task::spawn_blocking(move || {
-        fault(&mut server);
-        server
+    let servers = tokio::task::spawn_blocking(move || {
+        fault(&mut servers);
+        servers
     })
     .await
     .expect("fault task");
     // The fault is over; a holder whose lease survived it finishes its work and lets go.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if holder_keeps {
+        assert!(!h.is_lost(), "the holder lost a lock that a majority of the servers kept");
+    }
     let_go.store(true, Ordering::SeqCst);
     let released = settled(|| holder_side.unlock(&key, h.owner())).await;
+    if holder_keeps {
+        assert!(released.is_ok(), "the holder's release of a lock a majority kept: {released:?}");
+    }
     let seen =
         tokio::time::timeout(Duration::from_secs(90), waiter).await.expect("the waiter hangs").unwrap();
     eprintln!(
@@ -124,24 +159,73 @@ async fn hold_and_wait_through(
     drop(wf);
     drop(h);
     assert_nothing_held(&*waiter_side, ctx.prefix(), Duration::from_secs(10)).await;
-    tokio::task::spawn_blocking(move || drop(server)).await.expect("stop task");
+    tokio::task::spawn_blocking(move || drop(servers)).await.expect("stop task");
 }
 
-/// The server is killed and started again (same port, same data) mid-hold and mid-wait.
+/// Every server is killed and started again (same port, same data) mid-hold and mid-wait.
 pub async fn restart_server_while_held_and_awaited(ctx: &Ctx) {
-    hold_and_wait_through(ctx, |s| s.restart(), |c| c.durable).await
+    hold_and_wait_through(ctx, |s| s.iter_mut().for_each(PrivateServer::restart), |c| c.durable, false).await
 }
 
-/// The server is frozen (SIGSTOP) past the lease's TTL, then thawed.
+/// Every server is frozen (SIGSTOP) past the lease's TTL, then thawed.
 pub async fn pause_server_while_held_and_awaited(ctx: &Ctx) {
-    hold_and_wait_through(
-        ctx,
-        |s| {
-            s.pause();
-            std::thread::sleep(Duration::from_secs(6));
-            s.resume();
-        },
-        |_| true,
-    )
-    .await
+    hold_and_wait_through(ctx, |s| freeze(s, s.len()), |_| true, false).await
+}
+
+/// Freezes the first `n` servers for 6 s (past the TTL of the cases where every server
+/// freezes, past two refreshes where a minority does), then thaws them.
+fn freeze(servers: &mut [PrivateServer], n: usize) {
+    servers[..n].iter().for_each(PrivateServer::pause);
+    std::thread::sleep(Duration::from_secs(6));
+    servers[..n].iter().for_each(PrivateServer::resume);
+}
+
+/// The largest minority of a deployment of `n` servers (1 of 3, 2 of 5); 0 for one server.
+fn minority(n: usize) -> usize {
+    n.saturating_sub(1) / 2
+}
+
+/// `false` (and a loud skip) for a deployment of a single server, which has no minority.
+fn has_minority(ctx: &Ctx) -> bool {
+    let n = ctx.harness.private_server_count();
+    if ctx.harness.private_server().is_some() && minority(n) == 0 {
+        eprintln!("SKIPPED {}: a deployment of {n} server has no minority to lose", ctx.case);
+        return false;
+    }
+    true
+}
+
+/// The largest minority of a quorum's servers is killed and started again (empty, for a
+/// backend without durability) mid-hold and mid-wait: the majority keeps the lock.
+pub async fn restart_minority_while_held_and_awaited(ctx: &Ctx) {
+    if has_minority(ctx) {
+        hold_and_wait_through(
+            ctx,
+            |s| {
+                let m = minority(s.len());
+                s[..m].iter_mut().for_each(PrivateServer::restart)
+            },
+            |_| true,
+            true,
+        )
+        .await
+    }
+}
+
+/// The largest minority of a quorum's servers is frozen past the lease's TTL, then thawed:
+/// the majority keeps the lock.
+pub async fn pause_minority_while_held_and_awaited(ctx: &Ctx) {
+    if has_minority(ctx) {
+        hold_and_wait_through(ctx, |s| freeze(s, minority(s.len())), |_| true, true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minority;
+
+    #[test]
+    fn a_minority_is_less_than_half() {
+        assert_eq!([1, 2, 3, 4, 5].map(minority), [0, 0, 1, 1, 2]);
+    }
 }
