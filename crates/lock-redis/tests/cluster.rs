@@ -1,29 +1,60 @@
 //! The whole conformance suite on a Redis Cluster of three primaries started for each case:
 //! every script touches one slot because a lock and its counter share a hash tag.
+//!
+//! The fault cases put a fault proxy in front of every node. The nodes announce their own
+//! addresses (`CLUSTER SLOTS`), so the provider under test maps each of them to its node's
+//! proxy with `RedisConfig::connect_to`, while the other providers of the case reach the
+//! nodes directly. The paused-process case's holder process connects to the case's cluster
+//! (named by `CLUSTER_ENV`). The restart and pause cases are not run: see `docs/safety.md`.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::Cluster;
 use lock_core::{LockOptions, LockProvider};
 use lock_redis::{RedisConfig, RedisLockProvider};
+use lock_testkit::faults::Faulty;
+use lock_testkit::proxy::FaultProxy;
 use lock_testkit::Harness;
 
+/// Names the case's cluster to its holder process (`paused_holder_process`), which then
+/// connects to it instead of starting a cluster of its own: the cluster's URL.
+const CLUSTER_ENV: &str = "DISTLOCK_TEST_REDIS_CLUSTER";
+
+/// A cluster of the case's own, or (in a holder process) the case's cluster at `url`.
 struct RedisCluster {
-    cluster: Cluster,
+    url: String,
+    cluster: Option<Cluster>,
 }
 
 #[async_trait::async_trait]
 impl Harness for RedisCluster {
     async fn provider(&self) -> Arc<dyn LockProvider> {
-        let config = RedisConfig::new(self.cluster.url()).pool_size(2);
+        let config = RedisConfig::new(self.url.as_str()).pool_size(2);
         Arc::new(RedisLockProvider::connect(config).await.expect("connect to the cluster"))
     }
 
-    fn processes_share_servers(&self) -> bool {
-        false
+    fn child_env(&self) -> Vec<(String, String)> {
+        vec![(CLUSTER_ENV.into(), self.url.clone())]
+    }
+
+    /// One fault proxy per node, every announced node address mapped to its proxy, and a
+    /// short command timeout.
+    async fn faulty_provider(&self) -> Option<Faulty> {
+        let cluster = self.cluster.as_ref().expect("the case's own cluster");
+        let nodes: Vec<SocketAddr> =
+            cluster.nodes.iter().map(|n| SocketAddr::from(([127, 0, 0, 1], n.port))).collect();
+        let proxies = FaultProxy::start_many(&nodes).await.expect("start fault proxies");
+        let mut config =
+            RedisConfig::new(self.url.as_str()).pool_size(2).command_timeout(Duration::from_secs(1));
+        for (node, proxy) in nodes.iter().zip(&proxies) {
+            config = config.connect_to(node.ip().to_string(), node.port(), proxy.addr());
+        }
+        let provider = RedisLockProvider::connect(config).await.expect("connect through the proxies");
+        Some(Faulty::new(Arc::new(provider), proxies))
     }
 }
 
@@ -32,10 +63,14 @@ async fn start() -> Cluster {
 }
 
 async fn harness() -> Result<RedisCluster, String> {
+    if let Ok(url) = std::env::var(CLUSTER_ENV) {
+        return Ok(RedisCluster { url, cluster: None });
+    }
     if !common::can_start_servers("cluster conformance") {
         return Err("redis-server or redis-cli not installed".into());
     }
-    Ok(RedisCluster { cluster: start().await })
+    let cluster = start().await;
+    Ok(RedisCluster { url: cluster.url(), cluster: Some(cluster) })
 }
 
 lock_testkit::conformance_suite!(harness);

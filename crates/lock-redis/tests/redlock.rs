@@ -1,5 +1,7 @@
 //! Redlock over three throwaway `redis-server` masters on free loopback ports: the whole
-//! conformance suite, then what happens when masters stop.
+//! conformance suite (the restart and pause cases on three masters of their own, the
+//! paused-process case with its holder process on the case's masters), then what happens
+//! when masters stop.
 
 mod common;
 
@@ -22,30 +24,39 @@ async fn masters(n: usize) -> Vec<Server> {
 }
 
 fn config(servers: &[Server]) -> RedisConfig {
-    RedisConfig::redlock(servers.iter().map(Server::url)).pool_size(2).command_timeout(Duration::from_secs(2))
+    urls_config(&servers.iter().map(Server::url).collect::<Vec<_>>())
 }
 
-/// Three masters per case, stopped when the case ends.
+fn urls_config(urls: &[String]) -> RedisConfig {
+    RedisConfig::redlock(urls.iter().cloned()).pool_size(2).command_timeout(Duration::from_secs(2))
+}
+
+/// Names the masters of the case to its holder process (`paused_holder_process`), which then
+/// connects to them instead of starting masters of its own: URLs separated by spaces.
+const MASTERS_ENV: &str = "DISTLOCK_TEST_REDLOCK_MASTERS";
+
+/// Three masters per case, stopped when the case ends (or, in a holder process, the case's
+/// masters named by `MASTERS_ENV`).
 struct Redlock {
-    servers: Vec<Server>,
+    urls: Vec<String>,
+    _servers: Vec<Server>,
 }
 
 #[async_trait::async_trait]
 impl Harness for Redlock {
     async fn provider(&self) -> Arc<dyn LockProvider> {
-        Arc::new(RedisLockProvider::connect(config(&self.servers)).await.expect("connect to the masters"))
+        Arc::new(RedisLockProvider::connect(urls_config(&self.urls)).await.expect("connect to the masters"))
     }
 
-    fn processes_share_servers(&self) -> bool {
-        false
+    fn child_env(&self) -> Vec<(String, String)> {
+        vec![(MASTERS_ENV.into(), self.urls.join(" "))]
     }
 
     /// One fault proxy per master, with a short command timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {
-        let urls: Vec<String> = self.servers.iter().map(Server::url).collect();
-        let addrs: Vec<_> = urls.iter().map(|u| upstream_of(u)).collect();
+        let addrs: Vec<_> = self.urls.iter().map(|u| upstream_of(u)).collect();
         let proxies = FaultProxy::start_many(&addrs).await.expect("start fault proxies");
-        let config = RedisConfig::redlock(urls.iter().zip(&proxies).map(|(u, p)| through(u, p)))
+        let config = RedisConfig::redlock(self.urls.iter().zip(&proxies).map(|(u, p)| through(u, p)))
             .pool_size(2)
             .command_timeout(Duration::from_secs(1));
         let provider = RedisLockProvider::connect(config).await.expect("connect through the proxies");
@@ -56,13 +67,32 @@ impl Harness for Redlock {
     async fn kill_server_side(&self, connections: &[ServerConnection]) -> Option<usize> {
         Some(common::client_kill(connections).await)
     }
+
+    /// The restart and pause cases start three masters of their own.
+    fn private_server(&self) -> Option<Kind> {
+        Some(Kind::Redis)
+    }
+
+    fn private_server_count(&self) -> usize {
+        3
+    }
+
+    async fn provider_on(&self, urls: &[String]) -> Arc<dyn LockProvider> {
+        let config =
+            RedisConfig::redlock(urls.iter().cloned()).pool_size(2).command_timeout(Duration::from_secs(1));
+        Arc::new(RedisLockProvider::connect(config).await.expect("connect to the private masters"))
+    }
 }
 
 async fn harness() -> Result<Redlock, String> {
+    if let Ok(urls) = std::env::var(MASTERS_ENV) {
+        return Ok(Redlock { urls: urls.split(' ').map(String::from).collect(), _servers: Vec::new() });
+    }
     if !common::can_start_servers("redlock conformance") {
         return Err("redis-server not installed".into());
     }
-    Ok(Redlock { servers: masters(3).await })
+    let servers = masters(3).await;
+    Ok(Redlock { urls: servers.iter().map(Server::url).collect(), _servers: servers })
 }
 
 lock_testkit::conformance_suite!(harness);
