@@ -5,7 +5,9 @@
 //! addresses (`CLUSTER SLOTS`), so the provider under test maps each of them to its node's
 //! proxy with `RedisConfig::connect_to`, while the other providers of the case reach the
 //! nodes directly. The paused-process case's holder process connects to the case's cluster
-//! (named by `CLUSTER_ENV`). The restart and pause cases are not run: see `docs/safety.md`.
+//! (named by `CLUSTER_ENV`). The restart and pause cases run on three private cluster nodes
+//! the case joins into a cluster of its own; every lock lives on one primary, so the cluster
+//! is no quorum and the minority cases do not apply.
 
 mod common;
 
@@ -16,8 +18,9 @@ use std::time::Duration;
 use common::Cluster;
 use lock_core::{LockOptions, LockProvider};
 use lock_redis::{RedisConfig, RedisLockProvider};
-use lock_testkit::faults::Faulty;
+use lock_testkit::faults::{upstream_of, Faulty};
 use lock_testkit::proxy::FaultProxy;
+use lock_testkit::servers::Kind;
 use lock_testkit::Harness;
 
 /// Names the case's cluster to its holder process (`paused_holder_process`), which then
@@ -41,12 +44,35 @@ impl Harness for RedisCluster {
         vec![(CLUSTER_ENV.into(), self.url.clone())]
     }
 
+    fn private_server(&self) -> Option<Kind> {
+        Some(Kind::RedisClusterNode)
+    }
+
+    fn private_server_count(&self) -> usize {
+        3
+    }
+
+    async fn prepare_private(&self, urls: &[String]) -> Result<(), String> {
+        let ports: Vec<u16> = urls.iter().map(|u| upstream_of(u).port()).collect();
+        tokio::task::spawn_blocking(move || common::create_cluster(&ports))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    async fn provider_on(&self, urls: &[String]) -> Arc<dyn LockProvider> {
+        let ports: Vec<u16> = urls.iter().map(|u| upstream_of(u).port()).collect();
+        let config = RedisConfig::new(common::cluster_url(&ports))
+            .pool_size(2)
+            .command_timeout(Duration::from_secs(1));
+        Arc::new(RedisLockProvider::connect(config).await.expect("connect to the private cluster"))
+    }
+
     /// One fault proxy per node, every announced node address mapped to its proxy, and a
     /// short command timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {
         let cluster = self.cluster.as_ref().expect("the case's own cluster");
         let nodes: Vec<SocketAddr> =
-            cluster.nodes.iter().map(|n| SocketAddr::from(([127, 0, 0, 1], n.port))).collect();
+            cluster.nodes.iter().map(lock_testkit::servers::PrivateServer::addr).collect();
         let proxies = FaultProxy::start_many(&nodes).await.expect("start fault proxies");
         let mut config =
             RedisConfig::new(self.url.as_str()).pool_size(2).command_timeout(Duration::from_secs(1));
@@ -88,7 +114,7 @@ async fn locks_spread_over_every_primary_and_list_finds_them_all() {
     }
     // Each primary holds some of the locks (and their counters).
     for node in &cluster.nodes {
-        assert!(node.dbsize() > 0, "primary on port {} holds no key", node.port);
+        assert!(common::dbsize(node.port()) > 0, "primary on port {} holds no key", node.port());
     }
     let listed: Vec<_> = p.list("jobs/").await.unwrap().into_iter().map(|i| i.key).collect();
     assert_eq!(listed, keys);

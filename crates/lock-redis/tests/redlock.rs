@@ -77,6 +77,10 @@ impl Harness for Redlock {
         3
     }
 
+    fn private_majority_keeps_locks(&self) -> bool {
+        true
+    }
+
     async fn provider_on(&self, urls: &[String]) -> Arc<dyn LockProvider> {
         let config =
             RedisConfig::redlock(urls.iter().cloned()).pool_size(2).command_timeout(Duration::from_secs(1));

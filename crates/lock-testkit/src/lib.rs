@@ -90,12 +90,27 @@ pub trait Harness: Send + Sync + 'static {
         panic!("the harness names a private server kind but cannot connect to {url}")
     }
 
-    /// How many independent private servers one deployment of this backend spans, for the
-    /// [restart and pause cases](restart): more than one means a quorum deployment (Redlock's
-    /// masters), where a lock granted by a majority outlives the loss of the others. 1 (the
-    /// default) for a single server.
+    /// How many private servers one deployment of this backend spans, for the [restart and
+    /// pause cases](restart): Redlock's masters, a cluster's primaries. 1 (the default) for a
+    /// single server.
     fn private_server_count(&self) -> usize {
         1
+    }
+
+    /// Whether a lock outlives the loss of a minority of the deployment's servers (a quorum,
+    /// such as Redlock's masters). The minority cases of [`restart`] run only then. `false` by
+    /// default, and for a deployment where each lock lives on one server (a cluster's
+    /// primaries without replicas).
+    fn private_majority_keeps_locks(&self) -> bool {
+        false
+    }
+
+    /// Joins freshly started private servers (at `urls`, one per server) into one
+    /// deployment, before any provider connects: forming a cluster, for instance. Nothing to
+    /// do by default; `Err` fails the case.
+    async fn prepare_private(&self, urls: &[String]) -> Result<(), String> {
+        let _ = urls;
+        Ok(())
     }
 
     /// A provider on the deployment made of the private servers at `urls` (one per server, as

@@ -4,9 +4,12 @@
 //!
 //! A harness opts in with [`Harness::private_server`](crate::Harness::private_server) and
 //! [`Harness::provider_at`](crate::Harness::provider_at) (one server), or additionally
-//! [`Harness::private_server_count`](crate::Harness::private_server_count) and
-//! [`Harness::provider_on`](crate::Harness::provider_on) for a quorum over several
-//! independent servers (Redlock's masters).
+//! [`Harness::private_server_count`](crate::Harness::private_server_count),
+//! [`Harness::prepare_private`](crate::Harness::prepare_private) and
+//! [`Harness::provider_on`](crate::Harness::provider_on) for a deployment over several servers
+//! (Redlock's masters, a cluster's primaries);
+//! [`Harness::private_majority_keeps_locks`](crate::Harness::private_majority_keeps_locks)
+//! marks a quorum, which the minority cases need.
 //!
 //! | case | fault | what must hold |
 //! |---|---|---|
@@ -17,7 +20,8 @@
 //!
 //! Every case ends with the waiter granted the lock once the holder let go (the deployment
 //! recovered, no lock is stuck) and nothing held under the case's prefix after its release.
-//! The minority cases are skipped, loudly, for a deployment of one server.
+//! The minority cases are skipped, loudly, unless the deployment is a quorum of at least three
+//! servers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,10 +46,16 @@ async fn private(ctx: &Ctx) -> Option<Vec<PrivateServer>> {
         return None;
     };
     let n = ctx.harness.private_server_count().max(1);
-    let started = tokio::task::spawn_blocking(move || (0..n).map(|_| PrivateServer::start(kind)).collect())
-        .await
-        .expect("start task");
-    crate::require_or_skip(ctx.case, started)
+    let started: Result<Vec<PrivateServer>, String> =
+        tokio::task::spawn_blocking(move || (0..n).map(|_| PrivateServer::start(kind)).collect())
+            .await
+            .expect("start task");
+    let servers = crate::require_or_skip(ctx.case, started)?;
+    let urls: Vec<String> = servers.iter().map(PrivateServer::url).collect();
+    if let Err(e) = ctx.harness.prepare_private(&urls).await {
+        panic!("{}: the private servers did not form one deployment: {e}", ctx.case);
+    }
+    Some(servers)
 }
 
 /// What the waiter saw when its `lock` returned: the outcome and the holder's state then.
@@ -185,11 +195,11 @@ fn minority(n: usize) -> usize {
     n.saturating_sub(1) / 2
 }
 
-/// `false` (and a loud skip) for a deployment of a single server, which has no minority.
+/// `false` (and a loud skip) unless the deployment is a quorum with a minority to lose.
 fn has_minority(ctx: &Ctx) -> bool {
-    let n = ctx.harness.private_server_count();
-    if ctx.harness.private_server().is_some() && minority(n) == 0 {
-        eprintln!("SKIPPED {}: a deployment of {n} server has no minority to lose", ctx.case);
+    let (n, quorum) = (ctx.harness.private_server_count(), ctx.harness.private_majority_keeps_locks());
+    if ctx.harness.private_server().is_some() && (!quorum || minority(n) == 0) {
+        eprintln!("SKIPPED {}: the deployment ({n} servers) is no quorum that outlives a minority", ctx.case);
         return false;
     }
     true

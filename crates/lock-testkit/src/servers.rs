@@ -1,4 +1,5 @@
-//! [`PrivateServer`]: a throwaway Redis, etcd or MariaDB server of a test's own, on a free
+//! [`PrivateServer`]: a throwaway Redis (alone or as a cluster node), etcd or MariaDB server of a
+//! test's own, on a free
 //! loopback port with its own data directory, for cases that restart, kill or pause the
 //! server. The shared services on the standard ports are never touched.
 //!
@@ -26,6 +27,11 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 pub enum Kind {
     /// `redis-server`, without persistence.
     Redis,
+    /// `redis-server` in cluster mode, without persistence of its data: its cluster state
+    /// (`nodes.conf`) lives in the data directory and survives a restart. It serves no slot
+    /// until it joins a cluster (`redis-cli --cluster create`); its cluster bus listens on a
+    /// free port of its own.
+    RedisClusterNode,
     /// A single-member `etcd` cluster.
     Etcd,
     /// `mariadbd` with a database `test`; user `root` without password.
@@ -36,6 +42,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Redis => "redis",
+            Kind::RedisClusterNode => "redis-cluster-node",
             Kind::Etcd => "etcd",
             Kind::MariaDb => "mariadb",
         }
@@ -75,7 +82,7 @@ pub struct PrivateServer {
     kind: Kind,
     bin: PathBuf,
     port: u16,
-    /// etcd's peer port.
+    /// etcd's peer port; a Redis cluster node's bus port.
     peer_port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -87,7 +94,7 @@ impl PrivateServer {
     /// `Err` when a binary is missing or the server does not come up.
     pub fn start(kind: Kind) -> Result<PrivateServer, String> {
         let bin = match kind {
-            Kind::Redis => {
+            Kind::Redis | Kind::RedisClusterNode => {
                 find_program("redis-server", Some("DISTLOCK_TEST_REDIS_BIN"), &["/usr/bin/redis-server"])
             }
             Kind::Etcd => find_program("etcd", Some("DISTLOCK_TEST_ETCD_BIN"), &["/usr/bin/etcd"]),
@@ -130,7 +137,7 @@ impl PrivateServer {
     /// `mysql://root@127.0.0.1:P/test`.
     pub fn url(&self) -> String {
         match self.kind {
-            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Redis | Kind::RedisClusterNode => format!("redis://127.0.0.1:{}", self.port),
             Kind::Etcd => format!("http://127.0.0.1:{}", self.port),
             Kind::MariaDb => format!("mysql://root@127.0.0.1:{}/test", self.port),
         }
@@ -158,7 +165,8 @@ impl PrivateServer {
 
     /// Stops the server and starts it again on the same port and data directory, waiting
     /// until it answers. etcd and MariaDB keep their data; Redis (no persistence) starts
-    /// empty. Panics if the server does not come back.
+    /// empty, a cluster node with its cluster state (identity, peers, slots). Panics if the
+    /// server does not come back.
     pub fn restart(&mut self) {
         self.stop();
         if let Err(e) = self.launch() {
@@ -232,7 +240,7 @@ impl PrivateServer {
         let mut cmd = Command::new(&self.bin);
         let p = self.port;
         match self.kind {
-            Kind::Redis => {
+            Kind::Redis | Kind::RedisClusterNode => {
                 cmd.args([
                     "--port",
                     &p.to_string(),
@@ -245,6 +253,10 @@ impl PrivateServer {
                 ])
                 .arg("--dir")
                 .arg(&self.dir);
+                if self.kind == Kind::RedisClusterNode {
+                    cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                        .args(["--cluster-port", &self.peer_port.to_string()]);
+                }
             }
             Kind::Etcd => {
                 let client = format!("http://127.0.0.1:{p}");
@@ -348,7 +360,7 @@ fn probe(kind: Kind, addr: SocketAddr, within: Duration) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
     let request: &[u8] = match kind {
-        Kind::Redis => b"PING\r\n",
+        Kind::Redis | Kind::RedisClusterNode => b"PING\r\n",
         Kind::Etcd => b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         Kind::MariaDb => b"",
     };
@@ -361,14 +373,14 @@ fn probe(kind: Kind, addr: SocketAddr, within: Duration) -> Result<(), String> {
         answer.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&answer);
         let done = match kind {
-            Kind::Redis => answer.ends_with(b"\r\n"),
+            Kind::Redis | Kind::RedisClusterNode => answer.ends_with(b"\r\n"),
             Kind::Etcd => text.contains("\"health\""),
             // A handshake packet: 3-byte length, sequence 0, protocol version 10.
             Kind::MariaDb => answer.len() >= 5,
         };
         if done || n == 0 {
             let ok = match kind {
-                Kind::Redis => text.starts_with("+PONG"),
+                Kind::Redis | Kind::RedisClusterNode => text.starts_with("+PONG"),
                 Kind::Etcd => text.contains("\"health\":\"true\""),
                 Kind::MariaDb => answer.len() >= 5 && answer[3] == 0 && answer[4] == 10,
             };

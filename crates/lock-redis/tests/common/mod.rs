@@ -1,11 +1,13 @@
-//! Helpers of the Redis integration tests: the shared server's URL and throwaway
-//! `redis-server` processes on free loopback ports.
+//! Helpers of the Redis integration tests: the shared server's URL, throwaway `redis-server`
+//! processes on free loopback ports, and Redis Clusters of private cluster nodes.
 
 #![allow(dead_code)] // each test file uses a part
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use lock_testkit::servers::{Kind, PrivateServer};
 
 /// The shared test server.
 pub(crate) fn url() -> String {
@@ -41,8 +43,6 @@ pub(crate) fn can_start_servers(test: &str) -> bool {
 pub(crate) struct Server {
     pub(crate) port: u16,
     child: Option<Child>,
-    /// A Redis Cluster node keeps its cluster state in a file of its own.
-    cluster_dir: Option<std::path::PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -56,17 +56,7 @@ fn reachable(port: u16) -> bool {
 impl Server {
     /// Starts a server on a free port and waits until it accepts connections.
     pub(crate) fn start() -> Server {
-        let mut s = Server { port: free_port(), child: None, cluster_dir: None };
-        s.restart();
-        s
-    }
-
-    /// Starts a Redis Cluster node (no slots yet) on a free port.
-    fn start_cluster_node() -> Server {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("distlock-cluster-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("cluster node dir");
-        let mut s = Server { port, child: None, cluster_dir: Some(dir) };
+        let mut s = Server { port: free_port(), child: None };
         s.restart();
         s
     }
@@ -74,13 +64,6 @@ impl Server {
     /// The server's URL.
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Number of keys on this server (`DBSIZE`).
-    pub(crate) fn dbsize(&self) -> u64 {
-        let out =
-            Command::new(cli()).args(["-p", &self.port.to_string(), "dbsize"]).output().expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("DBSIZE answers a number")
     }
 
     /// Kills the server (no shutdown save: its data is gone).
@@ -107,9 +90,6 @@ impl Server {
             "--protected-mode",
             "no",
         ]);
-        if let Some(dir) = &self.cluster_dir {
-            cmd.current_dir(dir).args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
-        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -131,54 +111,73 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if let Some(dir) = &self.cluster_dir {
-            let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Number of keys on the server at `port` (`DBSIZE`).
+pub(crate) fn dbsize(port: u16) -> u64 {
+    let out = Command::new(cli()).args(["-p", &port.to_string(), "dbsize"]).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("DBSIZE answers a number")
+}
+
+/// Joins the cluster nodes on `ports` (slots not assigned yet) into one cluster of primaries
+/// with `redis-cli --cluster create`, and waits until every node reports the cluster up.
+pub(crate) fn create_cluster(ports: &[u16]) -> Result<(), String> {
+    let addrs: Vec<_> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new(cli())
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run redis-cli --cluster create: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cluster create failed: {}", String::from_utf8_lossy(&out.stdout)));
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    for port in ports {
+        loop {
+            let info = Command::new(cli())
+                .args(["-p", &port.to_string(), "cluster", "info"])
+                .output()
+                .map_err(|e| format!("redis-cli cluster info: {e}"))?;
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            if Instant::now() >= until {
+                return Err(format!("cluster on {addrs:?} not up in 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
+    Ok(())
+}
+
+/// The URL fred connects to a cluster with, seeded with every node.
+pub(crate) fn cluster_url(ports: &[u16]) -> String {
+    let (first, others) = ports.split_first().expect("at least one node");
+    let others: Vec<_> = others.iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
+    format!("redis-cluster://127.0.0.1:{first}?{}", others.join("&"))
 }
 
 /// A Redis Cluster of `n` primaries (no replicas) on free loopback ports, stopped on drop.
 pub(crate) struct Cluster {
-    pub(crate) nodes: Vec<Server>,
+    pub(crate) nodes: Vec<PrivateServer>,
 }
 
 impl Cluster {
-    /// Starts the nodes, assigns every slot with `redis-cli --cluster create`, and waits until
-    /// every node reports the cluster up.
+    /// Starts the nodes, assigns every slot, and waits until every node reports the cluster up.
     pub(crate) fn start(n: usize) -> Cluster {
-        let nodes: Vec<_> = (0..n).map(|_| Server::start_cluster_node()).collect();
-        let addrs: Vec<_> = nodes.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
-        let out = Command::new(cli())
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
-        let until = Instant::now() + Duration::from_secs(30);
-        for s in &nodes {
-            loop {
-                let info = Command::new(cli())
-                    .args(["-p", &s.port.to_string(), "cluster", "info"])
-                    .output()
-                    .expect("redis-cli cluster info");
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < until, "cluster on {addrs:?} not up in 30 s");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        let nodes: Vec<_> = (0..n)
+            .map(|_| PrivateServer::start(Kind::RedisClusterNode).expect("start a cluster node"))
+            .collect();
+        create_cluster(&nodes.iter().map(PrivateServer::port).collect::<Vec<_>>()).expect("form the cluster");
         Cluster { nodes }
     }
 
     /// The cluster's URL for fred.
     pub(crate) fn url(&self) -> String {
-        let mut ports = self.nodes.iter().map(|s| s.port);
-        let first = ports.next().expect("at least one node");
-        let others: Vec<_> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
-        format!("redis-cluster://127.0.0.1:{first}?{}", others.join("&"))
+        cluster_url(&self.nodes.iter().map(PrivateServer::port).collect::<Vec<_>>())
     }
 }
 

@@ -52,6 +52,26 @@ fn redis_restarts_empty_and_pauses() {
 }
 
 #[test]
+fn redis_cluster_node_restarts_as_the_same_node() {
+    let case = "servers::redis_cluster_node_restarts_as_the_same_node";
+    let Some(cli) = tool(case, "redis-cli") else { return };
+    let Some(mut server) = server(case, Kind::RedisClusterNode) else { return };
+    let port = server.port().to_string();
+    assert!(run(&cli, &["-p", &port, "INFO", "cluster"]).contains("cluster_enabled:1"));
+    // Its bus port is a free port of its own, not the port plus 10000 (often above 65535).
+    assert!(
+        run(&cli, &["-p", &port, "CONFIG", "GET", "cluster-port"]).ends_with(&server.peer_port.to_string())
+    );
+    let id = run(&cli, &["-p", &port, "CLUSTER", "MYID"]);
+    assert_eq!(run(&cli, &["-p", &port, "CLUSTER", "ADDSLOTSRANGE", "0", "99"]), "OK");
+    server.restart();
+    assert_eq!(run(&cli, &["-p", &port, "CLUSTER", "MYID"]), id, "the cluster state survives a restart");
+    let info = run(&cli, &["-p", &port, "CLUSTER", "INFO"]);
+    assert!(info.contains("cluster_slots_assigned:100"), "the node forgot its slots: {info}");
+    check_pause(&server);
+}
+
+#[test]
 fn etcd_restart_keeps_data_and_pauses() {
     let case = "servers::etcd_restart_keeps_data_and_pauses";
     let Some(cli) = tool(case, "etcdctl") else { return };
