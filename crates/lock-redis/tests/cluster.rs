@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::Cluster;
 use lock_core::{LockOptions, LockProvider};
 use lock_redis::{RedisConfig, RedisLockProvider};
-use lock_testkit::faults::{upstream_of, Faulty};
+use lock_testkit::faults::{upstream_of, Faulty, ServerConnection};
 use lock_testkit::proxy::FaultProxy;
 use lock_testkit::servers::Kind;
 use lock_testkit::Harness;
@@ -42,6 +42,11 @@ impl Harness for RedisCluster {
 
     fn child_env(&self) -> Vec<(String, String)> {
         vec![(CLUSTER_ENV.into(), self.url.clone())]
+    }
+
+    /// `CLIENT KILL ADDR` of each connection, on the node it is connected to.
+    async fn kill_server_side(&self, connections: &[ServerConnection]) -> Option<usize> {
+        Some(common::client_kill(connections).await)
     }
 
     fn private_server(&self) -> Option<Kind> {
