@@ -70,6 +70,8 @@ fn every_backend_setting_round_trips_from_toml_and_env() {
             pool_size = 9
             command_timeout = "700ms"
             connect_timeout = "2s"
+            [redis.connect_to]
+            "a:1" = "127.0.0.1:17001"
             "#,
         )?;
         let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
@@ -95,6 +97,7 @@ fn every_backend_setting_round_trips_from_toml_and_env() {
             }
         );
         assert_eq!((r.key_prefix.as_str(), r.pool_size), ("jobs:", 9));
+        assert_eq!(r.connect_to.get(&("a".to_owned(), 1)), Some(&"127.0.0.1:17001".parse().unwrap()));
         assert_eq!(
             (r.command_timeout, r.connect_timeout),
             (Duration::from_millis(700), Duration::from_secs(2))
