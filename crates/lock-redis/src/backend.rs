@@ -4,8 +4,8 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -49,6 +49,8 @@ pub(crate) struct Redlock {
     pub(crate) nodes: Vec<Node>,
     pub(crate) quorum: usize,
     pub(crate) drift_factor: f64,
+    /// Take-backs still running, by lock key and owner (see [`Redlock::give_back_later`]).
+    pub(crate) taking_back: Mutex<TakeBacks>,
 }
 
 /// Where the locks live.
@@ -160,6 +162,11 @@ impl Redlock {
     /// Asks every master at once; granted by a quorum within the validity time, or given back
     /// on every master that granted it or may have (see [`Redlock::give_back_later`]).
     async fn acquire(self: &Arc<Self>, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Acquire> {
+        // A take-back of this owner's failed round releases a level without a token (the
+        // master never said which). Were this round granted on that master first, the
+        // take-back would release *this* grant and leave the lock short of a quorum: so it is
+        // called off, and this round starts once its release in flight (if any) has ended.
+        self.call_off_take_backs(names, owner).await;
         let started = Instant::now();
         let answers = join_all(self.nodes.iter().map(|n| n.acquire(names, owner, ttl))).await;
         let elapsed = started.elapsed();
@@ -225,6 +232,10 @@ impl Redlock {
 
     /// In a task of its own, releases one level of `owner`'s lock on each of `masters`, trying
     /// each again with backoff until it answers, for as long as a grant of `ttl` could last.
+    ///
+    /// The owner's next attempt on the key calls it off (see `acquire`): a level of the failed
+    /// round that is still there then expires with its TTL, which costs that master's vote for
+    /// a while but never releases a grant the owner is using.
     fn give_back_later(
         self: &Arc<Self>,
         names: &KeyNames,
@@ -234,12 +245,21 @@ impl Redlock {
     ) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (this, names, owner) = (self.clone(), names.clone(), owner.to_owned());
+        let take_back = Arc::new(TakeBack::default());
+        let registered = Registered::new(self.clone(), &names.lock, &owner, take_back.clone());
         rt.spawn(async move {
+            let _registered = registered;
             let give_up = Instant::now() + ttl;
             let mut pause = Duration::from_millis(20);
             while !masters.is_empty() {
+                let sending = take_back.sending.lock().await;
+                if take_back.called_off.load(Ordering::Acquire) {
+                    tracing::debug!(key = %names.lock, "Redlock: take-back called off by a new attempt of the owner");
+                    break;
+                }
                 let calls = masters.iter().map(|&i| this.nodes[i].release(&names, &owner, None));
                 let answers = join_all(calls).await;
+                drop(sending);
                 let mut still = Vec::new();
                 for (&i, answer) in masters.iter().zip(answers) {
                     match answer {
@@ -258,6 +278,22 @@ impl Redlock {
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
         });
+    }
+
+    /// Calls off every take-back of `owner`'s grants on the key and waits until none has a
+    /// release on its way to a master (at most one command timeout).
+    async fn call_off_take_backs(&self, names: &KeyNames, owner: &str) {
+        let running: Vec<Arc<TakeBack>> = {
+            let pending = self.taking_back.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.get(&(names.lock.clone(), owner.to_owned())) {
+                Some(list) => list.clone(),
+                None => return,
+            }
+        };
+        for take_back in running {
+            take_back.called_off.store(true, Ordering::Release);
+            drop(take_back.sending.lock().await);
+        }
     }
 
     async fn give_back(&self, names: &KeyNames, owner: &str, receipts: &[(usize, u64)]) -> Result<()> {
@@ -358,5 +394,45 @@ impl Redlock {
             depth: held.iter().map(|h| h.depth).max().unwrap_or_default(),
             left: held[self.quorum - 1].left,
         }))
+    }
+}
+
+/// Running take-backs by lock key and owner.
+pub(crate) type TakeBacks = HashMap<(String, String), Vec<Arc<TakeBack>>>;
+
+/// One running take-back: whether a new attempt called it off, and a lock held while its
+/// releases are on their way, so that the attempt can wait for them to end.
+#[derive(Debug, Default)]
+pub(crate) struct TakeBack {
+    called_off: AtomicBool,
+    sending: tokio::sync::Mutex<()>,
+}
+
+/// Keeps a take-back listed under its key and owner while its task runs.
+struct Registered {
+    redlock: Arc<Redlock>,
+    id: (String, String),
+    take_back: Arc<TakeBack>,
+}
+
+impl Registered {
+    fn new(redlock: Arc<Redlock>, lock_key: &str, owner: &str, take_back: Arc<TakeBack>) -> Self {
+        let id = (lock_key.to_owned(), owner.to_owned());
+        let mut pending = redlock.taking_back.lock().unwrap_or_else(|e| e.into_inner());
+        pending.entry(id.clone()).or_default().push(take_back.clone());
+        drop(pending);
+        Registered { redlock, id, take_back }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut pending = self.redlock.taking_back.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = pending.get_mut(&self.id) {
+            list.retain(|t| !Arc::ptr_eq(t, &self.take_back));
+            if list.is_empty() {
+                pending.remove(&self.id);
+            }
+        }
     }
 }

@@ -143,6 +143,7 @@ impl RedisLockProvider {
                     quorum: nodes.len() / 2 + 1,
                     nodes,
                     drift_factor: *clock_drift_factor,
+                    taking_back: Default::default(),
                 }))
             }
         };
