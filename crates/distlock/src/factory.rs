@@ -1,4 +1,4 @@
-//! [`LockProviderFactory`]: builds the provider a [`LockConfig`](crate::LockConfig) names.
+//! [`LockProviderFactory`]: builds the provider a [`LockConfig`] names.
 
 use std::sync::Arc;
 

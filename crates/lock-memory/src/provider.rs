@@ -94,7 +94,7 @@ impl MemoryLockProvider {
         MemoryLockProviderBuilder::default()
     }
 
-    /// A provider with `config`, checked first ([`InvalidArgument`](LockError::InvalidArgument)
+    /// A provider with `config`, checked first ([`InvalidArgument`](lock_core::LockError::InvalidArgument)
     /// names a bad setting).
     pub fn with_config(config: MemoryConfig) -> Result<Self> {
         config.validate()?;

@@ -18,7 +18,7 @@
 //! ## The table
 //!
 //! Created on start (or by [`MySqlLockProvider::migrate`]); the name comes from
-//! [`MySqlLockConfig::table`] (default `distributed_locks`) and must be a plain identifier
+//! [`MySqlLockConfig::table_name`] (default `distributed_locks`) and must be a plain identifier
 //! (ASCII letters, digits, `_`, at most 64 bytes), anything else is `InvalidArgument`:
 //!
 //! ```sql

@@ -46,9 +46,21 @@
 //!
 //! See `docs/redis.md` in the repository for the key layout, the scripts and what each mode
 //! guarantees.
+//!
+//! | module | holds |
+//! |---|---|
+//! | `config` | [`RedisConfig`] and [`RedisMode`], every setting and default |
+//! | `provider` | [`RedisLockProvider`], its shared state, connecting, the acquire request that outlives a caller who leaves |
+//! | `backend` | `impl LockBackend`: the hooks, one script round trip each |
+//! | `deployment` | one server (or cluster) vs. a Redlock quorum: who is asked, how answers combine, take-backs of failed rounds |
+//! | `node` | one connection pool, the scripts' calls and answers, error mapping |
+//! | `scripts` | the Lua scripts |
+//! | `keys` | the key layout (hash tags, escaping, scan patterns) |
+//! | `wake` | the release listener: pub/sub wake-ups and what the provider knows of a key while it waits |
 
 mod backend;
 mod config;
+mod deployment;
 mod keys;
 mod node;
 mod provider;

@@ -144,22 +144,22 @@ impl Registry {
 }
 
 /// The provider's wake-up machinery: a subscriber connection, created on first need.
-pub(crate) struct Wakers {
+pub(crate) struct ReleaseListener {
     registry: Arc<Registry>,
     commands: OnceCell<mpsc::UnboundedSender<Command>>,
     make_subscriber: Box<dyn Fn() -> BoxFuture<'static, SubscriberClient> + Send + Sync>,
 }
 
-impl std::fmt::Debug for Wakers {
+impl std::fmt::Debug for ReleaseListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wakers")
+        f.debug_struct("ReleaseListener")
             .field("keys", &self.registry.entries().len())
             .field("connected", &self.commands.initialized())
             .finish()
     }
 }
 
-impl Wakers {
+impl ReleaseListener {
     /// Wake-ups whose subscriber connection is built by `make_subscriber` when first needed.
     ///
     /// `match_tokens`: release tokens identify leases (a single node; not Redlock).
@@ -167,7 +167,7 @@ impl Wakers {
         match_tokens: bool,
         make_subscriber: impl Fn() -> BoxFuture<'static, SubscriberClient> + Send + Sync + 'static,
     ) -> Self {
-        Wakers {
+        ReleaseListener {
             registry: Arc::new(Registry { entries: Mutex::default(), match_tokens }),
             commands: OnceCell::new(),
             make_subscriber: Box::new(make_subscriber),
@@ -188,7 +188,7 @@ impl Wakers {
         });
         e.refs += 1;
         Interest {
-            wakers: self.clone(),
+            listener: self.clone(),
             channel: channel.to_owned(),
             notify: e.notify.clone(),
             sub: e.sub.clone(),
@@ -301,7 +301,7 @@ async fn dispatch(
 /// A local caller's interest in one key's releases.
 #[derive(Debug)]
 pub(crate) struct Interest {
-    wakers: Arc<Wakers>,
+    listener: Arc<ReleaseListener>,
     channel: String,
     notify: Arc<Notify>,
     sub: Arc<Subscription>,
@@ -325,7 +325,7 @@ impl Interest {
         if self.sub.ready.get() != Some(&true) {
             return None;
         }
-        let mut entries = self.wakers.registry.entries();
+        let mut entries = self.listener.registry.entries();
         let e = entries.get_mut(&self.channel)?;
         let now = Instant::now();
         let busy = if let Some(h) = e.holder.as_ref().filter(|h| h.until > now) {
@@ -358,7 +358,7 @@ impl Interest {
 
     /// Records the answer of an attempt that went to the server.
     pub(crate) fn record(&self, answer: &Attempt) {
-        let mut entries = self.wakers.registry.entries();
+        let mut entries = self.listener.registry.entries();
         let Some(e) = entries.get_mut(&self.channel) else { return };
         match answer {
             Attempt::Acquired(lease) => e.holder = Some(LocalHolder::of(lease)),
@@ -387,7 +387,7 @@ impl Interest {
             .sub
             .ready
             .get_or_init(|| async {
-                let Some(tx) = self.wakers.sender().await else { return false };
+                let Some(tx) = self.listener.sender().await else { return false };
                 let (done, ok) = oneshot::channel();
                 self.sub.requested.store(true, Ordering::Release);
                 if tx.send(Command::Subscribe(self.channel.clone(), done)).is_err() {
@@ -401,7 +401,7 @@ impl Interest {
 
 impl Drop for Interest {
     fn drop(&mut self) {
-        let mut entries = self.wakers.registry.entries();
+        let mut entries = self.listener.registry.entries();
         let Some(e) = entries.get_mut(&self.channel) else { return };
         e.refs -= 1;
         if *self.waiting.get_mut() {
@@ -415,7 +415,7 @@ impl Drop for Interest {
         // Only a channel that was subscribed needs unsubscribing. The request is queued
         // behind the subscribe, so the order on the connection is right.
         if e.sub.requested.load(Ordering::Acquire) {
-            if let Some(tx) = self.wakers.commands.get() {
+            if let Some(tx) = self.listener.commands.get() {
                 let _ = tx.send(Command::Unsubscribe(std::mem::take(&mut self.channel)));
             }
         }
