@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lock_core::raw::{acquire_with_backoff, Attempt, Backoff, Gate, LockBackend};
+use lock_core::raw::{acquire_with_backoff, Attempt, Gate, LockBackend};
 use lock_core::{
     async_trait, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result,
 };
@@ -51,7 +51,7 @@ impl LockBackend for RedisLockProvider {
         let names = Arc::new(inner.keys.names(&opts.key));
         // Only a caller whose policy lets it wait listens for releases (and may be answered
         // from local knowledge); one that tries once always asks the server.
-        let may_wait = Backoff::new(&opts.wait).next_delay().is_some();
+        let may_wait = !opts.wait.budget().is_zero();
         let interest: Option<Interest> = may_wait.then(|| inner.listener.interest(&names.channel));
         let first = AtomicBool::new(true);
         let attempt = || async {
