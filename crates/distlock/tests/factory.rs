@@ -33,8 +33,7 @@ async fn zero_ttl_is_rejected_by_the_factory() {
 
 #[tokio::test]
 async fn mysql_on_the_applications_pool() {
-    let url = std::env::var("DISTLOCK_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let url = lock_testkit::env::mysql_url();
     let pool = distlock::mysql::MySqlPool::connect(&url).await;
     let Some(pool) =
         lock_testkit::require_or_skip("mysql_on_the_applications_pool", pool.map_err(|e| e.to_string()))
@@ -90,8 +89,7 @@ async fn etcd_without_endpoints_is_a_config_error() {
 
 #[tokio::test]
 async fn etcd_from_config() {
-    let endpoints =
-        std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
+    let endpoints = lock_testkit::env::etcd_endpoints();
     let mut config = LockConfig { provider: LockProviderType::Etcd, ..LockConfig::default() };
     config.etcd.endpoints = endpoints.split(',').map(String::from).collect();
     round_trip("etcd_from_config", config, "etcd").await;

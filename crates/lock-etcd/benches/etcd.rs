@@ -17,10 +17,7 @@ use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchFilter
 use lock_core::LockProvider;
 use lock_etcd::{EtcdConfig, EtcdLockProvider};
 use lock_testkit::bench::{self, fmt_dur, rate, BoxFut, Cycle, ProviderCycle};
-
-fn endpoints() -> String {
-    std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into())
-}
+use lock_testkit::env::etcd_endpoints;
 
 /// Put-if-absent and compare-and-delete on one plain key per lock.
 struct RawTxnCycle {
@@ -121,11 +118,11 @@ const DISTINCT_TASKS: usize = 32;
 const HOT_TASKS: usize = 16;
 
 async fn contenders() -> Option<Vec<(&'static str, Arc<dyn Cycle>)>> {
-    let config = EtcdConfig::from_list(&endpoints()).connect_timeout(Duration::from_secs(3));
+    let config = EtcdConfig::from_list(&etcd_endpoints()).connect_timeout(Duration::from_secs(3));
     let provider = match EtcdLockProvider::connect(config.clone()).await {
         Ok(p) if p.health().await.is_ok() => p,
         _ => {
-            eprintln!("SKIPPED etcd bench: no etcd at {}", endpoints());
+            eprintln!("SKIPPED etcd bench: no etcd at {}", etcd_endpoints());
             return None;
         }
     };
@@ -185,7 +182,7 @@ fn benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, all: &[(&'static str
 /// Throughput and latency percentiles, printed for docs/benchmarks.md.
 fn summary(rt: &tokio::runtime::Runtime, all: &[(&'static str, Arc<dyn Cycle>)]) {
     rt.block_on(async {
-        println!("\n## summary (2 worker threads, etcd at {})", endpoints());
+        println!("\n## summary (2 worker threads, etcd at {})", etcd_endpoints());
         println!("| contender | uncontended cycles/s | acquire p50 | acquire p99 | release p50 | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over p99 |");
         println!("|---|---|---|---|---|---|---|---|---|");
         for (name, cy) in all {

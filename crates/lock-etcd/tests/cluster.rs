@@ -11,7 +11,7 @@
 //! path); without it the test is skipped, or fails under `DISTLOCK_REQUIRE_SERVICES=1`.
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,20 +49,9 @@ fn peer_url(i: usize) -> String {
     format!("http://127.0.0.1:{}", PEER_PORT + i as u16)
 }
 
-fn etcd_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("DISTLOCK_TEST_ETCD_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    if Path::new("/usr/bin/etcd").exists() {
-        return Some(PathBuf::from("/usr/bin/etcd"));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("etcd")).find(|p| p.exists())
-}
-
 impl Cluster {
     fn start() -> Result<Cluster, String> {
-        let bin = etcd_binary().ok_or("no etcd binary (install Debian's etcd-server)")?;
+        let bin = lock_testkit::env::etcd_bin()?;
         for i in 0..NODES {
             for port in [CLIENT_PORT + i as u16, PEER_PORT + i as u16] {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -6,16 +6,13 @@ use std::time::Duration;
 
 use lock_core::LockProvider;
 use lock_etcd::{EtcdConfig, EtcdLockProvider};
+use lock_testkit::env::etcd_endpoints;
 use lock_testkit::faults::{through, upstream_of, Faulty};
 use lock_testkit::proxy::FaultProxy;
 use lock_testkit::Harness;
 
-fn endpoints() -> String {
-    std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into())
-}
-
 fn config() -> EtcdConfig {
-    EtcdConfig::from_list(&endpoints()).connect_timeout(Duration::from_secs(3))
+    EtcdConfig::from_list(&etcd_endpoints()).connect_timeout(Duration::from_secs(3))
 }
 
 /// Every `provider()` is a new client: cases model separate processes.
@@ -41,7 +38,7 @@ impl Harness for Etcd {
     /// Every connection through a fault proxy (one per endpoint), with a short request
     /// timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {
-        let urls: Vec<String> = endpoints().split(',').map(|u| u.trim().to_string()).collect();
+        let urls: Vec<String> = etcd_endpoints().split(',').map(|u| u.trim().to_string()).collect();
         let addrs: Vec<_> = urls.iter().map(|u| upstream_of(u)).collect();
         let proxies = FaultProxy::start_many(&addrs).await.expect("start fault proxies");
         let list: Vec<String> = urls.iter().zip(&proxies).map(|(u, p)| through(u, p)).collect();

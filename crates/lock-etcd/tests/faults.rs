@@ -256,8 +256,7 @@ async fn cancelled_acquisitions_release_exactly_their_own_level() {
 
 /// A second provider (own connection) on `prefix`.
 async fn sibling_default(prefix: &str) -> EtcdLockProvider {
-    let endpoints =
-        std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
+    let endpoints = lock_testkit::env::etcd_endpoints();
     let config =
         EtcdConfig::from_list(&endpoints).prefix(prefix.to_string()).connect_timeout(Duration::from_secs(3));
     EtcdLockProvider::connect(config).await.unwrap()

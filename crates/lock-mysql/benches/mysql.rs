@@ -15,6 +15,7 @@ use lock_core::raw::Backoff;
 use lock_core::{LockProvider, WaitPolicy};
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
 use lock_testkit::bench::{self, fmt_dur, rate, BoxFut, Cycle, ProviderCycle};
+use lock_testkit::env::mysql_url;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::MySql;
@@ -24,10 +25,6 @@ const RAW_TABLE: &str = "distlock_bench_raw";
 const DISTINCT_TASKS: usize = 32;
 const HOT_TASKS: usize = 16;
 const POOL: u32 = 34;
-
-fn url() -> String {
-    std::env::var("DISTLOCK_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
 
 /// INSERT to acquire (a duplicate key means busy), DELETE to release.
 struct RawInsertDelete {
@@ -103,7 +100,7 @@ struct Contenders {
 }
 
 async fn contenders() -> Contenders {
-    let pool = MySqlPoolOptions::new().max_connections(POOL).connect(&url()).await.expect("connect");
+    let pool = MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
     // Both tables fresh, in the provider's current schema.
     sqlx::query(&format!("DROP TABLE IF EXISTS `{TABLE}`")).execute(&pool).await.expect("drop table");
     let config = MySqlLockConfig::default().table_name(TABLE);
@@ -114,8 +111,9 @@ async fn contenders() -> Contenders {
     {
         sqlx::query(&sql).execute(&pool).await.expect("raw table");
     }
-    let raw_pool = MySqlPoolOptions::new().max_connections(POOL).connect(&url()).await.expect("connect");
-    let gl_pool = MySqlPoolOptions::new().max_connections(POOL).connect(&url()).await.expect("connect");
+    let raw_pool =
+        MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
+    let gl_pool = MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
     let all: Vec<(&'static str, Arc<dyn Cycle>)> = vec![
         ("distlock mysql", Arc::new(ProviderCycle::new(provider.clone() as Arc<dyn LockProvider>))),
         ("raw INSERT+DELETE", Arc::new(RawInsertDelete { pool: raw_pool })),

@@ -8,13 +8,10 @@ use std::time::Duration;
 
 use lock_core::{LockError, LockOptions, LockProvider, WaitPolicy};
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider, MAX_TABLE_NAME_LEN};
+use lock_testkit::env::mysql_url;
 use lock_testkit::require_or_skip;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::Executor;
-
-fn url() -> String {
-    std::env::var("DISTLOCK_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
 
 fn unique_table(tag: &str) -> String {
     format!("distlock_f_{tag}_{:08x}", fastrand::u32(..))
@@ -31,12 +28,12 @@ fn config(table: &str) -> MySqlLockConfig {
 async fn provider(test: &str, config: MySqlLockConfig) -> Option<MySqlLockProvider> {
     require_or_skip(
         test,
-        MySqlLockProvider::connect(&url(), config).await.map_err(|e| format!("{}: {e}", url())),
+        MySqlLockProvider::connect(&mysql_url(), config).await.map_err(|e| format!("{}: {e}", mysql_url())),
     )
 }
 
 async fn admin() -> MySqlPool {
-    MySqlPoolOptions::new().max_connections(2).connect(&url()).await.expect("admin pool")
+    MySqlPoolOptions::new().max_connections(2).connect(&mysql_url()).await.expect("admin pool")
 }
 
 async fn drop_table(pool: &MySqlPool, table: &str) {
@@ -78,7 +75,7 @@ async fn a_committed_reentry_is_never_reported_as_an_error() {
     let pool = MySqlPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_millis(500))
-        .connect(&url())
+        .connect(&mysql_url())
         .await;
     let Some(pool) = require_or_skip("committed_reentry", pool.map_err(|e| e.to_string())) else { return };
     let p = Arc::new(MySqlLockProvider::from_pool(pool.clone(), config(&table)).await.unwrap());
@@ -167,7 +164,7 @@ async fn a_hung_statement_fails_as_unavailable_and_leaves_no_lock() {
 /// `InvalidArgument` before any connection is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_longest_accepted_table_names_work() {
-    let admin = match MySqlPoolOptions::new().max_connections(1).connect(&url()).await {
+    let admin = match MySqlPoolOptions::new().max_connections(1).connect(&mysql_url()).await {
         Ok(a) => a,
         Err(e) => {
             require_or_skip::<()>("longest_table_names", Err(e.to_string()));
@@ -177,7 +174,7 @@ async fn the_longest_accepted_table_names_work() {
     for len in [MAX_TABLE_NAME_LEN - 3, MAX_TABLE_NAME_LEN - 1, MAX_TABLE_NAME_LEN] {
         let stem = format!("distlock_f_long_{:08x}_", fastrand::u32(..));
         let name: String = stem.chars().chain(std::iter::repeat('x')).take(len).collect();
-        let p = match MySqlLockProvider::connect(&url(), config(&name)).await {
+        let p = match MySqlLockProvider::connect(&mysql_url(), config(&name)).await {
             Ok(p) => p,
             Err(e) => panic!("a {len}-byte name was accepted by the validator but failed: {e:?}"),
         };
@@ -193,7 +190,7 @@ async fn the_longest_accepted_table_names_work() {
             Err(LockError::InvalidArgument { what: "table name", .. }) => {}
             other => panic!("{len} bytes: {other:?}"),
         }
-        let pool = MySqlPoolOptions::new().max_connections(1).connect_lazy(&url()).unwrap();
+        let pool = MySqlPoolOptions::new().max_connections(1).connect_lazy(&mysql_url()).unwrap();
         match MySqlLockProvider::from_pool(pool, config(&name)).await {
             Err(LockError::InvalidArgument { what: "table name", .. }) => {}
             other => panic!("{len} bytes on a pool: {other:?}"),
@@ -212,7 +209,7 @@ async fn pool_with(setup: &'static str) -> MySqlPool {
                 Ok(())
             })
         })
-        .connect(&url())
+        .connect(&mysql_url())
         .await
         .expect("pool")
 }

@@ -7,12 +7,9 @@ use std::time::Duration;
 
 use lock_core::{LockError, LockOptions, LockProvider, WaitPolicy};
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
+use lock_testkit::env::mysql_url;
 use lock_testkit::require_or_skip;
 use sqlx::mysql::MySqlPoolOptions;
-
-fn url() -> String {
-    std::env::var("DISTLOCK_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
 
 fn unique_table(tag: &str) -> String {
     format!("distlock_t_{tag}_{:08x}", fastrand::u32(..))
@@ -27,7 +24,7 @@ async fn provider(test: &str, table: &str, max_connections: u32) -> Option<MySql
     let config = MySqlLockConfig::default().table_name(table).max_connections(max_connections);
     require_or_skip(
         test,
-        MySqlLockProvider::connect(&url(), config).await.map_err(|e| format!("{}: {e}", url())),
+        MySqlLockProvider::connect(&mysql_url(), config).await.map_err(|e| format!("{}: {e}", mysql_url())),
     )
 }
 
@@ -49,7 +46,7 @@ async fn bad_table_names_are_rejected_before_any_connection() {
 
 #[tokio::test]
 async fn bad_table_name_on_an_existing_pool_is_rejected() {
-    let pool = MySqlPoolOptions::new().max_connections(1).connect_lazy(&url()).unwrap();
+    let pool = MySqlPoolOptions::new().max_connections(1).connect_lazy(&mysql_url()).unwrap();
     let config = MySqlLockConfig::default().table_name("x`; DROP TABLE y; --");
     let err = MySqlLockProvider::from_pool(pool, config).await.unwrap_err();
     assert!(matches!(err, LockError::InvalidArgument { what: "table name", .. }), "{err:?}");
@@ -62,7 +59,7 @@ async fn a_killed_pooled_connection_keeps_the_lock_and_the_provider_recovers() {
     let lease = p.lock(&opts("job", "alice")).await.unwrap();
     // The pool has one connection: find it and kill it from outside.
     let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()").fetch_one(p.pool()).await.unwrap();
-    let admin = MySqlPoolOptions::new().max_connections(1).connect(&url()).await.unwrap();
+    let admin = MySqlPoolOptions::new().max_connections(1).connect(&mysql_url()).await.unwrap();
     sqlx::query(&format!("KILL CONNECTION {id}")).execute(&admin).await.unwrap();
 
     let mut seen = None;
@@ -226,7 +223,7 @@ async fn the_background_reaper_deletes_freed_rows() {
         .reap_interval(Some(Duration::from_millis(200)))
         .command_timeout(Duration::from_millis(100))
         .reap_grace(Duration::from_secs(1));
-    let connected = MySqlLockProvider::connect(&url(), config).await.map_err(|e| e.to_string());
+    let connected = MySqlLockProvider::connect(&mysql_url(), config).await.map_err(|e| e.to_string());
     let Some(p) = require_or_skip("background_reaper", connected) else { return };
     for k in ["a", "b"] {
         p.lock(&opts(k, "alice").ttl(Duration::from_millis(100))).await.unwrap();
@@ -254,7 +251,7 @@ async fn a_grace_period_shorter_than_statements_can_run_is_rejected() {
 async fn statements_per_operation() {
     let Some(p) = provider("statements", &unique_table("stmts"), 2).await else { return };
     let other_instance = MySqlLockConfig::default().table_name(p.table()).max_connections(1);
-    let q = MySqlLockProvider::connect(&url(), other_instance).await.unwrap();
+    let q = MySqlLockProvider::connect(&mysql_url(), other_instance).await.unwrap();
     let cost = |before: u64, p: &MySqlLockProvider| p.statements_sent() - before;
 
     let n = p.statements_sent();

@@ -18,14 +18,11 @@ use fred::types::scripts::Script;
 use fred::types::{Builder, Expiration, SetOptions};
 use lock_redis::{RedisConfig, RedisLockProvider};
 use lock_testkit::bench::{self, fmt_dur, rate, BoxFut, Cycle, ProviderCycle};
+use lock_testkit::env::redis_url;
 
 const POOL_SIZE: usize = 4;
 const DISTINCT_TASKS: usize = 32;
 const HOT_TASKS: usize = 16;
-
-fn url() -> String {
-    std::env::var("DISTLOCK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 /// The textbook single-instance Redis lock on a fred pool of the same size.
 struct RawFred {
@@ -39,7 +36,7 @@ const RAW_RELEASE: &str =
 
 impl RawFred {
     async fn connect() -> RawFred {
-        let config = fred::types::config::Config::from_url(&url()).expect("redis URL");
+        let config = fred::types::config::Config::from_url(&redis_url()).expect("redis URL");
         let pool = Builder::from_config(config).build_pool(POOL_SIZE).expect("pool");
         pool.init().await.expect("connect to redis");
         let release = Script::from_lua(RAW_RELEASE);
@@ -84,7 +81,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn contenders() -> Vec<Contender> {
-    let provider = RedisLockProvider::connect(RedisConfig::new(url()).pool_size(POOL_SIZE))
+    let provider = RedisLockProvider::connect(RedisConfig::new(redis_url()).pool_size(POOL_SIZE))
         .await
         .expect("connect to redis");
     let raw = Arc::new(RawFred::connect().await);
@@ -154,7 +151,7 @@ fn benches(c: &mut Criterion) {
 fn summary() {
     let rt = runtime();
     rt.block_on(async {
-        println!("\n## summary (2 worker threads, pool of {POOL_SIZE} connections, {})", url());
+        println!("\n## summary (2 worker threads, pool of {POOL_SIZE} connections, {})", redis_url());
         println!("| contender | uncontended cycles/s | acquire p50 | release p50 | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over mean | hand-over p99 | hot-key acquire round trips per acquisition |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for ct in contenders().await {

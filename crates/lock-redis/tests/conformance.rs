@@ -49,7 +49,7 @@ impl Harness for Redis {
 }
 
 async fn harness() -> Result<Redis, String> {
-    let url = std::env::var("DISTLOCK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = lock_testkit::env::redis_url();
     let config = RedisConfig::new(url.as_str()).pool_size(2);
     // Probe once so a missing server is reported (or skipped) by the suite, not a panic.
     let probe = RedisLockProvider::connect(config.clone()).await.map_err(|e| format!("{url}: {e}"))?;

@@ -14,7 +14,7 @@ fn opts(key: &str, owner: &str) -> LockOptions {
 
 /// The shared server, or `None` (skipped loudly, or failed under `DISTLOCK_REQUIRE_SERVICES=1`).
 async fn shared(test: &str) -> Option<RedisLockProvider> {
-    let url = common::url();
+    let url = lock_testkit::env::redis_url();
     let h = RedisLockProvider::connect(RedisConfig::new(url.as_str()).pool_size(2))
         .await
         .map_err(|e| format!("{url}: {e}"));
@@ -113,7 +113,7 @@ async fn over_long_keys_are_rejected_before_redis_is_asked() {
 #[tokio::test]
 async fn operations_recover_from_a_flushed_script_cache() {
     let Some(p) = shared("operations_recover_from_a_flushed_script_cache").await else { return };
-    let raw = raw_client(&common::url()).await;
+    let raw = raw_client(&lock_testkit::env::redis_url()).await;
     let key = format!("{}k", run_prefix());
     let first = p.lock(&opts(&key, "alice")).await.unwrap();
     // Every script is gone from the server; each operation must load it again and succeed.
@@ -134,7 +134,7 @@ async fn operations_recover_from_a_flushed_script_cache() {
 #[tokio::test]
 async fn the_fencing_counter_outlives_its_lock_and_never_expires() {
     let Some(p) = shared("the_fencing_counter_outlives_its_lock_and_never_expires").await else { return };
-    let raw = raw_client(&common::url()).await;
+    let raw = raw_client(&lock_testkit::env::redis_url()).await;
     let key = format!("{}k", run_prefix());
     let lease = p.lock(&opts(&key, "alice").ttl(Duration::from_millis(50))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -286,7 +286,7 @@ async fn a_restart_without_persistence_makes_the_holders_refresh_fail_with_lease
 async fn connect_to_reaches_the_server_behind_a_name_that_resolves_nowhere() {
     let test = "connect_to_reaches_the_server_behind_a_name_that_resolves_nowhere";
     let Some(shared) = shared(test).await else { return };
-    let server = lock_testkit::faults::upstream_of(&common::url());
+    let server = lock_testkit::faults::upstream_of(&lock_testkit::env::redis_url());
     let config = RedisConfig::new(format!("redis://locks.invalid:{}", server.port()))
         .pool_size(2)
         .connect_to("locks.invalid", server.port(), server);
@@ -300,7 +300,7 @@ async fn connect_to_reaches_the_server_behind_a_name_that_resolves_nowhere() {
         })
     };
     // The waiter listens for the release on a subscriber connection of its own.
-    let raw = raw_client(&common::url()).await;
+    let raw = raw_client(&lock_testkit::env::redis_url()).await;
     let pattern = format!("*{key}*");
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -20,7 +20,8 @@
 //! loud message on stderr. Each case uses its own random key prefix, so runs against shared
 //! servers never collide.
 //!
-//! [`bench`](mod@bench) holds the workloads the criterion benches of every backend share.
+//! [`bench`](mod@bench) holds the workloads and the `main` the criterion benches of every
+//! backend share; [`env`] reads the variables that name the test services.
 //!
 //! Fault-injection tools for the cases that break things on purpose:
 //! [`proxy::FaultProxy`] sits between a client and its server and delays, swallows or resets
@@ -36,6 +37,7 @@ use lock_core::{Capabilities, LockProvider};
 
 pub mod bench;
 pub mod cases;
+pub mod env;
 pub mod faults;
 pub mod history;
 pub mod process;
@@ -43,8 +45,7 @@ pub mod proxy;
 pub mod restart;
 pub mod servers;
 
-/// Environment variable that turns a missing service into a test failure.
-pub const REQUIRE_SERVICES_ENV: &str = "DISTLOCK_REQUIRE_SERVICES";
+pub use env::{long_run, services_required, LONG_ENV, REQUIRE_SERVICES_ENV};
 
 /// How the suite reaches a backend.
 #[async_trait]
@@ -147,19 +148,6 @@ pub trait Harness: Send + Sync + 'static {
     fn expiry_slack(&self) -> Duration {
         Duration::from_millis(250)
     }
-}
-
-/// Environment variable that makes stress and fault cases run longer (`cargo xtask test --long`).
-pub const LONG_ENV: &str = "DISTLOCK_TEST_LONG";
-
-/// `true` when `DISTLOCK_TEST_LONG` is set to `1` or `true`: loops run more rounds.
-pub fn long_run() -> bool {
-    std::env::var(LONG_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-}
-
-/// `true` when `DISTLOCK_REQUIRE_SERVICES` is set to `1` or `true`.
-pub fn services_required() -> bool {
-    std::env::var(REQUIRE_SERVICES_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 /// Turns a harness that could not reach its service into a skip (loud, on stderr) or, with

@@ -5,7 +5,8 @@
 //!
 //! Binaries are looked up at their Debian paths (`/usr/bin/redis-server`, `/usr/bin/etcd`,
 //! `/usr/sbin/mariadbd` and its tools) or on `PATH`; `DISTLOCK_TEST_REDIS_BIN`,
-//! `DISTLOCK_TEST_ETCD_BIN` and `DISTLOCK_TEST_MARIADB_BIN` override the server binaries. A
+//! `DISTLOCK_TEST_ETCD_BIN` and `DISTLOCK_TEST_MARIADB_BIN` override the server binaries
+//! (see [`env`](crate::env)). A
 //! missing binary makes [`PrivateServer::start`] return `Err`, which a test hands to
 //! [`require_or_skip`](crate::require_or_skip).
 //!
@@ -94,13 +95,9 @@ impl PrivateServer {
     /// `Err` when a binary is missing or the server does not come up.
     pub fn start(kind: Kind) -> Result<PrivateServer, String> {
         let bin = match kind {
-            Kind::Redis | Kind::RedisClusterNode => {
-                find_program("redis-server", Some("DISTLOCK_TEST_REDIS_BIN"), &["/usr/bin/redis-server"])
-            }
-            Kind::Etcd => find_program("etcd", Some("DISTLOCK_TEST_ETCD_BIN"), &["/usr/bin/etcd"]),
-            Kind::MariaDb => {
-                find_program("mariadbd", Some("DISTLOCK_TEST_MARIADB_BIN"), &["/usr/sbin/mariadbd"])
-            }
+            Kind::Redis | Kind::RedisClusterNode => crate::env::redis_bin(),
+            Kind::Etcd => crate::env::etcd_bin(),
+            Kind::MariaDb => crate::env::mariadb_bin(),
         }?;
         let dir = std::env::temp_dir().join(format!(
             "distlock-{}-{}-{:08x}",

@@ -8,8 +8,7 @@ use lock_etcd::{EtcdConfig, EtcdLockProvider};
 /// A provider on its own random prefix, or `None` (skip, or fail under
 /// `DISTLOCK_REQUIRE_SERVICES=1`) when etcd is not there.
 pub(crate) async fn provider(case: &str) -> Option<(EtcdLockProvider, String)> {
-    let endpoints =
-        std::env::var("DISTLOCK_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
+    let endpoints = lock_testkit::env::etcd_endpoints();
     let prefix = format!("distlock-test/{:016x}/{case}/", fastrand::u64(..));
     let config =
         EtcdConfig::from_list(&endpoints).prefix(prefix.clone()).connect_timeout(Duration::from_secs(3));

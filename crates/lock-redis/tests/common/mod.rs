@@ -1,5 +1,5 @@
-//! Helpers of the Redis integration tests: the shared server's URL, throwaway `redis-server`
-//! processes on free loopback ports, and Redis Clusters of private cluster nodes.
+//! Helpers of the Redis integration tests: throwaway `redis-server` processes on free loopback
+//! ports, and Redis Clusters of private cluster nodes.
 
 #![allow(dead_code)] // each test file uses a part
 
@@ -8,11 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lock_testkit::servers::{Kind, PrivateServer};
-
-/// The shared test server.
-pub(crate) fn url() -> String {
-    std::env::var("DISTLOCK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 /// The `redis-server` binary (`REDIS_SERVER` overrides the Debian path).
 fn binary() -> String {

@@ -1,0 +1,84 @@
+//! The environment variables that point tests and benches at their services, read in one
+//! place with their defaults.
+//!
+//! | variable | function | default |
+//! |---|---|---|
+//! | `DISTLOCK_TEST_MYSQL_URL` | [`mysql_url`] | `mysql://root@127.0.0.1:3306/test` |
+//! | `DISTLOCK_TEST_REDIS_URL` | [`redis_url`] | `redis://127.0.0.1:6379` |
+//! | `DISTLOCK_TEST_ETCD_ENDPOINTS` | [`etcd_endpoints`] | `http://127.0.0.1:2379` |
+//! | `DISTLOCK_TEST_REDIS_BIN` | [`redis_bin`] | `/usr/bin/redis-server`, else `PATH` |
+//! | `DISTLOCK_TEST_ETCD_BIN` | [`etcd_bin`] | `/usr/bin/etcd`, else `PATH` |
+//! | `DISTLOCK_TEST_MARIADB_BIN` | [`mariadb_bin`] | `/usr/sbin/mariadbd`, else `PATH` |
+//! | `DISTLOCK_REQUIRE_SERVICES` | [`services_required`] | unset: a missing service skips |
+//! | `DISTLOCK_TEST_LONG` | [`long_run`] | unset: the short rounds |
+//!
+//! `cargo xtask test` and `cargo xtask bench` set the service variables to the services they
+//! start.
+
+use std::path::PathBuf;
+
+/// Variable naming the MySQL/MariaDB server of the tests.
+pub const MYSQL_URL_ENV: &str = "DISTLOCK_TEST_MYSQL_URL";
+/// Variable naming the Redis server of the tests.
+pub const REDIS_URL_ENV: &str = "DISTLOCK_TEST_REDIS_URL";
+/// Variable naming the etcd endpoints of the tests (comma-separated).
+pub const ETCD_ENDPOINTS_ENV: &str = "DISTLOCK_TEST_ETCD_ENDPOINTS";
+/// Variable overriding the `redis-server` binary of private servers.
+pub const REDIS_BIN_ENV: &str = "DISTLOCK_TEST_REDIS_BIN";
+/// Variable overriding the `etcd` binary of private servers and clusters.
+pub const ETCD_BIN_ENV: &str = "DISTLOCK_TEST_ETCD_BIN";
+/// Variable overriding the `mariadbd` binary of private servers.
+pub const MARIADB_BIN_ENV: &str = "DISTLOCK_TEST_MARIADB_BIN";
+/// Variable that turns a missing service into a test failure.
+pub const REQUIRE_SERVICES_ENV: &str = "DISTLOCK_REQUIRE_SERVICES";
+/// Variable that makes stress and fault cases run longer (`cargo xtask test --long`).
+pub const LONG_ENV: &str = "DISTLOCK_TEST_LONG";
+
+fn var_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The MySQL/MariaDB URL of the shared test server (`DISTLOCK_TEST_MYSQL_URL`).
+pub fn mysql_url() -> String {
+    var_or(MYSQL_URL_ENV, "mysql://root@127.0.0.1:3306/test")
+}
+
+/// The URL of the shared Redis test server (`DISTLOCK_TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    var_or(REDIS_URL_ENV, "redis://127.0.0.1:6379")
+}
+
+/// The shared etcd test endpoints as a comma-separated list (`DISTLOCK_TEST_ETCD_ENDPOINTS`),
+/// the form `lock_etcd::EtcdConfig::from_list` reads.
+pub fn etcd_endpoints() -> String {
+    var_or(ETCD_ENDPOINTS_ENV, "http://127.0.0.1:2379")
+}
+
+/// The `redis-server` binary (`DISTLOCK_TEST_REDIS_BIN`, else the Debian path, else `PATH`).
+pub fn redis_bin() -> Result<PathBuf, String> {
+    crate::servers::find_program("redis-server", Some(REDIS_BIN_ENV), &["/usr/bin/redis-server"])
+}
+
+/// The `etcd` binary (`DISTLOCK_TEST_ETCD_BIN`, else the Debian path, else `PATH`).
+pub fn etcd_bin() -> Result<PathBuf, String> {
+    crate::servers::find_program("etcd", Some(ETCD_BIN_ENV), &["/usr/bin/etcd"])
+}
+
+/// The `mariadbd` binary (`DISTLOCK_TEST_MARIADB_BIN`, else the Debian path, else `PATH`).
+pub fn mariadb_bin() -> Result<PathBuf, String> {
+    crate::servers::find_program("mariadbd", Some(MARIADB_BIN_ENV), &["/usr/sbin/mariadbd"])
+}
+
+/// `true` when `DISTLOCK_REQUIRE_SERVICES` is set to `1` or `true`.
+pub fn services_required() -> bool {
+    flag(REQUIRE_SERVICES_ENV)
+}
+
+/// `true` when `DISTLOCK_TEST_LONG` is set to `1` or `true`: loops run more rounds.
+pub fn long_run() -> bool {
+    flag(LONG_ENV)
+}
