@@ -1,5 +1,6 @@
-//! The workflow layer's watchdog under a paused clock, on the memory backend, also with a
-//! provider that hangs or loses answers.
+//! `lock_core::workflow`'s watchdog and lost signal under a paused clock, with the memory
+//! backend as the provider underneath, also behind faults that hang refreshes or lose
+//! answers. (Here rather than in lock-core: lock-core cannot use a backend in its own tests.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
