@@ -98,19 +98,6 @@ async fn keys_with_glob_brace_space_and_unicode_characters_are_plain_keys() {
 }
 
 #[tokio::test]
-async fn over_long_keys_are_rejected_before_redis_is_asked() {
-    let Some(p) = shared("over_long_keys_are_rejected_before_redis_is_asked").await else { return };
-    let long = "k".repeat(lock_core::validate::MAX_KEY_LEN + 1);
-    let err = p.lock(&opts(&long, "alice")).await.unwrap_err();
-    assert!(matches!(err, LockError::InvalidArgument { what: "key", .. }), "{err:?}");
-    // The longest accepted key, made of characters the layout escapes, still works.
-    let run = run_prefix();
-    let key = format!("{run}{}", "}".repeat(lock_core::validate::MAX_KEY_LEN - run.len()));
-    p.lock(&opts(&key, "alice")).await.unwrap();
-    p.unlock(&key, "alice").await.unwrap();
-}
-
-#[tokio::test]
 async fn operations_recover_from_a_flushed_script_cache() {
     let Some(p) = shared("operations_recover_from_a_flushed_script_cache").await else { return };
     let raw = raw_client(&lock_testkit::env::redis_url()).await;
@@ -150,87 +137,6 @@ async fn the_fencing_counter_outlives_its_lock_and_never_expires() {
     assert!(next.token > lease.token, "{} after {}", next.token, lease.token);
     p.unlock(&key, "bob").await.unwrap();
     let _: () = raw.quit().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_acquire_abandoned_in_flight_leaves_no_lock_behind() {
-    let Some(p) = shared("an_acquire_abandoned_in_flight_leaves_no_lock_behind").await else { return };
-    let p = std::sync::Arc::new(p);
-    let run = run_prefix();
-    let mut abandoned = 0;
-    for round in 0..60u64 {
-        let key = format!("{run}{round}");
-        let (p2, k2) = (p.clone(), key.clone());
-        // A free key: the request is granted on the server whether or not its caller is still
-        // there to hear it. Abort at varying points around the round trip.
-        let caller = tokio::spawn(async move { p2.lock(&opts(&k2, "alice")).await });
-        // Timers are too coarse for this: spin 0 to 190 µs while the caller runs on the other
-        // worker, so that some aborts land before, some during and some after the round trip.
-        let until = std::time::Instant::now() + Duration::from_micros(round % 20 * 10);
-        while std::time::Instant::now() < until {
-            std::hint::spin_loop();
-        }
-        caller.abort();
-        let kept = match caller.await {
-            Ok(lease) => Some(lease.expect("a free key is granted")),
-            Err(_) => {
-                abandoned += 1;
-                None
-            }
-        };
-        if let Some(lease) = kept {
-            p.unlock(&key, &lease.owner).await.unwrap();
-        }
-        let until = tokio::time::Instant::now() + Duration::from_secs(5);
-        while p.is_locked(&key).await.unwrap().is_some() {
-            assert!(tokio::time::Instant::now() < until, "round {round}: an abandoned acquire kept the lock");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    assert!(abandoned > 0, "no round abandoned its caller: the test proved nothing");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_sharing_providers_take_turns_on_a_hot_key() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-
-    let test = "callers_sharing_providers_take_turns_on_a_hot_key";
-    let (Some(a), Some(b)) = (shared(test).await, shared(test).await) else { return };
-    // Two providers (two processes, as far as Redis can tell), four callers on each: releases
-    // reach the other provider by pub/sub and the same provider by its own unlock, and local
-    // knowledge answers some attempts without a round trip. None of it may break exclusion.
-    let providers = [Arc::new(a), Arc::new(b)];
-    let key = format!("{}hot", run_prefix());
-    let inside = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let last_token = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for t in 0..8 {
-        let p = providers[t % 2].clone();
-        let (key, inside, done, last_token) = (key.clone(), inside.clone(), done.clone(), last_token.clone());
-        tasks.push(tokio::spawn(async move {
-            let owner = format!("caller-{t}");
-            let o = LockOptions::new(key.as_str(), owner.as_str())
-                .ttl(Duration::from_secs(30))
-                .wait(lock_core::WaitPolicy::deadline(Duration::from_secs(60)));
-            for _ in 0..20 {
-                let lease = p.lock(&o).await.expect("lock");
-                assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
-                let previous = last_token.swap(lease.token.0, Ordering::SeqCst);
-                assert!(lease.token.0 > previous, "token {} after {previous}", lease.token);
-                tokio::task::yield_now().await;
-                inside.store(false, Ordering::SeqCst);
-                done.fetch_add(1, Ordering::SeqCst);
-                p.unlock(&key, &owner).await.expect("unlock");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(done.load(Ordering::SeqCst), 160);
-    assert_eq!(providers[0].is_locked(&key).await.unwrap(), None);
 }
 
 /// Refreshes until the server answers (the client reconnects after the restart).

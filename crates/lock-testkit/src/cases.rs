@@ -494,6 +494,40 @@ pub async fn dropped_lock_in_flight_leaves_no_lock(ctx: &Ctx) {
     assert!(dropped > 0, "no call was dropped in flight: the case tested nothing");
 }
 
+/// A `lock` task aborted from another thread while it runs (on the other worker; the key is
+/// free, so the request may be granted whether or not its caller is still there to hear it)
+/// either returned its lease (which is released) or leaves no lock behind. Aborts land before,
+/// during and after the round trip.
+pub async fn aborted_lock_task_leaves_no_lock(ctx: &Ctx) {
+    const ROUNDS: u64 = 60;
+    let p = ctx.provider().await;
+    let mut aborted = 0;
+    for round in 0..ROUNDS {
+        let key = ctx.key(&format!("k{round}"));
+        let (p2, k2) = (p.clone(), key.clone());
+        let caller = tokio::spawn(async move { p2.lock(&opts(&k2, "alice")).await });
+        // Timers are too coarse for this: spin 0 to 190 µs while the caller runs on the other
+        // worker.
+        let until = std::time::Instant::now() + Duration::from_micros(round % 20 * 10);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        caller.abort();
+        match caller.await {
+            Ok(lease) => {
+                let lease = lease.unwrap_or_else(|e| panic!("round {round}: a free key was refused: {e:?}"));
+                p.unlock(&key, &lease.owner).await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            }
+            Err(e) if e.is_cancelled() => aborted += 1,
+            Err(e) => panic!("round {round}: the lock task failed: {e}"),
+        }
+        let left = eventually_free(&*p, &key).await;
+        assert_eq!(left, None, "round {round}: an aborted lock task left its lock behind");
+    }
+    eprintln!("{aborted} of {ROUNDS} lock tasks were aborted before they finished");
+    assert!(aborted > 0, "no lock task was aborted before it finished: the case tested nothing");
+}
+
 /// A re-entry dropped in flight (perhaps after the server applied it) gives back at most its
 /// own level: the owner's first level is still held, and one unlock frees the key.
 pub async fn dropped_reentry_keeps_the_first_level(ctx: &Ctx) {
@@ -616,45 +650,85 @@ pub async fn distinct_keys_are_independent(ctx: &Ctx) {
     assert_eq!(p.is_locked(&b).await.unwrap().unwrap().owner, "bob");
 }
 
-/// Keys that extend one another (`jobs`, `jobs/a`, `jobs:a`) are separate locks; `list`
-/// treats the shorter one as a prefix.
+/// Keys that extend one another (`jobs`, `jobs/a`, `jobs:a`) are separate locks: neither is
+/// mistaken for the other's holder or waiter, and `list` treats the shorter one as a prefix.
 pub async fn keys_extending_each_other_are_independent(ctx: &Ctx) {
     let p = ctx.provider().await;
     let (jobs, slash, colon) = (ctx.key("jobs"), ctx.key("jobs/a"), ctx.key("jobs:a"));
-    p.lock(&opts(&jobs, "alice")).await.unwrap();
-    p.lock(&opts(&slash, "bob")).await.expect("jobs/a is not jobs");
+    let outer = p.lock(&opts(&jobs, "alice")).await.unwrap();
+    let inner = p.lock(&opts(&slash, "bob")).await.expect("jobs/a is not jobs");
     p.lock(&opts(&colon, "carol")).await.expect("jobs:a is not jobs");
-    assert_eq!(p.is_locked(&jobs).await.unwrap().unwrap().owner, "alice");
-    assert_eq!(p.is_locked(&slash).await.unwrap().unwrap().owner, "bob");
+    let info = p.is_locked(&jobs).await.unwrap().unwrap();
+    assert_eq!((info.owner.as_str(), info.token), ("alice", outer.token));
+    let info = p.is_locked(&slash).await.unwrap().unwrap();
+    assert_eq!((info.owner.as_str(), info.token), ("bob", inner.token));
+    let listed: Vec<_> = p.list(&jobs).await.unwrap().into_iter().map(|i| (i.key, i.owner)).collect();
+    let expected = [(&jobs, "alice"), (&slash, "bob"), (&colon, "carol")];
+    assert_eq!(listed, expected.map(|(k, o)| (k.clone(), o.to_string())), "sorted by key");
+    match p.try_lock(&opts(&jobs, "dave")).await {
+        Err(LockError::Timeout { holder, .. }) => assert!(holder.map_or(true, |h| h == "alice")),
+        other => panic!("jobs is alice's: {other:?}"),
+    }
     assert!(matches!(p.unlock(&jobs, "bob").await, Err(LockError::NotOwner { .. })));
     p.unlock(&jobs, "alice").await.unwrap();
     assert_eq!(p.is_locked(&jobs).await.unwrap(), None);
-    assert_eq!(p.is_locked(&slash).await.unwrap().unwrap().owner, "bob");
+    let info = p.is_locked(&slash).await.unwrap().unwrap();
+    assert_eq!((info.owner.as_str(), info.token), ("bob", inner.token));
     let under: Vec<_> = p.list(&jobs).await.unwrap().into_iter().map(|i| i.key).collect();
     assert_eq!(under, vec![slash.clone(), colon.clone()]);
+    // The longer keys' holders do not make `jobs` look taken.
+    let again = p.try_lock(&opts(&jobs, "dave")).await.expect("jobs is free while jobs/a is held");
+    assert_eq!(&*again.owner, "dave");
 }
 
 /// A waiter that queued for longer than its own TTL still gets a whole lease when its turn
-/// comes: waiting must not eat into the lease.
+/// comes: waiting must not eat into the lease. With `fifo` it also keeps its place: a waiter
+/// that came after its TTL ran out is still behind it.
 pub async fn long_waiter_gets_a_full_lease(ctx: &Ctx) {
     let p = ctx.provider().await;
     let q = ctx.provider().await;
+    let fifo = p.capabilities().fifo;
     let key = ctx.key("k");
     let ttl = ctx.short_ttl() * 2;
+    let order = Arc::new(Mutex::new(Vec::new()));
     p.lock(&opts(&key, "alice")).await.unwrap();
-    let k2 = key.clone();
-    let waiter = tokio::spawn(async move { q.lock(&patient(&k2, "bob").ttl(ttl)).await });
-    tokio::time::sleep(ttl * 3 / 2).await;
+    let (k2, o2) = (key.clone(), order.clone());
+    let waiter = tokio::spawn(async move {
+        let lease = q.lock(&patient(&k2, "bob").ttl(ttl)).await;
+        o2.lock().unwrap().push("bob");
+        lease
+    });
+    // Longer than the waiter's TTL and the backend's expiry slack: whatever the waiter put on
+    // the server while queueing would be gone by now unless it is kept alive.
+    tokio::time::sleep(ttl + ctx.outlive_short_ttl()).await;
+    let later = if fifo {
+        let (r, k2, o2) = (ctx.provider().await, key.clone(), order.clone());
+        let later = tokio::spawn(async move {
+            r.lock(&patient(&k2, "carol")).await.expect("the later waiter acquires");
+            o2.lock().unwrap().push("carol");
+            r.unlock(&k2, "carol").await.unwrap();
+        });
+        // Let the later waiter queue.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some(later)
+    } else {
+        None
+    };
     p.unlock(&key, "alice").await.unwrap();
     let lease = waiter.await.unwrap().expect("the waiter acquires");
     let info = p.is_locked(&key).await.unwrap().expect("the waiter holds the lock");
-    assert_eq!(info.owner, "bob");
+    assert_eq!(info.owner, "bob", "the long waiter lost its place in the queue");
     assert!(
         info.remaining_ttl > ttl / 2,
         "only {:?} of a {ttl:?} lease left right after the grant",
         info.remaining_ttl
     );
     assert!(lease.remaining() > ttl / 2, "the lease's local deadline must count from the grant");
+    if let Some(later) = later {
+        p.unlock(&key, "bob").await.unwrap();
+        later.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["bob", "carol"], "the long waiter lost its place in the queue");
+    }
 }
 
 /// N tasks x M iterations on one key: the history checker finds no overlapping grants and
@@ -713,7 +787,8 @@ fn assert_invalid<T: std::fmt::Debug>(r: lock_core::Result<T>, field: &str) {
     }
 }
 
-/// Every input rule of [`lock_core::validate`] is enforced by every operation.
+/// Every input rule of [`lock_core::validate`] is enforced by every operation, and the
+/// longest key and owner the rules allow work.
 pub async fn invalid_inputs_rejected(ctx: &Ctx) {
     let p = ctx.provider().await;
     let key = ctx.key("k");
@@ -747,6 +822,27 @@ pub async fn invalid_inputs_rejected(ctx: &Ctx) {
     assert_invalid(p.is_locked("").await, "key");
     assert_invalid(p.list("a\0").await, "prefix");
     assert_eq!(p.is_locked(&key).await.unwrap(), None, "a rejected call must not lock");
+    // The limits are inclusive, also for characters a backend escapes in its own key layout
+    // (which may make its stored key longer than the caller's).
+    let awkward = "}{%_*?[\\:/ ";
+    let mut longest = ctx.key("");
+    for c in awkward.chars().cycle() {
+        if longest.len() + c.len_utf8() > validate::MAX_KEY_LEN {
+            break;
+        }
+        longest.push(c);
+    }
+    assert_eq!(longest.len(), validate::MAX_KEY_LEN);
+    let longest_owner: String = awkward.chars().cycle().take(validate::MAX_OWNER_LEN).collect();
+    let lease = p.lock(&opts(&longest, &longest_owner)).await.expect("the longest key and owner are valid");
+    assert_eq!((&*lease.key, &*lease.owner), (longest.as_str(), longest_owner.as_str()));
+    let info = p.is_locked(&longest).await.unwrap().expect("held");
+    assert_eq!((info.key.as_str(), info.owner.as_str()), (longest.as_str(), longest_owner.as_str()));
+    assert!(p.try_lock(&opts(&longest, "bob")).await.unwrap_err().is_timeout());
+    p.refresh_lock(&longest, &longest_owner, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(p.list(&longest).await.unwrap().len(), 1);
+    p.unlock(&longest, &longest_owner).await.unwrap();
+    assert_eq!(p.is_locked(&longest).await.unwrap(), None);
 }
 
 /// Input is checked before anything else: even a closed provider answers `InvalidArgument`.

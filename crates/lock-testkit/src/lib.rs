@@ -246,6 +246,7 @@ macro_rules! conformance_suite {
             dropped_waiting_lock_leaves_no_lock,
             cancel_racing_release_leaves_no_orphan,
             dropped_lock_in_flight_leaves_no_lock,
+            aborted_lock_task_leaves_no_lock,
             dropped_reentry_keeps_the_first_level,
             dropped_acquisition_keeps_the_owners_other_level,
             distinct_keys_are_independent,
