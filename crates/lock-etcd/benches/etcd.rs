@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput};
 use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchFilterType, WatchOptions};
 use lock_core::LockProvider;
 use lock_etcd::{EtcdConfig, EtcdLockProvider};
-use lock_testkit::bench::{self, fmt_dur, rate, BoxFut, Cycle, ProviderCycle};
+use lock_testkit::bench::{
+    self, fmt_dur, rate, BoxFut, Contender, Cycle, ProviderCycle, Spec, DISTINCT_TASKS, HOT_TASKS,
+};
 use lock_testkit::env::etcd_endpoints;
 
 /// Put-if-absent and compare-and-delete on one plain key per lock.
@@ -114,10 +115,7 @@ impl Cycle for V3LockCycle {
     }
 }
 
-const DISTINCT_TASKS: usize = 32;
-const HOT_TASKS: usize = 16;
-
-async fn contenders() -> Option<Vec<(&'static str, Arc<dyn Cycle>)>> {
+async fn contenders() -> Option<Vec<Contender>> {
     let config = EtcdConfig::from_list(&etcd_endpoints()).connect_timeout(Duration::from_secs(3));
     let provider = match EtcdLockProvider::connect(config.clone()).await {
         Ok(p) if p.health().await.is_ok() => p,
@@ -130,12 +128,12 @@ async fn contenders() -> Option<Vec<(&'static str, Arc<dyn Cycle>)>> {
     let run = format!("distlock-bench/{:08x}/", fastrand::u32(..));
     let provider = EtcdLockProvider::with_client(client.clone(), &config.prefix(format!("{run}distlock/")));
     Some(vec![
-        ("distlock etcd", Arc::new(ProviderCycle::new(Arc::new(provider)))),
-        (
+        Contender::new("distlock etcd", Arc::new(ProviderCycle::new(Arc::new(provider)))),
+        Contender::new(
             "raw etcd-client txn",
             Arc::new(RawTxnCycle { client: client.clone(), prefix: format!("{run}raw/") }),
         ),
-        (
+        Contender::new(
             "etcd lock service",
             Arc::new(V3LockCycle {
                 client,
@@ -147,78 +145,34 @@ async fn contenders() -> Option<Vec<(&'static str, Arc<dyn Cycle>)>> {
     ])
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-fn benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, all: &[(&'static str, Arc<dyn Cycle>)]) {
-    let mut g = c.benchmark_group("etcd uncontended lock+unlock");
-    g.throughput(Throughput::Elements(1));
-    for (name, cy) in all {
-        g.bench_function(*name, |b| b.to_async(rt).iter_custom(|n| bench::uncontended(&**cy, "u", n)));
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("etcd 32 tasks distinct keys");
-    g.throughput(Throughput::Elements(DISTINCT_TASKS as u64));
-    for (name, cy) in all {
-        g.bench_function(*name, |b| {
-            b.to_async(rt).iter_custom(|n| bench::distinct_keys(cy.clone(), "d/", DISTINCT_TASKS, n))
-        });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("etcd 16 tasks hot key");
-    g.throughput(Throughput::Elements(HOT_TASKS as u64));
-    for (name, cy) in all {
-        g.bench_function(*name, |b| {
-            b.to_async(rt)
-                .iter_custom(|n| async move { bench::hot_key(cy.clone(), "hot", HOT_TASKS, n).await.elapsed })
-        });
-    }
-    g.finish();
-}
-
 /// Throughput and latency percentiles, printed for docs/benchmarks.md.
-fn summary(rt: &tokio::runtime::Runtime, all: &[(&'static str, Arc<dyn Cycle>)]) {
-    rt.block_on(async {
-        println!("\n## summary (2 worker threads, etcd at {})", etcd_endpoints());
-        println!("| contender | uncontended cycles/s | acquire p50 | acquire p99 | release p50 | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over p99 |");
-        println!("|---|---|---|---|---|---|---|---|---|");
-        for (name, cy) in all {
-            const N: u64 = 400;
-            bench::uncontended(&**cy, "u", N / 10).await; // warm-up
-            let un = bench::uncontended(&**cy, "u", N).await;
-            let (acq, rel) = bench::uncontended_latencies(&**cy, "u", 400).await;
-            let dk = bench::distinct_keys(cy.clone(), "d/", DISTINCT_TASKS, 20).await;
-            let hk = bench::hot_key(cy.clone(), "hot", HOT_TASKS, 25).await;
-            println!(
-                "| {name} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
-                rate(N, un),
-                fmt_dur(acq.quantile(0.5)),
-                fmt_dur(acq.quantile(0.99)),
-                fmt_dur(rel.quantile(0.5)),
-                rate(DISTINCT_TASKS as u64 * 20, dk),
-                rate(hk.acquisitions, hk.elapsed),
-                fmt_dur(hk.handoff.quantile(0.5)),
-                fmt_dur(hk.handoff.quantile(0.99)),
-            );
-        }
-    });
+async fn summary(all: Vec<Contender>) {
+    println!("\n## summary (2 worker threads, etcd at {})", etcd_endpoints());
+    println!("| contender | uncontended cycles/s | acquire p50 | acquire p99 | release p50 | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over p99 |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for ct in all {
+        const N: u64 = 400;
+        let (cy, u) = (&ct.cycle, ct.uncontended_key());
+        bench::uncontended(&**cy, &u, N / 10).await; // warm-up
+        let un = bench::uncontended(&**cy, &u, N).await;
+        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, 400).await;
+        let dk = bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, 20).await;
+        let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, 25).await;
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
+            ct.name,
+            rate(N, un),
+            fmt_dur(acq.quantile(0.5)),
+            fmt_dur(acq.quantile(0.99)),
+            fmt_dur(rel.quantile(0.5)),
+            rate(DISTINCT_TASKS as u64 * 20, dk),
+            rate(hk.acquisitions, hk.elapsed),
+            fmt_dur(hk.handoff.quantile(0.5)),
+            fmt_dur(hk.handoff.quantile(0.99)),
+        );
+    }
 }
 
 fn main() {
-    let rt = runtime();
-    let Some(all) = rt.block_on(contenders()) else { return };
-    let mut c = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args();
-    benches(&mut c, &rt, &all);
-    c.final_summary();
-    // `cargo test --all-targets` runs benches once as smoke tests, without `--bench`.
-    if std::env::args().any(|a| a == "--bench") {
-        summary(&rt, &all);
-    }
+    bench::main(Spec::new("etcd").sample_size(10), contenders(), summary);
 }

@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput};
 use lock_core::raw::Backoff;
 use lock_core::{LockProvider, WaitPolicy};
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
-use lock_testkit::bench::{self, fmt_dur, rate, BoxFut, Cycle, ProviderCycle};
+use lock_testkit::bench::{
+    self, fmt_dur, rate, BoxFut, Contender, Cycle, ProviderCycle, Spec, DISTINCT_TASKS, HOT_TASKS,
+};
 use lock_testkit::env::mysql_url;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
@@ -22,8 +23,6 @@ use sqlx::MySql;
 
 const TABLE: &str = "distlock_bench";
 const RAW_TABLE: &str = "distlock_bench_raw";
-const DISTINCT_TASKS: usize = 32;
-const HOT_TASKS: usize = 16;
 const POOL: u32 = 34;
 
 /// INSERT to acquire (a duplicate key means busy), DELETE to release.
@@ -94,12 +93,8 @@ impl Cycle for GetLock {
     }
 }
 
-struct Contenders {
-    provider: Arc<MySqlLockProvider>,
-    all: Vec<(&'static str, Arc<dyn Cycle>)>,
-}
-
-async fn contenders() -> Contenders {
+/// The provider counts the statements it sends; every contender's keys are under `bench/`.
+async fn contenders() -> Option<Vec<Contender>> {
     let pool = MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
     // Both tables fresh, in the provider's current schema.
     sqlx::query(&format!("DROP TABLE IF EXISTS `{TABLE}`")).execute(&pool).await.expect("drop table");
@@ -114,56 +109,38 @@ async fn contenders() -> Contenders {
     let raw_pool =
         MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
     let gl_pool = MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
-    let all: Vec<(&'static str, Arc<dyn Cycle>)> = vec![
-        ("distlock mysql", Arc::new(ProviderCycle::new(provider.clone() as Arc<dyn LockProvider>))),
-        ("raw INSERT+DELETE", Arc::new(RawInsertDelete { pool: raw_pool })),
-        ("GET_LOCK/RELEASE_LOCK", Arc::new(GetLock { pool: gl_pool, held: Mutex::default() })),
-    ];
-    Contenders { provider, all }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-fn benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, all: &[(&'static str, Arc<dyn Cycle>)]) {
-    let mut g = c.benchmark_group("mysql uncontended lock+unlock");
-    g.throughput(Throughput::Elements(1));
-    for (name, cy) in all {
-        g.bench_function(*name, |b| b.to_async(rt).iter_custom(|n| bench::uncontended(&**cy, "bench/u", n)));
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("mysql 32 tasks distinct keys");
-    g.throughput(Throughput::Elements(DISTINCT_TASKS as u64));
-    for (name, cy) in all {
-        g.bench_function(*name, |b| {
-            b.to_async(rt).iter_custom(|n| bench::distinct_keys(cy.clone(), "bench/d/", DISTINCT_TASKS, n))
-        });
-    }
-    g.finish();
+    let counted = provider.clone();
+    Some(vec![
+        Contender::new("distlock mysql", Arc::new(ProviderCycle::new(provider as Arc<dyn LockProvider>)))
+            .prefix("bench/")
+            .counted(move || counted.statements_sent()),
+        Contender::new("raw INSERT+DELETE", Arc::new(RawInsertDelete { pool: raw_pool })).prefix("bench/"),
+        Contender::new("GET_LOCK/RELEASE_LOCK", Arc::new(GetLock { pool: gl_pool, held: Mutex::default() }))
+            .prefix("bench/"),
+    ])
 }
 
 /// Throughput, latency percentiles and statements per acquisition, for docs/benchmarks.md.
-async fn summary(cs: &Contenders) {
+async fn summary(all: Vec<Contender>) {
     println!("\n## summary (2 worker threads, pools of {POOL})");
     println!("| contender | acquire p50 | release p50 | uncontended cycles/s | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over p99 |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut per_acq = None;
-    for (name, cy) in &cs.all {
-        bench::uncontended(&**cy, "bench/u", 200).await; // warm-up
-        let (acq, rel) = bench::uncontended_latencies(&**cy, "bench/u", 2_000).await;
-        let un = bench::uncontended(&**cy, "bench/u", 2_000).await;
-        let dk = bench::distinct_keys(cy.clone(), "bench/d/", DISTINCT_TASKS, 200).await;
-        let before = cs.provider.statements_sent();
-        let hk = bench::hot_key(cy.clone(), "bench/hot", HOT_TASKS, 40).await;
-        if *name == "distlock mysql" {
-            let stmts = cs.provider.statements_sent() - before;
+    for ct in &all {
+        let (cy, u) = (&ct.cycle, ct.uncontended_key());
+        bench::uncontended(&**cy, &u, 200).await; // warm-up
+        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, 2_000).await;
+        let un = bench::uncontended(&**cy, &u, 2_000).await;
+        let dk = bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, 200).await;
+        let before = ct.count();
+        let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, 40).await;
+        if let (Some(before), Some(after)) = (before, ct.count()) {
             // Every cycle has one unlock statement; the rest went into acquiring.
-            per_acq = Some((stmts - hk.acquisitions) as f64 / hk.acquisitions as f64);
+            per_acq = Some((after - before - hk.acquisitions) as f64 / hk.acquisitions as f64);
         }
         println!(
-            "| {name} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            ct.name,
             fmt_dur(acq.quantile(0.5)),
             fmt_dur(rel.quantile(0.5)),
             rate(2_000, un),
@@ -179,16 +156,6 @@ async fn summary(cs: &Contenders) {
 }
 
 fn main() {
-    let rt = runtime();
-    let cs = rt.block_on(contenders());
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .configure_from_args();
-    benches(&mut c, &rt, &cs.all);
-    c.final_summary();
-    // `cargo test --all-targets` runs benches once as smoke tests, without `--bench`.
-    if std::env::args().any(|a| a == "--bench") {
-        rt.block_on(summary(&cs));
-    }
+    let spec = Spec::new("mysql").measurement_time(Duration::from_secs(4)).without_hot_key_group();
+    bench::main(spec, contenders(), summary);
 }

@@ -11,18 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput};
 use fred::clients::Pool;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Expiration, SetOptions};
 use lock_redis::{RedisConfig, RedisLockProvider};
-use lock_testkit::bench::{self, fmt_dur, rate, BoxFut, Cycle, ProviderCycle};
+use lock_testkit::bench::{
+    self, fmt_dur, rate, BoxFut, Contender, Cycle, ProviderCycle, Spec, DISTINCT_TASKS, HOT_TASKS,
+};
 use lock_testkit::env::redis_url;
 
 const POOL_SIZE: usize = 4;
-const DISTINCT_TASKS: usize = 32;
-const HOT_TASKS: usize = 16;
 
 /// The textbook single-instance Redis lock on a fred pool of the same size.
 struct RawFred {
@@ -69,130 +68,62 @@ impl Cycle for RawFred {
     }
 }
 
-/// A contender with its acquire round-trip counter.
-struct Contender {
-    name: &'static str,
-    cycle: Arc<dyn Cycle>,
-    attempts: Box<dyn Fn() -> u64>,
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-async fn contenders() -> Vec<Contender> {
+/// Each contender counts its acquire round trips, and has a key prefix of its own in this
+/// run: the raw floor's plain keys and the provider's keys never meet.
+async fn contenders() -> Option<Vec<Contender>> {
     let provider = RedisLockProvider::connect(RedisConfig::new(redis_url()).pool_size(POOL_SIZE))
         .await
         .expect("connect to redis");
     let raw = Arc::new(RawFred::connect().await);
-    let counted = provider.clone();
-    let raw_counted = raw.clone();
-    vec![
-        Contender {
-            name: "distlock redis",
-            cycle: Arc::new(ProviderCycle::new(Arc::new(provider))),
-            attempts: Box::new(move || counted.acquire_attempts()),
-        },
-        Contender {
-            name: "raw fred SET NX PX",
-            cycle: raw,
-            attempts: Box::new(move || raw_counted.attempts.load(Ordering::Relaxed)),
-        },
-    ]
-}
-
-/// Key prefix of this run: the raw floor's plain keys and the provider's keys never meet.
-fn prefix(contender: &str) -> String {
-    format!("distlock-bench/{:08x}/{}/", fastrand::u32(..), contender.replace(' ', "-"))
-}
-
-fn benches(c: &mut Criterion) {
-    let rt = runtime();
-    let all = rt.block_on(contenders());
-
-    let mut g = c.benchmark_group("redis uncontended lock+unlock");
-    g.throughput(Throughput::Elements(1));
-    for ct in &all {
-        let key = format!("{}u", prefix(ct.name));
-        g.bench_function(ct.name, |b| {
-            b.to_async(&rt).iter_custom(|n| {
-                let key = key.clone();
-                async move { bench::uncontended(&*ct.cycle, &key, n).await }
-            })
-        });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("redis 32 tasks distinct keys");
-    g.throughput(Throughput::Elements(DISTINCT_TASKS as u64));
-    for ct in &all {
-        let p = format!("{}d/", prefix(ct.name));
-        g.bench_function(ct.name, |b| {
-            b.to_async(&rt).iter_custom(|n| bench::distinct_keys(ct.cycle.clone(), &p, DISTINCT_TASKS, n))
-        });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("redis 16 tasks hot key");
-    g.throughput(Throughput::Elements(HOT_TASKS as u64));
-    for ct in &all {
-        let key = format!("{}hot", prefix(ct.name));
-        g.bench_function(ct.name, |b| {
-            b.to_async(&rt).iter_custom(|n| {
-                let key = key.clone();
-                async move { bench::hot_key(ct.cycle.clone(), &key, HOT_TASKS, n).await.elapsed }
-            })
-        });
-    }
-    g.finish();
+    let (counted, raw_counted) = (provider.clone(), raw.clone());
+    let run = format!("distlock-bench/{:08x}/", fastrand::u32(..));
+    Some(vec![
+        Contender::new("distlock redis", Arc::new(ProviderCycle::new(Arc::new(provider))))
+            .prefix(format!("{run}distlock-redis/"))
+            .counted(move || counted.acquire_attempts()),
+        Contender::new("raw fred SET NX PX", raw)
+            .prefix(format!("{run}raw-fred/"))
+            .counted(move || raw_counted.attempts.load(Ordering::Relaxed)),
+    ])
 }
 
 /// Throughput, latency percentiles and attempts per acquisition, printed for docs/benchmarks.md.
-fn summary() {
-    let rt = runtime();
-    rt.block_on(async {
-        println!("\n## summary (2 worker threads, pool of {POOL_SIZE} connections, {})", redis_url());
-        println!("| contender | uncontended cycles/s | acquire p50 | release p50 | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over mean | hand-over p99 | hot-key acquire round trips per acquisition |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
-        for ct in contenders().await {
-            const N: u64 = 10_000;
-            let p = prefix(ct.name);
-            let u = format!("{p}u");
-            bench::uncontended(&*ct.cycle, &u, N / 10).await; // warm-up
-            let un = bench::uncontended(&*ct.cycle, &u, N).await;
-            let (acq, rel) = bench::uncontended_latencies(&*ct.cycle, &u, 5_000).await;
-            let dk =
-                bench::distinct_keys(ct.cycle.clone(), &format!("{p}d/"), DISTINCT_TASKS, N / DISTINCT_TASKS as u64)
-                    .await;
-            let before = (ct.attempts)();
-            let hk = bench::hot_key(ct.cycle.clone(), &format!("{p}hot"), HOT_TASKS, 200).await;
-            let per_acq = ((ct.attempts)() - before) as f64 / hk.acquisitions as f64;
-            println!(
-                "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.2} |",
-                ct.name,
-                rate(N, un),
-                fmt_dur(acq.quantile(0.5)),
-                fmt_dur(rel.quantile(0.5)),
-                rate(N, dk),
-                rate(hk.acquisitions, hk.elapsed),
-                fmt_dur(hk.handoff.quantile(0.5)),
-                fmt_dur(hk.handoff.mean()),
-                fmt_dur(hk.handoff.quantile(0.99)),
-                per_acq,
-            );
-        }
-    });
+async fn summary(all: Vec<Contender>) {
+    println!("\n## summary (2 worker threads, pool of {POOL_SIZE} connections, {})", redis_url());
+    println!("| contender | uncontended cycles/s | acquire p50 | release p50 | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over mean | hand-over p99 | hot-key acquire round trips per acquisition |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for ct in all {
+        const N: u64 = 10_000;
+        let (cy, u) = (&ct.cycle, ct.uncontended_key());
+        bench::uncontended(&**cy, &u, N / 10).await; // warm-up
+        let un = bench::uncontended(&**cy, &u, N).await;
+        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, 5_000).await;
+        let dk = bench::distinct_keys(
+            cy.clone(),
+            &ct.distinct_prefix(),
+            DISTINCT_TASKS,
+            N / DISTINCT_TASKS as u64,
+        )
+        .await;
+        let before = ct.count().expect("counted");
+        let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, 200).await;
+        let per_acq = (ct.count().expect("counted") - before) as f64 / hk.acquisitions as f64;
+        println!(
+            "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.2} |",
+            ct.name,
+            rate(N, un),
+            fmt_dur(acq.quantile(0.5)),
+            fmt_dur(rel.quantile(0.5)),
+            rate(N, dk),
+            rate(hk.acquisitions, hk.elapsed),
+            fmt_dur(hk.handoff.quantile(0.5)),
+            fmt_dur(hk.handoff.mean()),
+            fmt_dur(hk.handoff.quantile(0.99)),
+            per_acq,
+        );
+    }
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args();
-    benches(&mut c);
-    c.final_summary();
-    // `cargo test --all-targets` runs benches once as smoke tests, without `--bench`.
-    if std::env::args().any(|a| a == "--bench") {
-        summary();
-    }
+    bench::main(Spec::new("redis"), contenders(), summary);
 }

@@ -1,9 +1,24 @@
-//! Benchmark workloads shared by every backend's criterion bench and by `cargo xtask bench`.
+//! Benchmark workloads shared by every backend's criterion bench and by `cargo xtask bench`,
+//! and the `main` every bench runs.
 //!
 //! Each workload is written against a [`Cycle`]: "acquire, then release" on one key. The lock
 //! providers are one implementation ([`ProviderCycle`]); a bench adds the raw client of its
 //! backend (or `tokio::sync::Mutex`) as another, so both run the same workload in the same
 //! process and the same run.
+//!
+//! A bench file names its [`Contender`]s and its summary table and hands them to [`main`]:
+//!
+//! ```ignore
+//! fn main() {
+//!     lock_testkit::bench::main(Spec::new("redis"), contenders(), summary);
+//! }
+//! ```
+//!
+//! [`main`] runs, on a runtime of two worker threads, criterion's groups
+//! (`"{title} uncontended lock+unlock"`, `"{title} 32 tasks distinct keys"` and
+//! `"{title} 16 tasks hot key"`, one function per contender) and then, under `cargo bench`
+//! only, the summary. `cargo test --all-targets` runs each bench once as a smoke test,
+//! without `--bench` and so without the summary.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +26,174 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use criterion::{Criterion, Throughput};
 use lock_core::{LockOptions, LockProvider, WaitPolicy};
+
+/// Tasks of the distinct-keys workload, each on a key of its own.
+pub const DISTINCT_TASKS: usize = 32;
+
+/// Tasks of the hot-key workload, all on one key.
+pub const HOT_TASKS: usize = 16;
+
+/// One thing a bench measures: a name for its rows, its [`Cycle`], where its keys live and,
+/// optionally, a count of the requests it sent.
+pub struct Contender {
+    /// Name in criterion's output and the summary's rows.
+    pub name: &'static str,
+    /// What is measured.
+    pub cycle: Arc<dyn Cycle>,
+    prefix: String,
+    counter: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+impl Contender {
+    /// A contender whose keys have no prefix.
+    pub fn new(name: &'static str, cycle: Arc<dyn Cycle>) -> Self {
+        Contender { name, cycle, prefix: String::new(), counter: None }
+    }
+
+    /// Puts this contender's keys under `prefix`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Attaches a counter of the requests this contender sent (acquire round trips,
+    /// statements, ...), which the summary may read before and after a workload.
+    pub fn counted(mut self, counter: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.counter = Some(Box::new(counter));
+        self
+    }
+
+    /// The counter's value now; `None` without a counter.
+    pub fn count(&self) -> Option<u64> {
+        self.counter.as_ref().map(|c| c())
+    }
+
+    /// The key of the uncontended workload.
+    pub fn uncontended_key(&self) -> String {
+        format!("{}u", self.prefix)
+    }
+
+    /// The key prefix of the distinct-keys workload (task `i` uses `{prefix}{i}`).
+    pub fn distinct_prefix(&self) -> String {
+        format!("{}d/", self.prefix)
+    }
+
+    /// The key of the hot-key workload.
+    pub fn hot_key(&self) -> String {
+        format!("{}hot", self.prefix)
+    }
+}
+
+/// How [`main`] runs a backend's bench.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    title: &'static str,
+    measurement_time: Duration,
+    sample_size: Option<usize>,
+    hot_key_group: bool,
+}
+
+impl Spec {
+    /// Groups named after `title` (empty: the bare workload names), 1 s of warm-up and 3 s of
+    /// measurement per function, criterion's default sample size, every workload.
+    pub fn new(title: &'static str) -> Self {
+        Spec { title, measurement_time: Duration::from_secs(3), sample_size: None, hot_key_group: true }
+    }
+
+    /// Measurement time per function.
+    pub fn measurement_time(mut self, time: Duration) -> Self {
+        self.measurement_time = time;
+        self
+    }
+
+    /// Samples per function, for backends too slow for criterion's default of 100.
+    pub fn sample_size(mut self, samples: usize) -> Self {
+        self.sample_size = Some(samples);
+        self
+    }
+
+    /// Leaves the hot-key workload out of criterion's groups (a summary may still run it).
+    pub fn without_hot_key_group(mut self) -> Self {
+        self.hot_key_group = false;
+        self
+    }
+
+    fn group(&self, workload: &str) -> String {
+        if self.title.is_empty() {
+            workload.to_string()
+        } else {
+            format!("{} {workload}", self.title)
+        }
+    }
+}
+
+/// The runtime every bench runs on: two worker threads, timers and I/O.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("bench runtime")
+}
+
+/// A bench's `main`: builds the contenders on [`runtime`] (`None`: the bench is skipped, having
+/// said why), runs criterion's groups, and under `cargo bench` hands the contenders to
+/// `summary`, which prints the bench's table.
+pub fn main<S, F>(spec: Spec, contenders: impl Future<Output = Option<Vec<Contender>>>, summary: S)
+where
+    S: FnOnce(Vec<Contender>) -> F,
+    F: Future<Output = ()>,
+{
+    let rt = runtime();
+    let Some(all) = rt.block_on(contenders) else { return };
+    let mut c =
+        Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(spec.measurement_time);
+    if let Some(n) = spec.sample_size {
+        c = c.sample_size(n);
+    }
+    let mut c = c.configure_from_args();
+    groups(&mut c, &rt, &spec, &all);
+    c.final_summary();
+    // `cargo test --all-targets` runs benches once as smoke tests, without `--bench`.
+    if std::env::args().any(|a| a == "--bench") {
+        rt.block_on(summary(all));
+    }
+}
+
+/// Criterion's groups: one per workload, one function per contender.
+fn groups(c: &mut Criterion, rt: &tokio::runtime::Runtime, spec: &Spec, all: &[Contender]) {
+    let mut g = c.benchmark_group(spec.group("uncontended lock+unlock"));
+    g.throughput(Throughput::Elements(1));
+    for ct in all {
+        let key = ct.uncontended_key();
+        g.bench_function(ct.name, |b| b.to_async(rt).iter_custom(|n| uncontended(&*ct.cycle, &key, n)));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group(spec.group(&format!("{DISTINCT_TASKS} tasks distinct keys")));
+    g.throughput(Throughput::Elements(DISTINCT_TASKS as u64));
+    for ct in all {
+        let prefix = ct.distinct_prefix();
+        g.bench_function(ct.name, |b| {
+            b.to_async(rt).iter_custom(|n| distinct_keys(ct.cycle.clone(), &prefix, DISTINCT_TASKS, n))
+        });
+    }
+    g.finish();
+
+    if !spec.hot_key_group {
+        return;
+    }
+    let mut g = c.benchmark_group(spec.group(&format!("{HOT_TASKS} tasks hot key")));
+    g.throughput(Throughput::Elements(HOT_TASKS as u64));
+    for ct in all {
+        let key = ct.hot_key();
+        g.bench_function(ct.name, |b| {
+            b.to_async(rt).iter_custom(|n| {
+                let key = key.clone();
+                async move { hot_key(ct.cycle.clone(), &key, HOT_TASKS, n).await.elapsed }
+            })
+        });
+    }
+    g.finish();
+}
 
 /// A boxed future, so that [`Cycle`] stays object safe.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
