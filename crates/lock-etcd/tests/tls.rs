@@ -33,17 +33,6 @@ impl Drop for TlsMember {
     }
 }
 
-fn etcd_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("DISTLOCK_TEST_ETCD_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    if Path::new("/usr/bin/etcd").exists() {
-        return Some(PathBuf::from("/usr/bin/etcd"));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("etcd")).find(|p| p.exists())
-}
-
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
@@ -104,7 +93,7 @@ fn make_certificates(dir: &Path) -> Result<(), String> {
 
 impl TlsMember {
     fn start() -> Result<TlsMember, String> {
-        let bin = etcd_binary().ok_or("no etcd binary (install Debian's etcd-server)")?;
+        let bin = lock_testkit::env::etcd_bin()?;
         let dir = std::env::temp_dir().join(format!("distlock-etcd-tls-{:016x}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
