@@ -21,7 +21,7 @@
 //! servers never collide.
 //!
 //! [`bench`](mod@bench) holds the workloads and the `main` the criterion benches of every
-//! backend share; [`env`] reads the variables that name the test services.
+//! backend share; [`env`](mod@env) reads the variables that name the test services.
 //!
 //! Fault-injection tools for the cases that break things on purpose:
 //! [`proxy::FaultProxy`] sits between a client and its server and delays, swallows or resets

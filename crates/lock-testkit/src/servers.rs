@@ -6,7 +6,7 @@
 //! Binaries are looked up at their Debian paths (`/usr/bin/redis-server`, `/usr/bin/etcd`,
 //! `/usr/sbin/mariadbd` and its tools) or on `PATH`; `DISTLOCK_TEST_REDIS_BIN`,
 //! `DISTLOCK_TEST_ETCD_BIN` and `DISTLOCK_TEST_MARIADB_BIN` override the server binaries
-//! (see [`env`](crate::env)). A
+//! (see [`env`](mod@crate::env)). A
 //! missing binary makes [`PrivateServer::start`] return `Err`, which a test hands to
 //! [`require_or_skip`](crate::require_or_skip).
 //!
