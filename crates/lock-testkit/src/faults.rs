@@ -14,6 +14,10 @@
 //! another client of a shared server. A backend whose server has no such command (etcd) keeps
 //! the default `None` and skips that case, loudly.
 //!
+//! The file is longer than most (about 600 lines) because its nine cases share one set of
+//! steps (start a faulty provider, break it, heal it, judge what each side saw); split apart,
+//! each part would need the others to be read.
+//!
 //! | case | fault | what must hold |
 //! |---|---|---|
 //! | [`fault_partitioned_holder`] | holder's connections blackholed both ways | `lost()` fires before `valid_until`; the next holder is granted only after it, with a larger token; the old holder's unlock and refresh fail after healing |
