@@ -25,10 +25,10 @@
 //!   its trusted part (the TTL less the safety margin below: about TTL/3) and stops on
 //!   unlock or drop. A refresh that fails with a retryable error is retried until the lease
 //!   stops being trusted (below); a refresh that does not answer is given up at that moment.
-//! - **Lost signal**: [`WorkflowLockHandle::lost`] is a [`CancellationToken`] cancelled when
+//! - **Lost signal**: [`WorkflowLockHandle::lost`] is a [`CancellationToken`](tokio_util::sync::CancellationToken) cancelled when
 //!   the lease can no longer be trusted: a refresh answered `LeaseLost` (or any final error),
 //!   or the lease came within its **safety margin** of its conservative local deadline
-//!   ([`Lease::valid_until`]) without a successful refresh. Guarded work should stop.
+//!   ([`Lease::valid_until`](crate::Lease::valid_until)) without a successful refresh. Guarded work should stop.
 //! - **Safety margin** ([`WorkflowConfig::lost_margin`]): by default the larger of 10 % of the
 //!   TTL and twice the provider's [`request_timeout`](LockProvider::request_timeout), at most
 //!   half the TTL. `lost()` fires that long before `valid_until`, so the work has that long

@@ -39,7 +39,7 @@ impl Shared {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = (valid_until, ttl);
     }
 
-    /// The safety margin for a lease of `ttl` (see the [module docs](self)).
+    /// The safety margin for a lease of `ttl` (see the [module docs](crate::workflow)).
     fn margin(&self, ttl: Duration) -> Duration {
         let margin = self.lost_margin.unwrap_or_else(|| {
             let request = self.provider.request_timeout().unwrap_or_default();
@@ -195,7 +195,7 @@ impl WorkflowLockHandle {
         self.token
     }
 
-    /// Cancelled when the lease can no longer be trusted (see the [module docs](self)).
+    /// Cancelled when the lease can no longer be trusted (see the [module docs](crate::workflow)).
     pub fn lost(&self) -> &CancellationToken {
         &self.shared.lost
     }
