@@ -2,10 +2,13 @@
 //!
 //! - [`checks`]: input validation and the closed state, the [`LockProvider`](crate::LockProvider)
 //!   of every [`LockBackend`](crate::raw::LockBackend);
-//! - [`trace`]: [`Traced`](trace::Traced), a `tracing` event per operation.
+//! - [`trace`]: [`Traced`](trace::Traced), a `tracing` event per operation;
+//! - [`metrics`]: [`Metered`](metrics::Metered), counters, histograms and a gauge per
+//!   provider and key class, through the `metrics` facade.
 //!
 //! The [workflow layer](crate::workflow) builds execution, template and resource locks with
 //! auto-refresh on top of any provider.
 
 pub mod checks;
+pub mod metrics;
 pub mod trace;

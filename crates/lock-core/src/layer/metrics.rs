@@ -1,0 +1,377 @@
+//! [`Metered`]: a provider wrapper that records every lock operation through the
+//! [`metrics`] facade.
+//!
+//! Nothing is exported from here: the application installs a recorder (an exporter such as
+//! `metrics-exporter-prometheus`); without one, recording costs a few atomic loads.
+//!
+//! | metric | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `distlock_acquire_total` | counter | `provider`, `class`, `outcome` | one per `lock`/`try_lock` call |
+//! | `distlock_acquire_wait_seconds` | histogram | `provider`, `class` | time spent in a `lock`/`try_lock` that acquired |
+//! | `distlock_hold_seconds` | histogram | `provider`, `class` | from the acquisition that made depth 1 to the unlock of the last level, or to a refresh answered `LeaseLost` |
+//! | `distlock_refresh_total` | counter | `provider`, `class`, `outcome` | one per `refresh_lock` call |
+//! | `distlock_lease_lost_total` | counter | `provider`, `class` | refreshes answered `LeaseLost` |
+//! | `distlock_held_locks` | gauge | `provider`, `class` | locks held through this layer |
+//!
+//! `outcome` of an acquisition is `acquired`, `timeout`, `cancelled` (the future was dropped
+//! before it finished) or the error's short name as [`outcome_of`] gives it (`unavailable`,
+//! `invalid`, `closed`, ...); of a refresh, `refreshed` or the error's short name.
+//!
+//! `class` is never the raw key: a [`Classifier`] maps each key to one of a bounded number of
+//! classes (see there).
+//!
+//! Held locks are tracked by (key, owner) with the depth the backend reported. A hold that
+//! ends otherwise than by the last unlock or a `LeaseLost` refresh (the lease expired and
+//! nobody refreshed, `unlock` answered `NotHeld`, the provider was closed) leaves the gauge
+//! but records no hold time, since the layer cannot tell when it ended.
+//!
+//! Not recorded yet, as they need hooks in the backends or the deadlock detector: contention
+//! per attempt (how many tries a wait took), expired locks cleaned by reapers, the number of
+//! waiters, deadlocks.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use metrics::{counter, gauge, histogram};
+use tokio::time::Instant;
+
+use crate::error::{LockError, Result};
+use crate::layer::trace::outcome_of;
+use crate::lease::{Lease, LockInfo};
+use crate::options::LockOptions;
+use crate::provider::{Capabilities, Health, LockProvider};
+use crate::workflow::DEFAULT_WORKFLOW_PREFIX;
+
+/// Counter: `lock`/`try_lock` calls by `provider`, `class`, `outcome`.
+pub const ACQUIRE_TOTAL: &str = "distlock_acquire_total";
+/// Histogram: seconds spent in a `lock`/`try_lock` that acquired, by `provider`, `class`.
+pub const ACQUIRE_WAIT_SECONDS: &str = "distlock_acquire_wait_seconds";
+/// Histogram: seconds a lock was held, by `provider`, `class`.
+pub const HOLD_SECONDS: &str = "distlock_hold_seconds";
+/// Counter: `refresh_lock` calls by `provider`, `class`, `outcome`.
+pub const REFRESH_TOTAL: &str = "distlock_refresh_total";
+/// Counter: refreshes answered `LeaseLost`, by `provider`, `class`.
+pub const LEASE_LOST_TOTAL: &str = "distlock_lease_lost_total";
+/// Gauge: locks held through the layer, by `provider`, `class`.
+pub const HELD_LOCKS: &str = "distlock_held_locks";
+
+/// The class every key falls into once a classifier has seen its maximum of classes.
+pub const OTHER_CLASS: &str = "other";
+/// Default maximum of distinct classes per classifier.
+pub const DEFAULT_MAX_CLASSES: usize = 64;
+
+/// The kinds of workflow lock, as they appear after the workflow prefix.
+const WORKFLOW_KINDS: [&str; 3] = ["execution", "template", "resource"];
+
+/// A function from key to class, for [`Classifier::with_fn`].
+pub type ClassFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// Maps a key to its `class` label, so that metrics never carry raw keys.
+///
+/// By default: for a key under the workflow prefix (`distlock:workflow:` unless set with
+/// [`workflow_prefix`](Self::workflow_prefix)), the workflow kind (`execution`, `template`,
+/// `resource`); otherwise the key up to its first `:` (`reports:daily` is `reports`), and
+/// `other` for a key without `:`. [`with_fn`](Self::with_fn) replaces that rule.
+///
+/// Whatever the rule, at most [`max_classes`](Self::max_classes) distinct classes (default
+/// 64) are handed out, first come first served; keys of any further class are counted as
+/// `other`.
+#[derive(Clone)]
+pub struct Classifier {
+    workflow_prefix: String,
+    rule: Option<ClassFn>,
+    max: usize,
+    seen: Arc<RwLock<HashSet<Arc<str>>>>,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Classifier {
+            workflow_prefix: DEFAULT_WORKFLOW_PREFIX.to_string(),
+            rule: None,
+            max: DEFAULT_MAX_CLASSES,
+            seen: Arc::default(),
+        }
+    }
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field("workflow_prefix", &self.workflow_prefix)
+            .field("custom_rule", &self.rule.is_some())
+            .field("max_classes", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Classifier {
+    /// The default rule with the workflow locks under `prefix` (the `key_prefix` of the
+    /// [`WorkflowConfig`](crate::WorkflowConfig)).
+    pub fn workflow_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.workflow_prefix = prefix.into();
+        self
+    }
+
+    /// At most `max` distinct classes (besides `other`).
+    pub fn max_classes(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Classifies with `rule` instead of the default rule (the cap still applies).
+    pub fn with_fn(mut self, rule: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.rule = Some(Arc::new(rule));
+        self
+    }
+
+    /// The class of `key`.
+    pub fn classify(&self, key: &str) -> Arc<str> {
+        let class: std::borrow::Cow<'_, str> = match &self.rule {
+            Some(rule) => rule(key).into(),
+            None => self.default_rule(key).into(),
+        };
+        self.capped(&class)
+    }
+
+    fn default_rule<'k>(&self, key: &'k str) -> &'k str {
+        if let Some(rest) = key.strip_prefix(self.workflow_prefix.as_str()) {
+            let kind = rest.split(':').next().unwrap_or_default();
+            if let Some(kind) = WORKFLOW_KINDS.iter().find(|k| **k == kind) {
+                return kind;
+            }
+        }
+        match key.split_once(':') {
+            Some((class, _)) => class,
+            None => OTHER_CLASS,
+        }
+    }
+
+    fn capped(&self, class: &str) -> Arc<str> {
+        if let Some(known) = self.seen.read().unwrap_or_else(PoisonError::into_inner).get(class) {
+            return known.clone();
+        }
+        if class == OTHER_CLASS {
+            return Arc::from(OTHER_CLASS);
+        }
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = seen.get(class) {
+            return known.clone();
+        }
+        if seen.len() >= self.max {
+            return Arc::from(OTHER_CLASS);
+        }
+        let class: Arc<str> = Arc::from(class);
+        seen.insert(class.clone());
+        class
+    }
+}
+
+/// A lock held through the layer.
+#[derive(Debug)]
+struct Held {
+    since: Instant,
+    depth: u32,
+    class: Arc<str>,
+}
+
+/// Records the metrics of every operation of the wrapped provider (see the [module
+/// docs](self)).
+#[derive(Debug)]
+pub struct Metered {
+    inner: Arc<dyn LockProvider>,
+    classifier: Classifier,
+    held: Mutex<HashMap<(String, String), Held>>,
+}
+
+/// Records `cancelled` when an acquisition's future is dropped before it finished.
+struct Pending {
+    provider: &'static str,
+    class: Arc<str>,
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            counter!(ACQUIRE_TOTAL, "provider" => self.provider, "class" => self.class.clone(), "outcome" => "cancelled")
+                .increment(1);
+        }
+    }
+}
+
+impl Metered {
+    /// Wraps `inner` with the default [`Classifier`].
+    pub fn new(inner: Arc<dyn LockProvider>) -> Self {
+        Self::with_classifier(inner, Classifier::default())
+    }
+
+    /// Wraps `inner`, labelling keys with `classifier`.
+    pub fn with_classifier(inner: Arc<dyn LockProvider>, classifier: Classifier) -> Self {
+        Metered { inner, classifier, held: Mutex::default() }
+    }
+
+    /// The wrapped provider.
+    pub fn inner(&self) -> &Arc<dyn LockProvider> {
+        &self.inner
+    }
+
+    /// The classifier in use.
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn acquire(&self, opts: &LockOptions, try_only: bool) -> Result<Lease> {
+        let provider = self.inner.name();
+        let class = self.classifier.classify(&opts.key);
+        let started = Instant::now();
+        let mut pending = Pending { provider, class: class.clone(), done: false };
+        let r = if try_only { self.inner.try_lock(opts).await } else { self.inner.lock(opts).await };
+        pending.done = true;
+        let outcome = match &r {
+            Ok(_) => "acquired",
+            Err(e) => outcome_of(e),
+        };
+        counter!(ACQUIRE_TOTAL, "provider" => provider, "class" => class.clone(), "outcome" => outcome)
+            .increment(1);
+        if let Ok(lease) = &r {
+            histogram!(ACQUIRE_WAIT_SECONDS, "provider" => provider, "class" => class.clone())
+                .record(started.elapsed().as_secs_f64());
+            self.track(lease, class);
+        }
+        r
+    }
+
+    /// Notes an acquisition: a new hold at depth 1, a deeper level otherwise.
+    fn track(&self, lease: &Lease, class: Arc<str>) {
+        let mut held = self.held();
+        match held.entry((lease.key.to_string(), lease.owner.to_string())) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let h = e.get_mut();
+                if lease.depth <= 1 {
+                    // The previous hold ended unseen (it expired): a new one starts.
+                    h.since = Instant::now();
+                }
+                h.depth = lease.depth;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                gauge!(HELD_LOCKS, "provider" => self.inner.name(), "class" => class.clone()).increment(1.0);
+                e.insert(Held { since: Instant::now(), depth: lease.depth, class });
+            }
+        }
+    }
+
+    /// Stops tracking (key, owner); records the hold time when `ended` says it ended now.
+    fn untrack(&self, key: &str, owner: &str, ended: bool) {
+        let Some(h) = self.held().remove(&(key.to_string(), owner.to_string())) else { return };
+        let provider = self.inner.name();
+        gauge!(HELD_LOCKS, "provider" => provider, "class" => h.class.clone()).decrement(1.0);
+        if ended {
+            histogram!(HOLD_SECONDS, "provider" => provider, "class" => h.class)
+                .record(h.since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+#[async_trait]
+impl LockProvider for Metered {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn request_timeout(&self) -> Option<Duration> {
+        self.inner.request_timeout()
+    }
+
+    async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
+        self.acquire(opts, false).await
+    }
+
+    async fn try_lock(&self, opts: &LockOptions) -> Result<Lease> {
+        self.acquire(opts, true).await
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<()> {
+        let r = self.inner.unlock(key, owner).await;
+        match &r {
+            Ok(()) => {
+                let last = {
+                    let mut held = self.held();
+                    match held.get_mut(&(key.to_string(), owner.to_string())) {
+                        Some(h) => {
+                            h.depth = h.depth.saturating_sub(1);
+                            h.depth == 0
+                        }
+                        None => false,
+                    }
+                };
+                if last {
+                    self.untrack(key, owner, true);
+                }
+            }
+            Err(LockError::NotHeld { .. } | LockError::LeaseLost { .. }) => self.untrack(key, owner, false),
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
+        let class = self.classifier.classify(key);
+        let r = self.inner.refresh_lock(key, owner, ttl).await;
+        let provider = self.inner.name();
+        let outcome = match &r {
+            Ok(_) => "refreshed",
+            Err(e) => outcome_of(e),
+        };
+        counter!(REFRESH_TOTAL, "provider" => provider, "class" => class.clone(), "outcome" => outcome)
+            .increment(1);
+        match &r {
+            Ok(lease) => {
+                if let Some(h) = self.held().get_mut(&(key.to_string(), owner.to_string())) {
+                    h.depth = lease.depth;
+                }
+            }
+            Err(LockError::LeaseLost { .. }) => {
+                counter!(LEASE_LOST_TOTAL, "provider" => provider, "class" => class).increment(1);
+                self.untrack(key, owner, true);
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
+        self.inner.is_locked(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn health(&self) -> Result<Health> {
+        self.inner.health().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let r = self.inner.close().await;
+        let dropped: Vec<Held> = self.held().drain().map(|(_, h)| h).collect();
+        for h in dropped {
+            gauge!(HELD_LOCKS, "provider" => self.inner.name(), "class" => h.class).decrement(1.0);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests;
