@@ -27,12 +27,14 @@ pub use crate::restart::{
 mod basics;
 mod cancel;
 mod checks;
+pub mod metrics;
 mod waiting;
 mod workflow;
 
 pub use basics::*;
 pub use cancel::*;
 pub use checks::*;
+pub use metrics::metrics_record_each_operation;
 pub use waiting::*;
 pub use workflow::*;
 

@@ -260,6 +260,7 @@ macro_rules! conformance_suite {
             close_during_acquire_leaves_no_lock,
             list_shows_held_locks_by_prefix,
             health_reports_backend,
+            metrics_record_each_operation,
             workflow_execution_lock_is_exclusive,
             workflow_auto_refresh_outlives_ttl,
             workflow_lost_signal_fires_when_lease_is_revoked,
