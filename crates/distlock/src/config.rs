@@ -7,6 +7,7 @@
 //! default_retry_count = 3
 //! default_retry_delay = "1s"
 //! default_retry_jitter = 0.2
+//! metrics = true               # record through the `metrics` facade (see docs/operations.md)
 //!
 //! [memory]                     # lock_memory::MemoryConfig
 //! shards = 64
@@ -157,6 +158,10 @@ pub struct LockConfig {
     /// 10 % of the TTL and twice the provider's request timeout (at most half the TTL).
     #[serde(default, with = "humantime_serde")]
     pub lost_margin: Option<Duration>,
+    /// Record metrics of every operation through the `metrics` facade
+    /// ([`Metered`](lock_core::Metered)); on by default, since without a recorder installed
+    /// by the application recording costs next to nothing.
+    pub metrics: bool,
 }
 
 impl Default for LockConfig {
@@ -174,6 +179,7 @@ impl Default for LockConfig {
             key_prefix: DEFAULT_WORKFLOW_PREFIX.into(),
             auto_refresh: true,
             lost_margin: None,
+            metrics: true,
         }
     }
 }

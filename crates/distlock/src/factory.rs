@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lock_core::workflow::WorkflowLockProvider;
-use lock_core::{LockError, LockProvider, Result, Traced};
+use lock_core::{Classifier, LockError, LockProvider, Metered, Result, Traced};
 
 use crate::config::{LockConfig, LockProviderType};
 
@@ -19,7 +19,8 @@ pub type Db = lock_mysql::MySqlPool;
 pub enum Db {}
 
 /// Builds lock providers from a [`LockConfig`]. Every provider it builds logs its operations
-/// through [`Traced`].
+/// through [`Traced`] and, unless [`LockConfig::metrics`] is off, records metrics through
+/// [`Metered`] (its classifier knowing the workflow locks under [`LockConfig::key_prefix`]).
 #[derive(Debug, Clone, Default)]
 pub struct LockProviderFactory {
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
@@ -48,6 +49,12 @@ impl LockProviderFactory {
             LockProviderType::Mysql => self.mysql(config).await?,
             LockProviderType::Redis => self.redis(config).await?,
             LockProviderType::Etcd => self.etcd(config).await?,
+        };
+        let provider: Arc<dyn LockProvider> = if config.metrics {
+            let classifier = Classifier::default().workflow_prefix(config.key_prefix.clone());
+            Arc::new(Metered::with_classifier(provider, classifier))
+        } else {
+            provider
         };
         Ok(Arc::new(Traced::new(provider)))
     }

@@ -133,6 +133,26 @@ fn every_backend_setting_round_trips_from_toml_and_env() {
     });
 }
 
+/// `metrics` is on by default, off from TOML, and the environment wins over the file.
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn metrics_switch_round_trips_from_toml_and_env() {
+    assert!(LockConfig::default().metrics);
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("distlock.toml", "provider = \"memory\"\n")?;
+        assert!(LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid").metrics);
+        jail.create_file("distlock.toml", "provider = \"memory\"\nmetrics = false\n")?;
+        assert!(!LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid").metrics);
+        jail.set_env("DISTLOCK_METRICS", "true");
+        assert!(LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid").metrics);
+        jail.set_env("DISTLOCK_METRICS", "false");
+        assert!(!LockConfig::load(None).expect("valid").metrics);
+        Ok(())
+    });
+    let e = config_error("metrics = \"sometimes\"");
+    assert!(matches!(&e, LockError::Config(_)), "{e:?}");
+}
+
 /// The etcd table is `lock_etcd::EtcdConfig`: every setting from TOML and `DISTLOCK_ETCD__*`.
 #[cfg(feature = "etcd")]
 #[test]
