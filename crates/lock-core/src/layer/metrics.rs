@@ -22,9 +22,10 @@
 //! classes (see there).
 //!
 //! Held locks are tracked by (key, owner) with the depth the backend reported. A hold that
-//! ends otherwise than by the last unlock or a `LeaseLost` refresh (the lease expired and
-//! nobody refreshed, `unlock` answered `NotHeld`, the provider was closed) leaves the gauge
-//! but records no hold time, since the layer cannot tell when it ended.
+//! ends otherwise than by the last unlock or a `LeaseLost` refresh records no hold time,
+//! since the layer cannot tell when it ended: an `unlock` answered `NotHeld` or `LeaseLost`,
+//! or `close`, only takes it off the gauge. A lease that expired without anyone noticing
+//! stays counted (and tracked) until its owner next locks, unlocks or refreshes the key.
 //!
 //! Not recorded yet, as they need hooks in the backends or the deadlock detector: contention
 //! per attempt (how many tries a wait took), expired locks cleaned by reapers, the number of
