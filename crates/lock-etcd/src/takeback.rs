@@ -22,6 +22,9 @@ use crate::error::{map_err, no_answer};
 use crate::keys::{Entry, Value};
 use crate::provider::{gets, revision, Inner, RETRY_PAUSE};
 
+/// The least a background take-back waits for one answer, whatever the request timeout.
+const BACKGROUND_TIMEOUT_FLOOR: Duration = Duration::from_millis(250);
+
 /// Taking back an acquisition (first or re-entry) releases exactly one level of its entry,
 /// and only while the entry is still that acquisition (same create revision): never the
 /// levels the same owner added through other calls. `at` is the entry as written.
@@ -137,7 +140,18 @@ impl Inner {
     /// Takes back one level of `m`'s entry (`at`: as last known, saving a read), compare-and-
     /// act on its mod revision, so that a level added or removed meanwhile is never lost. An
     /// entry that is another acquisition (another create revision) is left alone.
-    pub(crate) async fn drop_level(self: &Arc<Self>, m: &Mine, mut at: Option<Entry>) -> Result<Left> {
+    pub(crate) async fn drop_level(self: &Arc<Self>, m: &Mine, at: Option<Entry>) -> Result<Left> {
+        self.drop_level_within(m, at, self.request_timeout).await
+    }
+
+    /// [`drop_level`](Self::drop_level), each request bounded by `within` instead of the
+    /// request timeout (for background work that nobody waits for).
+    pub(crate) async fn drop_level_within(
+        self: &Arc<Self>,
+        m: &Mine,
+        mut at: Option<Entry>,
+        within: Duration,
+    ) -> Result<Left> {
         loop {
             let e = match at.take() {
                 Some(e) => e,
@@ -155,14 +169,14 @@ impl Inner {
             } else {
                 TxnOp::delete(e.key.clone(), None)
             };
-            let resp = self
-                .txn(
-                    Txn::new()
-                        .when([Compare::mod_revision(e.key.clone(), CompareOp::Equal, e.mod_revision)])
-                        .and_then([lower])
-                        .or_else([TxnOp::get(e.key.clone(), None)]),
-                )
-                .await?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(e.key.clone(), CompareOp::Equal, e.mod_revision)])
+                .and_then([lower])
+                .or_else([TxnOp::get(e.key.clone(), None)]);
+            let resp = match tokio::time::timeout(within, self.client.kv_client().txn(txn)).await {
+                Ok(r) => r.map_err(map_err)?,
+                Err(_) => return Err(no_answer(None, within)),
+            };
             if !resp.succeeded() {
                 match gets(&resp).pop().and_then(|mut g| g.pop()) {
                     Some(now) => at = Some(now),
@@ -220,11 +234,16 @@ impl Inner {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let inner = self.clone();
         rt.spawn(async move {
+            // Nobody waits for this: each try may take far longer than a caller's request
+            // timeout (which may be a few milliseconds), so that a loaded server still answers.
+            let base = inner.request_timeout.max(BACKGROUND_TIMEOUT_FLOOR);
             for attempt in 1..=6u32 {
                 tokio::time::sleep(RETRY_PAUSE * attempt).await;
-                match inner.settle(&head, target, inner.request_timeout * 2u32.pow(attempt)).await {
+                match inner.settle(&head, target, base * 2u32.pow(attempt)).await {
                     Ok(Some(now)) => {
-                        if let Err(e) = inner.drop_level(&mine, Some(now)).await {
+                        // One try only: an unanswered drop may have been applied, and a second
+                        // one would then take a level the owner still uses.
+                        if let Err(e) = inner.drop_level_within(&mine, Some(now), base * 8).await {
                             tracing::warn!(key = %mine.key, error = %e, "cannot take back an unanswered re-entry; it ends with its lease");
                         }
                         return;
