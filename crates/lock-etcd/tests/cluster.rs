@@ -211,6 +211,22 @@ async fn leader_failover_keeps_one_holder_and_the_queue_moves_on() {
     }
     let queued = holder.list(&prefix).await;
     assert!(queued.is_ok(), "{queued:?}");
+    // The case is about a queue that waits through an election: every waiter must have its
+    // entry in the queue before the leader goes (a waiter still on its first round trip is
+    // told `Unavailable`, which is a different case).
+    let entries = |holder: &EtcdLockProvider| {
+        let mut kv = holder.client().kv_client();
+        let prefix = prefix.clone();
+        async move {
+            let opts = etcd_client::GetOptions::new().with_prefix().with_count_only();
+            kv.get(prefix, Some(opts)).await.map(|r| r.count()).unwrap_or(0)
+        }
+    };
+    let queued_by = Instant::now() + Duration::from_secs(30);
+    while entries(&holder).await < 4 {
+        assert!(Instant::now() < queued_by, "the three waiters did not queue within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Kill the leader while the lock is held and the queue waits.
     cluster.kill(first_leader);
