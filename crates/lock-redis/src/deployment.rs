@@ -172,6 +172,8 @@ impl Redlock {
         let elapsed = started.elapsed();
         let mut receipts = Vec::new();
         let (mut token, mut depth) = (0, 0);
+        // Some master granted a first level: the owner held nothing there before this round.
+        let mut fresh = false;
         let mut holders: HashMap<String, usize> = HashMap::new();
         let mut left: Option<Duration> = None;
         let mut answered = 0;
@@ -184,6 +186,7 @@ impl Redlock {
                     receipts.push((i, t));
                     token = token.max(t);
                     depth = depth.max(d);
+                    fresh |= d == 1;
                 }
                 Ok(Grant::Busy { holder, left: l }) => {
                     answered += 1;
@@ -212,11 +215,15 @@ impl Redlock {
             }
         }
         // A master that did not answer may still have applied the request (or apply it once
-        // it resumes). For a first acquisition (no master reported a re-entry) any level
-        // `owner` holds there came from this round: give it back once the master answers.
+        // it resumes). For a first acquisition (a master granted a first level, none reported
+        // a re-entry) any level `owner` holds there came from this round: give it back once
+        // the master answers.
         // A failed re-entry leaves such masters alone: taking a level there could take one
         // the owner still uses; an extra level expires with its TTL.
-        if !unanswered.is_empty() && depth <= 1 {
+        // With no master answering at all, nothing shows that this was a first acquisition: the
+        // owner may hold the lock already, and a token-less release would take one of its
+        // levels. The round's levels (if any were applied) then expire with their TTL.
+        if !unanswered.is_empty() && depth <= 1 && fresh {
             self.give_back_later(names, owner, unanswered, ttl);
         }
         if answered < self.quorum {
