@@ -55,6 +55,18 @@ pub enum LockError {
         key: String,
     },
 
+    /// This `lock` call was chosen to break a deadlock: it waited for `key`, whose holder
+    /// waits (directly or through others) for a lock the caller's owner holds. Nothing was
+    /// acquired, and what the owner already holds is untouched: release it and start over, so
+    /// that the other members of the cycle can proceed (see [`crate::deadlock`]).
+    #[error("deadlock broken at this wait for `{key}`: {cycle}")]
+    Deadlock {
+        /// The key this call waited for.
+        key: String,
+        /// The cycle, as the detector saw it.
+        cycle: crate::deadlock::Cycle,
+    },
+
     /// Bad input, rejected before anything touched a server.
     #[error("invalid {what}: {why}")]
     InvalidArgument {
@@ -123,6 +135,11 @@ impl LockError {
     /// ([`Timeout`](LockError::Timeout)) or the backend was unavailable.
     pub fn is_retryable(&self) -> bool {
         matches!(self, LockError::Timeout { .. } | LockError::Unavailable { .. })
+    }
+
+    /// `true` when the call was failed to break a deadlock.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, LockError::Deadlock { .. })
     }
 
     /// `true` when the caller no longer holds a lock it thought it held.

@@ -8,7 +8,8 @@
 //! It comes in three parts:
 //! - **the public types** above, at the crate root: what applications read;
 //! - **[`layer`]s** applied around every provider: [input checks and the closed
-//!   state](layer::checks), [tracing](layer::trace), [metrics](layer::metrics), and on top the [workflow] layer
+//!   state](layer::checks), [tracing](layer::trace), [metrics](layer::metrics), [waits and deadlock
+//!   detection](layer::waiting), and on top the [workflow] layer
 //!   (execution, template and resource locks with auto-refresh and a lost-lease signal);
 //! - **[`raw`]**, the toolkit for backend authors: the [`LockBackend`](raw::LockBackend) hooks
 //!   a backend implements, the wait loop, wake-ups, cancel safety and the reaper.
@@ -18,6 +19,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod deadlock;
 pub mod error;
 pub mod layer;
 pub mod lease;
@@ -27,9 +29,11 @@ pub mod raw;
 pub mod validate;
 pub mod workflow;
 
+pub use deadlock::{Cycle, DeadlockConfig, DeadlockPolicy, WaitForGraph, WaitInfo};
 pub use error::{BoxError, LockError, Result};
 pub use layer::metrics::{Classifier, Metered};
 pub use layer::trace::Traced;
+pub use layer::waiting::Waiting;
 pub use lease::{FencingToken, Lease, LockInfo};
 pub use options::{LockOptions, WaitPolicy, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_TTL};
 pub use provider::{Capabilities, Health, LockProvider};

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::deadlock::WaitInfo;
+use crate::error::{LockError, Result};
 use crate::lease::{Lease, LockInfo};
 use crate::options::LockOptions;
 
@@ -29,6 +30,10 @@ pub struct Capabilities {
     /// lock at once (their holders hear `LeaseLost` at their next refresh) and tokens may
     /// start over.
     pub durable: bool,
+}
+
+fn no_waits(provider: &str) -> LockError {
+    LockError::Config(format!("the {provider} provider keeps no waits"))
 }
 
 /// A successful health probe.
@@ -111,6 +116,31 @@ pub trait LockProvider: Send + Sync + fmt::Debug + 'static {
 
     /// Every held lock whose key starts with `prefix` (the empty prefix lists all), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>>;
+
+    /// Publishes, or renews, the wait `wait`: `wait.owner` waits for `wait.key` since
+    /// `wait.since`, and the record lives `wait.remaining_ttl` unless published again. Other
+    /// processes read it with [`waits`](LockProvider::waits) to find deadlocks (see
+    /// [`crate::deadlock`]); the [waiting layer](crate::layer::waiting) calls it for every
+    /// `lock` call that waits.
+    ///
+    /// The default answers [`Config`](LockError::Config): the provider keeps no waits.
+    async fn publish_wait(&self, wait: &WaitInfo) -> Result<()> {
+        let _ = wait;
+        Err(no_waits(self.name()))
+    }
+
+    /// Withdraws the wait `id` of `owner` for `key`; withdrawing one that is gone is fine.
+    async fn withdraw_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
+        let _ = (key, owner, id);
+        Err(no_waits(self.name()))
+    }
+
+    /// Every published, unexpired wait whose key starts with `prefix`, sorted by key, then
+    /// `since`.
+    async fn waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
+        let _ = prefix;
+        Err(no_waits(self.name()))
+    }
 
     /// Probes the backend; an unhealthy backend answers
     /// [`Unavailable`](crate::LockError::Unavailable).

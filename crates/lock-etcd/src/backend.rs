@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::raw::{Gate, LockBackend};
-use lock_core::{Capabilities, Health, Lease, LockInfo, LockOptions, Result};
+use lock_core::{Capabilities, Health, Lease, LockInfo, LockOptions, Result, WaitInfo};
 
 use crate::error::NAME;
 use crate::provider::EtcdLockProvider;
@@ -55,6 +55,18 @@ impl LockBackend for EtcdLockProvider {
         self.inner.list(prefix).await
     }
 
+    async fn post_wait(&self, wait: &WaitInfo) -> Result<()> {
+        self.inner.post_wait(wait).await
+    }
+
+    async fn drop_wait(&self, key: &str, _owner: &str, id: u64) -> Result<()> {
+        self.inner.drop_wait(key, id).await
+    }
+
+    async fn posted_waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
+        self.inner.waits(prefix).await
+    }
+
     async fn probe(&self) -> Result<Health> {
         self.inner.health().await
     }
@@ -62,6 +74,11 @@ impl LockBackend for EtcdLockProvider {
     async fn shutdown(&self) -> Result<()> {
         self.inner.closed.send_replace(true);
         self.inner.revoke_spares();
+        let waits: Vec<i64> =
+            self.inner.wait_leases.lock().unwrap().drain().map(|(_, lease)| lease).collect();
+        for lease in waits {
+            self.inner.revoke_in_background(lease);
+        }
         Ok(())
     }
 }

@@ -66,11 +66,17 @@ impl Layout {
         vec![0]
     }
 
-    /// The lock key of an entry, if `raw` is one of this layout's entries.
+    /// The lock key of an entry, if `raw` is one of this layout's entries (lock keys are never
+    /// empty and never contain NUL: anything else under the prefix, such as the published
+    /// waits, is not a lock).
     pub(crate) fn lock_key<'a>(&self, raw: &'a [u8]) -> Option<&'a str> {
         let rest = raw.strip_prefix(self.prefix.as_bytes())?;
         let nul = rest.iter().rposition(|&b| b == 0)?;
-        std::str::from_utf8(&rest[..nul]).ok()
+        let key = &rest[..nul];
+        if key.is_empty() || key.contains(&0) {
+            return None;
+        }
+        std::str::from_utf8(key).ok()
     }
 }
 

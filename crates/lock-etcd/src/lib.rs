@@ -85,6 +85,7 @@ mod queue;
 mod reenter;
 mod release;
 mod takeback;
+mod waits;
 
 #[cfg(feature = "tls")]
 pub use config::TlsFiles;

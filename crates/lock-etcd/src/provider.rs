@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) held: Mutex<HashMap<(String, String), HeldEntry>>,
     /// Empty leases of released locks, reused by the next acquisition with the same TTL.
     pub(crate) spares: Mutex<Vec<Spare>>,
+    /// The lease of each wait this provider published, by wait id.
+    pub(crate) wait_leases: Mutex<HashMap<u64, i64>>,
 }
 
 impl fmt::Debug for EtcdLockProvider {
@@ -116,6 +118,7 @@ impl EtcdLockProvider {
                 closed: watch::channel(false).0,
                 held: Mutex::new(HashMap::new()),
                 spares: Mutex::new(Vec::new()),
+                wait_leases: Mutex::new(HashMap::new()),
             }),
         }
     }

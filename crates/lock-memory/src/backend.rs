@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::raw::{Gate, LockBackend};
-use lock_core::{Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result};
+use lock_core::{
+    Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result, WaitInfo,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -222,6 +224,20 @@ impl LockBackend for MemoryLockProvider {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn post_wait(&self, wait: &WaitInfo) -> Result<()> {
+        self.inner.waits.post(wait);
+        Ok(())
+    }
+
+    async fn drop_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
+        self.inner.waits.drop_wait(key, owner, id);
+        Ok(())
+    }
+
+    async fn posted_waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
+        Ok(self.inner.waits.list(prefix))
     }
 
     async fn probe(&self) -> Result<Health> {

@@ -18,6 +18,8 @@
 //! - **Cleanup** of expired leases lazily on every touch of a key, plus a background reaper
 //!   (when created inside a tokio runtime); [`MemoryLockProvider::expired_cleaned`] counts them.
 //! - **No global lock**: keys are spread over independently locked shards.
+//! - **Published waits** (for [deadlock detection](lock_core::deadlock)) in a map beside the
+//!   table, expiring with their TTL on the same clock.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> lock_core::Result<()> {
@@ -35,6 +37,7 @@ mod backend;
 mod config;
 mod provider;
 mod table;
+mod waits;
 
 pub use config::MemoryConfig;
 pub use provider::{MemoryLockProvider, MemoryLockProviderBuilder};

@@ -42,6 +42,7 @@ impl MemoryLockProviderBuilder {
             next_waiter: AtomicU64::new(0),
             expired_cleaned: AtomicU64::new(0),
             gate: Gate::new(),
+            waits: Default::default(),
         });
         let reaper = match (config.reap_interval, tokio::runtime::Handle::try_current()) {
             (Some(every), Ok(_)) => {

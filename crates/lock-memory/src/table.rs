@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) next_waiter: AtomicU64,
     pub(crate) expired_cleaned: AtomicU64,
     pub(crate) gate: Gate,
+    /// Published waits, for deadlock detection.
+    pub(crate) waits: crate::waits::Waits,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::raw::{acquire_with_backoff, attempt_detached, Gate, LockBackend, Undo};
-use lock_core::{Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result};
+use lock_core::{
+    Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result, WaitInfo,
+};
 use tokio::time::Instant;
 
 use crate::core::{bounded, micros, row_to_info, Released};
@@ -163,6 +165,18 @@ impl LockBackend for MySqlLockProvider {
             })
             .await?;
         rows.iter().map(row_to_info).collect::<std::result::Result<_, _>>().map_err(map_err)
+    }
+
+    async fn post_wait(&self, wait: &WaitInfo) -> Result<()> {
+        self.inner.post_wait(wait).await
+    }
+
+    async fn drop_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
+        self.inner.drop_wait(key, owner, id).await
+    }
+
+    async fn posted_waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
+        self.inner.waits(prefix).await
     }
 
     async fn probe(&self) -> Result<Health> {

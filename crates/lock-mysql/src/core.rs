@@ -91,7 +91,7 @@ impl Inner {
         self.count();
         self.bounded(async { sqlx::query(&self.sql.create).execute(&self.pool).await.map_err(map_err) })
             .await?;
-        Ok(())
+        self.migrate_waits().await
     }
 
     pub(crate) async fn exec(
@@ -238,6 +238,7 @@ impl Inner {
                 break;
             }
         }
+        self.reap_waits().await?;
         Ok(total)
     }
 }

@@ -89,9 +89,10 @@ mod core;
 mod error;
 mod provider;
 mod table;
+mod waits;
 
 pub use config::{CleanupStats, MySqlLockConfig, REAP_GRACE_FACTOR};
 pub use provider::MySqlLockProvider;
 /// The pool type the provider runs on, re-exported so callers need no direct sqlx dependency.
 pub use sqlx::mysql::MySqlPool;
-pub use table::{TableName, DEFAULT_TABLE, MAX_TABLE_NAME_LEN};
+pub use table::{TableName, DEFAULT_TABLE, MAX_TABLE_NAME_LEN, WAITS_SUFFIX};

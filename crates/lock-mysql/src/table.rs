@@ -8,8 +8,12 @@ use lock_core::{LockError, Result};
 /// Default table name.
 pub const DEFAULT_TABLE: &str = "distributed_locks";
 
-/// Longest accepted table name (MySQL's identifier limit).
-pub const MAX_TABLE_NAME_LEN: usize = 64;
+/// Longest accepted table name: MySQL's identifier limit (64) less the `_waits` of the table
+/// beside it that holds the published waits.
+pub const MAX_TABLE_NAME_LEN: usize = 64 - WAITS_SUFFIX.len();
+
+/// The waits table is named after the lock table with this suffix.
+pub const WAITS_SUFFIX: &str = "_waits";
 
 /// Bits of the fencing token that count acquisitions of one row (the rest is the row's id).
 pub(crate) const GENERATION_BITS: u32 = 16;
@@ -76,6 +80,11 @@ pub(crate) struct Statements {
     pub(crate) inspect: String,
     pub(crate) list: String,
     pub(crate) reap: String,
+    pub(crate) create_waits: String,
+    pub(crate) post_wait: String,
+    pub(crate) drop_wait: String,
+    pub(crate) list_waits: String,
+    pub(crate) reap_waits: String,
 }
 
 /// The fencing token of a row, in SQL.
@@ -209,6 +218,38 @@ impl Statements {
                 "{g}DELETE FROM `{t}` WHERE expires_at <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
                    AND generation < {REAPABLE_GENERATIONS} LIMIT 1000"
             ),
+            // Published waits (deadlock detection), beside the locks and never read by a lock
+            // statement: one row per waiting call, living until `expires_at` unless renewed.
+            create_waits: format!(
+                "CREATE TABLE IF NOT EXISTS `{t}{WAITS_SUFFIX}` (
+                    lock_key VARBINARY(255) NOT NULL,
+                    owner VARBINARY(255) NOT NULL,
+                    wait_id BIGINT UNSIGNED NOT NULL,
+                    since_ms BIGINT UNSIGNED NOT NULL,
+                    expires_at DATETIME(6) NOT NULL,
+                    PRIMARY KEY (lock_key, owner, wait_id)
+                ) ENGINE=InnoDB"
+            ),
+            // Parameters: key, owner, id, since (ms since the epoch), ttl µs.
+            post_wait: format!(
+                "{g}INSERT INTO `{t}{WAITS_SUFFIX}` (lock_key, owner, wait_id, since_ms, expires_at)
+                 VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
+                 ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)"
+            ),
+            drop_wait: format!(
+                "{g}DELETE FROM `{t}{WAITS_SUFFIX}` WHERE lock_key = ? AND owner = ? AND wait_id = ?"
+            ),
+            list_waits: format!(
+                "{g}SELECT lock_key, owner, wait_id, since_ms,
+                        TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at)
+                 FROM `{t}{WAITS_SUFFIX}`
+                 WHERE lock_key LIKE ? ESCAPE '!' AND expires_at > UTC_TIMESTAMP(6)
+                 ORDER BY lock_key, since_ms"
+            ),
+            // Waits whose process stopped renewing them.
+            reap_waits: format!(
+                "{g}DELETE FROM `{t}{WAITS_SUFFIX}` WHERE expires_at <= UTC_TIMESTAMP(6) LIMIT 1000"
+            ),
         }
     }
 }
@@ -245,7 +286,7 @@ mod tests {
 
     #[test]
     fn accepts_plain_identifiers() {
-        for ok in ["distributed_locks", "custom_locks", "_x", "Locks2", &"a".repeat(64)] {
+        for ok in ["distributed_locks", "custom_locks", "_x", "Locks2", &"a".repeat(58)] {
             assert_eq!(TableName::new(ok).unwrap().as_str(), ok);
         }
     }
@@ -262,7 +303,7 @@ mod tests {
             "locks ",
             "lôcks",
             "locks\0",
-            &"a".repeat(65),
+            &"a".repeat(59),
         ] {
             match TableName::new(bad) {
                 Err(LockError::InvalidArgument { what: "table name", .. }) => {}

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use lock_core::raw::{acquire_with_backoff, Attempt, Gate, LockBackend};
 use lock_core::{
     async_trait, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result,
+    WaitInfo,
 };
 use tokio::time::Instant;
 
@@ -163,6 +164,18 @@ impl LockBackend for RedisLockProvider {
             out.extend(info?);
         }
         Ok(out)
+    }
+
+    async fn post_wait(&self, wait: &WaitInfo) -> Result<()> {
+        crate::waits::post(&self.inner.deployment, &self.inner.keys, wait).await
+    }
+
+    async fn drop_wait(&self, key: &str, _owner: &str, id: u64) -> Result<()> {
+        crate::waits::drop(&self.inner.deployment, &self.inner.keys, key, id).await
+    }
+
+    async fn posted_waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
+        crate::waits::list(&self.inner.deployment, &self.inner.keys, prefix).await
     }
 
     async fn probe(&self) -> Result<Health> {

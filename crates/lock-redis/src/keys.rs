@@ -7,6 +7,7 @@
 //! | the lock | `p{enc(k)}` | string `"<token> <depth> <owner>"`; expires with the lease |
 //! | its fencing counter | `p{enc(k)}:fence` | string (integer); never expires |
 //! | its release channel | `p{enc(k)}:released` | pub/sub channel |
+//! | a published wait for it | `p{enc(k)}:wait:<id>` | string `"<since ms> <owner>"`; expires unless renewed |
 //!
 //! `enc` escapes `%`, `{` and `}` as `%25`, `%7B` and `%7D`, so the braces the layout adds are
 //! the only ones: the hash tag is exactly `enc(k)`, never empty, and the lock and its counter
@@ -33,6 +34,7 @@ pub(crate) struct KeySpace {
 
 const FENCE_SUFFIX: &str = ":fence";
 const CHANNEL_SUFFIX: &str = ":released";
+const WAIT_INFIX: &str = ":wait:";
 
 impl KeySpace {
     /// A layout under `prefix`, which must not contain `{` or `}` (checked by the config).
@@ -67,6 +69,18 @@ impl KeySpace {
         let mut pattern = glob_escape(&literal);
         pattern.push('*');
         pattern
+    }
+
+    /// The name of wait `id` for `key` (in the lock's slot).
+    pub(crate) fn wait_key(&self, key: &str, id: u64) -> String {
+        format!("{}{WAIT_INFIX}{id}", self.lock_key(key))
+    }
+
+    /// The user key and wait id of a wait's name, or `None` for any other name.
+    pub(crate) fn decode_wait_key(&self, name: &str) -> Option<(String, u64)> {
+        let (lock, id) = name.rsplit_once(WAIT_INFIX)?;
+        let id = id.parse().ok().filter(|_| id.bytes().all(|b| b.is_ascii_digit()))?;
+        Some((self.decode_lock_key(lock)?, id))
     }
 
     /// The user key of a lock key name, or `None` for any other name (a counter, a foreign key).
@@ -166,6 +180,12 @@ mod tests {
             assert_eq!(ks.decode_lock_key(&n.lock).as_deref(), Some(*key), "round trip");
             assert_eq!(ks.decode_lock_key(&n.fence), None, "a counter is not a lock");
             assert_eq!(ks.decode_lock_key(&n.channel), None);
+            let wait = ks.wait_key(key, 42);
+            assert_eq!(hash_tag(&wait), tag, "{key:?}: a wait lives in its lock's slot");
+            assert_eq!(ks.decode_wait_key(&wait), Some((key.to_string(), 42)), "round trip");
+            assert_eq!(ks.decode_lock_key(&wait), None, "a wait is not a lock");
+            assert_eq!(ks.decode_wait_key(&n.lock), None, "a lock is not a wait");
+            assert_eq!(ks.decode_wait_key(&n.fence), None);
         }
     }
 
@@ -183,6 +203,11 @@ mod tests {
         let ks = KeySpace::new("p:");
         for name in ["other", "p:", "p:{a", "p:{a}x", "q:{a}", "p:{a%}", "p:{a%7}", "p:{%zz}"] {
             assert_eq!(ks.decode_lock_key(name), None, "{name}");
+        }
+        for name in
+            ["p:{a}:wait:", "p:{a}:wait:x", "p:{a}:wait:+1", "p:{a}:wait:-1", "q:{a}:wait:1", "p:{a}x:wait:1"]
+        {
+            assert_eq!(ks.decode_wait_key(name), None, "{name}");
         }
     }
 

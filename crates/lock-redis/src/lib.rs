@@ -65,6 +65,7 @@ mod keys;
 mod node;
 mod provider;
 mod scripts;
+mod waits;
 mod wake;
 
 pub use config::{

@@ -265,6 +265,29 @@ impl Node {
         Ok(Some(Held { token, depth, left: left(pttl).unwrap_or_default(), owner: r.text()?.to_owned() }))
     }
 
+    /// Stores or renews a published wait: one `SET ... PX`.
+    pub(crate) async fn post_wait(&self, name: &str, value: &str, ttl: Duration) -> Result<(), Error> {
+        use fred::interfaces::KeysInterface;
+        use fred::types::Expiration;
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.client()?.set::<(), _, _>(name, value, Some(Expiration::PX(ms)), None, false).await
+    }
+
+    /// Deletes a published wait.
+    pub(crate) async fn drop_wait(&self, name: &str) -> Result<(), Error> {
+        use fred::interfaces::KeysInterface;
+        self.client()?.del::<i64, _>(name).await.map(drop)
+    }
+
+    /// A published wait's value and time left, if it is still there.
+    pub(crate) async fn read_wait(&self, name: &str) -> Result<Option<(String, Duration)>, Error> {
+        use fred::interfaces::KeysInterface;
+        let client = self.client()?;
+        let (value, pttl) =
+            futures::try_join!(client.get::<Option<String>, _>(name), client.pttl::<i64, _>(name))?;
+        Ok(value.zip(left(pttl)))
+    }
+
     /// Every key matching `pattern` (on every primary of a cluster).
     pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Error> {
         use futures::StreamExt;

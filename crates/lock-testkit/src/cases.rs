@@ -27,6 +27,7 @@ pub use crate::restart::{
 mod basics;
 mod cancel;
 mod checks;
+pub mod deadlock;
 pub mod metrics;
 mod waiting;
 mod workflow;
@@ -34,6 +35,10 @@ mod workflow;
 pub use basics::*;
 pub use cancel::*;
 pub use checks::*;
+pub use deadlock::{
+    deadlock_fails_the_youngest_waiter, deadlock_is_detected_and_reported,
+    waits_are_published_listed_and_withdrawn,
+};
 pub use metrics::metrics_record_each_operation;
 pub use waiting::*;
 pub use workflow::*;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::deadlock::WaitInfo;
 use crate::error::Result;
 use crate::lease::{Lease, LockInfo};
 use crate::options::LockOptions;
@@ -71,6 +72,25 @@ impl<B: LockBackend> LockProvider for B {
         validate::prefix(prefix)?;
         self.gate().check()?;
         self.held(prefix).await
+    }
+
+    async fn publish_wait(&self, wait: &WaitInfo) -> Result<()> {
+        validate::key_owner_ttl(&wait.key, &wait.owner, wait.remaining_ttl)?;
+        self.gate().check()?;
+        self.post_wait(wait).await
+    }
+
+    async fn withdraw_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
+        validate::key(key)?;
+        validate::owner(owner)?;
+        self.gate().check()?;
+        self.drop_wait(key, owner, id).await
+    }
+
+    async fn waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
+        validate::prefix(prefix)?;
+        self.gate().check()?;
+        self.posted_waits(prefix).await
     }
 
     async fn health(&self) -> Result<Health> {
@@ -148,6 +168,21 @@ mod tests {
             Ok(Vec::new())
         }
 
+        async fn post_wait(&self, _: &WaitInfo) -> Result<()> {
+            self.hit();
+            Ok(())
+        }
+
+        async fn drop_wait(&self, _: &str, _: &str, _: u64) -> Result<()> {
+            self.hit();
+            Ok(())
+        }
+
+        async fn posted_waits(&self, _: &str) -> Result<Vec<WaitInfo>> {
+            self.hit();
+            Ok(Vec::new())
+        }
+
         async fn probe(&self) -> Result<Health> {
             self.hit();
             Ok(Health { backend: Self::NAME, latency: Duration::ZERO, detail: String::new() })
@@ -176,6 +211,17 @@ mod tests {
         assert_eq!(invalid(b.refresh_lock("k\0", "o", ttl).await), "key");
         assert_eq!(invalid(b.is_locked("").await), "key");
         assert_eq!(invalid(b.list("p\0").await), "prefix");
+        let wait = |key: &str, owner: &str, ttl| crate::deadlock::WaitInfo {
+            key: key.into(),
+            owner: owner.into(),
+            id: 1,
+            since: std::time::SystemTime::now(),
+            remaining_ttl: ttl,
+        };
+        assert_eq!(invalid(b.publish_wait(&wait("", "o", ttl)).await), "key");
+        assert_eq!(invalid(b.publish_wait(&wait("k", "o", Duration::ZERO)).await), "ttl");
+        assert_eq!(invalid(b.withdraw_wait("k", "", 1).await), "owner");
+        assert_eq!(invalid(b.waits("p\0").await), "prefix");
         assert_eq!(b.calls.load(Ordering::SeqCst), 0);
         b.lock(&LockOptions::new("k", "o")).await.unwrap();
         assert_eq!(b.calls.load(Ordering::SeqCst), 1, "good input goes through");

@@ -40,6 +40,7 @@ use async_trait::async_trait;
 use metrics::{counter, gauge, histogram};
 use tokio::time::Instant;
 
+use crate::deadlock::WaitInfo;
 use crate::error::{LockError, Result};
 use crate::layer::trace::outcome_of;
 use crate::lease::{Lease, LockInfo};
@@ -59,6 +60,21 @@ pub const REFRESH_TOTAL: &str = "distlock_refresh_total";
 pub const LEASE_LOST_TOTAL: &str = "distlock_lease_lost_total";
 /// Gauge: locks held through the layer, by `provider`, `class`.
 pub const HELD_LOCKS: &str = "distlock_held_locks";
+/// Counter: `lock`/`try_lock` calls whose first attempt found the lock held, by `provider`,
+/// `class` (recorded by the [waiting layer](crate::layer::waiting)).
+pub const CONTENTION_TOTAL: &str = "distlock_contention_total";
+/// Gauge: `lock` calls waiting for a lock held by someone else, by `provider`, `class`
+/// (recorded by the [waiting layer](crate::layer::waiting)).
+pub const WAITERS: &str = "distlock_waiters";
+/// Counter: deadlocks (wait-for cycles) broken at a wait of this process, by `provider`
+/// (recorded by the [waiting layer](crate::layer::waiting)).
+pub const DEADLOCKS_TOTAL: &str = "distlock_deadlocks_total";
+/// Counter: expired locks removed by a backend's own clean-up, by `provider` (the memory
+/// backend's reaper and MySQL's; Redis and etcd expire keys and leases on the server).
+pub const EXPIRED_CLEANED_TOTAL: &str = "distlock_expired_cleaned_total";
+/// Gauge: 1 after a successful health probe through the layer, 0 after a failed one, by
+/// `provider`.
+pub const PROVIDER_HEALTHY: &str = "distlock_provider_healthy";
 
 /// The class every key falls into once a classifier has seen its maximum of classes.
 pub const OTHER_CLASS: &str = "other";
@@ -370,8 +386,22 @@ impl LockProvider for Metered {
         self.inner.list(prefix).await
     }
 
+    async fn publish_wait(&self, wait: &WaitInfo) -> Result<()> {
+        self.inner.publish_wait(wait).await
+    }
+
+    async fn withdraw_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
+        self.inner.withdraw_wait(key, owner, id).await
+    }
+
+    async fn waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
+        self.inner.waits(prefix).await
+    }
+
     async fn health(&self) -> Result<Health> {
-        self.inner.health().await
+        let r = self.inner.health().await;
+        gauge!(PROVIDER_HEALTHY, "provider" => self.inner.name()).set(if r.is_ok() { 1.0 } else { 0.0 });
+        r
     }
 
     async fn close(&self) -> Result<()> {

@@ -4,7 +4,9 @@
 //!   of every [`LockBackend`](crate::raw::LockBackend);
 //! - [`trace`]: [`Traced`](trace::Traced), a `tracing` event per operation;
 //! - [`metrics`]: [`Metered`](metrics::Metered), counters, histograms and a gauge per
-//!   provider and key class, through the `metrics` facade.
+//!   provider and key class, through the `metrics` facade;
+//! - [`waiting`]: [`Waiting`](waiting::Waiting), waits published in the backend, contention
+//!   and waiter metrics, and [deadlock](crate::deadlock) detection.
 //!
 //! The [workflow layer](crate::workflow) builds execution, template and resource locks with
 //! auto-refresh on top of any provider.
@@ -12,3 +14,4 @@
 pub mod checks;
 pub mod metrics;
 pub mod trace;
+pub mod waiting;

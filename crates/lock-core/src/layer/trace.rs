@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::deadlock::WaitInfo;
 use crate::error::{LockError, Result};
 use crate::lease::{Lease, LockInfo};
 use crate::options::LockOptions;
@@ -76,6 +77,7 @@ pub fn outcome_of(e: &LockError) -> &'static str {
         LockError::InvalidArgument { .. } => "invalid",
         LockError::Unavailable { .. } => "unavailable",
         LockError::Closed => "closed",
+        LockError::Deadlock { .. } => "deadlock",
         _ => "error",
     }
 }
@@ -128,6 +130,18 @@ impl LockProvider for Traced {
 
     async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
         self.inner.list(prefix).await
+    }
+
+    async fn publish_wait(&self, wait: &WaitInfo) -> Result<()> {
+        self.inner.publish_wait(wait).await
+    }
+
+    async fn withdraw_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
+        self.inner.withdraw_wait(key, owner, id).await
+    }
+
+    async fn waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
+        self.inner.waits(prefix).await
     }
 
     async fn health(&self) -> Result<Health> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::deadlock::WaitInfo;
 use crate::error::Result;
 use crate::lease::{Lease, LockInfo};
 use crate::options::LockOptions;
@@ -55,6 +56,17 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Every held lock whose key starts with `prefix`, sorted by key.
     async fn held(&self, prefix: &str) -> Result<Vec<LockInfo>>;
+
+    /// Stores or renews the wait `wait` for `wait.remaining_ttl`
+    /// ([`LockProvider::publish_wait`](crate::LockProvider::publish_wait)). Keyed by key,
+    /// owner and id; waits live beside the locks, never where a lock hook reads them.
+    async fn post_wait(&self, wait: &WaitInfo) -> Result<()>;
+
+    /// Deletes the wait `id` of `owner` for `key`, if it is there.
+    async fn drop_wait(&self, key: &str, owner: &str, id: u64) -> Result<()>;
+
+    /// Every unexpired wait whose key starts with `prefix`, sorted by key, then `since`.
+    async fn posted_waits(&self, prefix: &str) -> Result<Vec<WaitInfo>>;
 
     /// Probes the server.
     async fn probe(&self) -> Result<Health>;

@@ -8,9 +8,12 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use lock_core::deadlock::DeadlockConfig;
 use lock_core::layer::metrics::{
-    Metered, ACQUIRE_TOTAL, ACQUIRE_WAIT_SECONDS, HELD_LOCKS, HOLD_SECONDS, LEASE_LOST_TOTAL, REFRESH_TOTAL,
+    Classifier, Metered, ACQUIRE_TOTAL, ACQUIRE_WAIT_SECONDS, CONTENTION_TOTAL, HELD_LOCKS, HOLD_SECONDS,
+    LEASE_LOST_TOTAL, REFRESH_TOTAL, WAITERS,
 };
+use lock_core::layer::waiting::Waiting;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 use super::*;
@@ -72,6 +75,25 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// The total of counter `name` over every series with `provider` (whatever the other
+    /// labels): for series without a class label, such as `distlock_deadlocks_total`.
+    pub fn total(&self, name: &str, provider: &str) -> u64 {
+        let _ = self.by_class("");
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        totals
+            .iter()
+            .filter(|((n, labels), _)| {
+                n == name && labels.iter().any(|(k, v)| k == "provider" && v == provider)
+            })
+            .map(|(_, value)| match value {
+                Recorded::Counter(n) => *n,
+                other => panic!("{name} is not a counter: {other:?}"),
+            })
+            .sum()
+    }
+}
+
 /// The `DebuggingRecorder` of this process, installed as the global recorder on first use.
 ///
 /// Panics if another global recorder was installed first (`metrics` allows one per process).
@@ -94,12 +116,14 @@ fn series(name: &str, labels: &[(&str, &str)]) -> Series {
 }
 
 /// Lock, contend, re-enter, unlock twice, cancel a wait, then let a short lease expire and
-/// refresh it: [`Metered`] records exactly the expected counts per label set, one wait sample
-/// per acquisition, one hold sample per ended hold, and the held gauge follows.
+/// refresh it: [`Metered`] over [`Waiting`] (as the factory stacks them) records exactly the
+/// expected counts per label set, one wait sample per acquisition, one hold sample per ended
+/// hold, and the held and waiting gauges follow.
 pub async fn metrics_record_each_operation(ctx: &Ctx) {
     let rec = recorded();
     let raw = ctx.provider().await;
-    let p = Metered::new(raw.clone());
+    let waiting = Waiting::new(raw.clone(), DeadlockConfig::default(), Some(Classifier::default()));
+    let p = Metered::new(Arc::new(waiting));
     let reentrant = raw.capabilities().reentrant;
     let provider = p.name();
     let class = format!("m{:016x}", fastrand::u64(..));
@@ -132,8 +156,27 @@ pub async fn metrics_record_each_operation(ctx: &Ctx) {
     // A waiting `lock` dropped before it finished.
     let k2 = key("k2");
     raw.lock(&opts(&k2, "carol")).await.expect("free key");
-    let gave_up = tokio::time::timeout(Duration::from_millis(200), p.lock(&patient(&k2, "bob"))).await;
-    assert!(gave_up.is_err(), "the waiter should still have been waiting");
+    let gauge =
+        |rec: &Recorder, name: &str| match rec.by_class(&class).get(&series(name, &[("provider", provider)]))
+        {
+            Some(Recorded::Gauge(v)) => *v,
+            _ => 0.0,
+        };
+    let bob = patient(&k2, "bob");
+    let counted = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            r = p.lock(&bob) => panic!("bob got {r:?} while carol holds k2"),
+            _ = async {
+                while gauge(rec, WAITERS) != 1.0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            } => {}
+        }
+    })
+    .await;
+    // The select dropped bob's waiting `lock`.
+    assert!(counted.is_ok(), "the waiting call is counted in {WAITERS}");
+    assert_eq!(gauge(rec, WAITERS), 0.0, "a dropped waiter is no longer counted");
     raw.unlock(&k2, "carol").await.unwrap();
 
     // A short lease that expires: its refresh is answered `LeaseLost` and ends the hold.
@@ -170,6 +213,9 @@ pub async fn metrics_record_each_operation(ctx: &Ctx) {
         (series(REFRESH_TOTAL, &[("provider", provider), ("outcome", "lease_lost")]), Recorded::Counter(1)),
         (series(LEASE_LOST_TOTAL, &[("provider", provider)]), Recorded::Counter(1)),
         (series(HELD_LOCKS, &[("provider", provider)]), Recorded::Gauge(0.0)),
+        // bob's try on k1 and his wait on k2 found their locks held.
+        (series(CONTENTION_TOTAL, &[("provider", provider)]), Recorded::Counter(2)),
+        (series(WAITERS, &[("provider", provider)]), Recorded::Gauge(0.0)),
     ]
     .into_iter()
     .collect();
