@@ -5,6 +5,7 @@
 //! - `distlock inspect [PREFIX]`: the held locks, with holder, token and TTL left.
 //! - `distlock release KEY --owner OWNER`: force-release a lock as its owner.
 //! - `distlock health`: probe the backend.
+//! - `distlock deadlocks [PREFIX]`: who waits for whom, and the cycles among them.
 //!
 //! Every command uses the memory backend unless `--config distlock.toml`, `DISTLOCK_*`
 //! variables (e.g. `DISTLOCK_PROVIDER=mysql DISTLOCK_MYSQL__URL=mysql://...`) or `--provider`
@@ -54,6 +55,13 @@ enum Command {
     },
     /// Probe the backend.
     Health,
+    /// Show the wait-for graph under a key prefix and any deadlock in it (exit status 1 when
+    /// there is one).
+    Deadlocks {
+        /// Key prefix (empty: everything).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
 }
 
 fn parse_provider(s: &str) -> Result<LockProviderType, String> {
@@ -123,6 +131,37 @@ async fn run(cli: Cli) -> distlock::Result<ExitCode> {
             println!("released {key} held by {owner}");
             manager.close().await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Deadlocks { prefix } => {
+            let manager = LockManager::new(None, config).await?;
+            let graph = distlock::WaitForGraph::read(&**manager.lock_provider(), &prefix).await;
+            manager.close().await?;
+            let graph = graph?;
+            for e in &graph.edges {
+                let waited = std::time::SystemTime::now().duration_since(e.since).unwrap_or_default();
+                println!(
+                    "{} waits for `{}` held by {} (for {:.1}s)",
+                    e.waiter,
+                    e.key,
+                    e.holder,
+                    waited.as_secs_f64()
+                );
+            }
+            for w in &graph.loose {
+                println!("{} waits for `{}` (free or its own now)", w.owner, w.key);
+            }
+            let cycles = graph.cycles();
+            for c in &cycles {
+                let v = c.victim();
+                println!("DEADLOCK: {c} (youngest wait: {} for `{}`)", v.waiter, v.key);
+            }
+            println!(
+                "{} wait(s), {} deadlock(s) on {}",
+                graph.edges.len() + graph.loose.len(),
+                cycles.len(),
+                manager.lock_provider().name()
+            );
+            Ok(if cycles.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Health => {
             let manager = LockManager::new(None, config).await?;

@@ -9,6 +9,11 @@
 //! default_retry_jitter = 0.2
 //! metrics = true               # record through the `metrics` facade (see docs/operations.md)
 //!
+//! [deadlock]                   # lock_core::DeadlockConfig
+//! enabled = true               # waiting calls publish their waits; cycles are looked for
+//! interval = "1s"              # while a call waits, at most one scan per interval
+//! policy = "report"            # or "fail_youngest": fail the youngest wait of a cycle
+//!
 //! [memory]                     # lock_memory::MemoryConfig
 //! shards = 64
 //! reap_interval = "5s"
@@ -49,7 +54,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use lock_core::workflow::{default_owner_prefix, WorkflowConfig, DEFAULT_WORKFLOW_PREFIX};
-use lock_core::{validate, LockError, Result, WaitPolicy};
+use lock_core::{validate, DeadlockConfig, LockError, Result, WaitPolicy};
 use serde::{Deserialize, Serialize};
 
 /// Which backend serves the locks.
@@ -163,6 +168,9 @@ pub struct LockConfig {
     /// application it costs about a microsecond per acquire/release cycle, far below a
     /// server round trip.
     pub metrics: bool,
+    /// Deadlock detection (`[deadlock]`): waiting calls publish their waits in the backend
+    /// and look for wait-for cycles; see [`lock_core::deadlock`].
+    pub deadlock: DeadlockConfig,
 }
 
 impl Default for LockConfig {
@@ -181,6 +189,7 @@ impl Default for LockConfig {
             auto_refresh: true,
             lost_margin: None,
             metrics: true,
+            deadlock: DeadlockConfig::default(),
         }
     }
 }
@@ -232,6 +241,7 @@ impl LockConfig {
             )
         })?;
         self.wait_policy().validate()?;
+        self.deadlock.validate()?;
         if self.key_prefix.is_empty() || self.key_prefix.len() > validate::MAX_KEY_LEN / 2 {
             return Err(LockError::invalid("key_prefix", "must be 1 to 127 bytes"));
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lock_core::workflow::WorkflowLockProvider;
-use lock_core::{Classifier, LockError, LockProvider, Metered, Result, Traced};
+use lock_core::{Classifier, LockError, LockProvider, Metered, Result, Traced, Waiting};
 
 use crate::config::{LockConfig, LockProviderType};
 
@@ -19,8 +19,11 @@ pub type Db = lock_mysql::MySqlPool;
 pub enum Db {}
 
 /// Builds lock providers from a [`LockConfig`]. Every provider it builds logs its operations
-/// through [`Traced`] and, unless [`LockConfig::metrics`] is off, records metrics through
-/// [`Metered`] (its classifier knowing the workflow locks under [`LockConfig::key_prefix`]).
+/// through [`Traced`]; unless [`LockConfig::metrics`] is off, records metrics through
+/// [`Metered`] (its classifier knowing the workflow locks under [`LockConfig::key_prefix`]);
+/// and waits through [`Waiting`], which publishes waits and looks for deadlocks as
+/// [`LockConfig::deadlock`] says:
+/// `Traced(Metered(Waiting(backend)))`.
 #[derive(Debug, Clone, Default)]
 pub struct LockProviderFactory {
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
@@ -50,11 +53,13 @@ impl LockProviderFactory {
             LockProviderType::Redis => self.redis(config).await?,
             LockProviderType::Etcd => self.etcd(config).await?,
         };
-        let provider: Arc<dyn LockProvider> = if config.metrics {
-            let classifier = Classifier::default().workflow_prefix(config.key_prefix.clone());
-            Arc::new(Metered::with_classifier(provider, classifier))
-        } else {
-            provider
+        let classifier =
+            config.metrics.then(|| Classifier::default().workflow_prefix(config.key_prefix.clone()));
+        let provider: Arc<dyn LockProvider> =
+            Arc::new(Waiting::new(provider, config.deadlock.clone(), classifier.clone()));
+        let provider: Arc<dyn LockProvider> = match classifier {
+            Some(classifier) => Arc::new(Metered::with_classifier(provider, classifier)),
+            None => provider,
         };
         Ok(Arc::new(Traced::new(provider)))
     }

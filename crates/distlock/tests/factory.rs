@@ -121,3 +121,39 @@ async fn redis_from_addr_password_db() {
     }
     round_trip("redis_from_addr", config, "redis").await;
 }
+
+/// The factory's stack waits through the waiting layer: with `[deadlock] policy =
+/// "fail_youngest"`, two owners that wait for each other through one provider end with exactly
+/// one `Deadlock`, and the other proceeds once the victim lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factory_providers_break_deadlocks_as_configured() {
+    use std::time::Duration;
+
+    use distlock::{DeadlockConfig, DeadlockPolicy, LockOptions, WaitPolicy};
+
+    let config = LockConfig {
+        deadlock: DeadlockConfig {
+            enabled: true,
+            interval: Duration::from_millis(100),
+            policy: DeadlockPolicy::FailYoungest,
+        },
+        ..LockConfig::memory()
+    };
+    let p = LockProviderFactory::new(None).create_lock_provider(&config).await.unwrap();
+    let wait = |key: &str, owner: &str| {
+        LockOptions::new(key, owner).wait(WaitPolicy::deadline(Duration::from_secs(30)))
+    };
+    p.lock(&LockOptions::new("a", "alice")).await.unwrap();
+    p.lock(&LockOptions::new("b", "bob")).await.unwrap();
+    let (pa, o) = (p.clone(), wait("b", "alice"));
+    let alice = tokio::spawn(async move { pa.lock(&o).await });
+    while !p.waits("").await.unwrap().iter().any(|w| w.owner == "alice") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = p.lock(&wait("a", "bob")).await.expect_err("a deadlock, broken at bob's younger wait");
+    assert!(err.is_deadlock(), "{err:?}");
+    assert!(!alice.is_finished());
+    p.unlock("b", "bob").await.unwrap();
+    let lease = alice.await.unwrap().expect("alice proceeds");
+    assert_eq!(&*lease.owner, "alice");
+}

@@ -305,6 +305,24 @@ macro_rules! conformance_suite {
             $crate::cases::run(name, $crate::process::paused_holder_process(&ctx, &child)).await;
         }
 
+        /// Two processes waiting for each other's lock (see `lock_testkit::process`).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn deadlock_across_processes() {
+            let name = concat!(module_path!(), "::deadlock_across_processes");
+            let Some(h) = $crate::require_or_skip(name, $harness().await) else { return };
+            if !$crate::Harness::processes_share_servers(&h) {
+                eprintln!("SKIPPED {name}: the harness's servers live in this process only");
+                return;
+            }
+            let module = module_path!();
+            let child = match module.split_once("::") {
+                Some((_, inner)) => format!("{inner}::{}", $crate::process::CHILD_TEST),
+                None => $crate::process::CHILD_TEST.to_string(),
+            };
+            let ctx = $crate::Ctx::new(::std::sync::Arc::new(h), "deadlock_across_processes");
+            $crate::cases::run(name, $crate::process::deadlock_across_processes(&ctx, &child)).await;
+        }
+
         /// The holder process of `paused_holder_process`; does nothing unless started by it.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         #[ignore = "run by paused_holder_process in a process of its own"]

@@ -14,7 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{LockError, LockOptions, LockProvider, WaitPolicy};
+use lock_core::{DeadlockPolicy, LockError, LockOptions, LockProvider, WaitPolicy};
 use tokio::time::Instant;
 
 use crate::history::assert_nothing_held;
@@ -58,6 +58,19 @@ pub async fn child(harness: &dyn Harness) {
             "refresh" => outcome(p.refresh_lock(key, &owner, ttl).await),
             "unlock" => outcome(p.unlock(key, &owner).await),
             "quit" | "" => break,
+            // Waits for another key through a deadlock-detecting layer (the youngest wait of
+            // a cycle fails): `deadlock`, or the outcome.
+            cmd if cmd.starts_with("wait ") => {
+                let other = &cmd["wait ".len()..];
+                let detecting = crate::cases::deadlock::detecting(p.clone(), DeadlockPolicy::FailYoungest);
+                let o = LockOptions::new(other, owner.as_str())
+                    .ttl(ttl)
+                    .wait(WaitPolicy::deadline(Duration::from_secs(30)));
+                match detecting.lock(&o).await {
+                    Err(e) if e.is_deadlock() => "deadlock".into(),
+                    r => outcome(r),
+                }
+            }
             other => format!("error false unknown command {other}"),
         };
         println!("{MARK}{reply}");
@@ -197,4 +210,51 @@ pub async fn paused_holder_process(ctx: &Ctx, child_test: &str) {
     assert_eq!(p.is_locked(&key).await.unwrap().map(|i| i.owner).as_deref(), Some("next"));
     p.unlock(&key, "next").await.unwrap();
     assert_nothing_held(&*p, ctx.prefix(), Duration::from_secs(10)).await;
+}
+
+/// Deadlock across processes: this process's `alice` holds `a` and waits for `b`; the holder
+/// process holds `b` and then waits for `a`. The holder's wait, the younger, fails with
+/// `Deadlock` (found by its own detector, from the waits both processes published); alice's
+/// does not, and she gets `b` once the holder lets go.
+pub async fn deadlock_across_processes(ctx: &Ctx, child_test: &str) {
+    let raw: Arc<dyn LockProvider> = ctx.provider().await;
+    if !ctx.requires(raw.capabilities(), |c| c.distributed, "distributed") {
+        return;
+    }
+    let p = crate::cases::deadlock::detecting(raw.clone(), DeadlockPolicy::FailYoungest);
+    let (ka, kb) = (ctx.key("a"), ctx.key("b"));
+    let ttl = Duration::from_secs(30);
+    p.lock(&LockOptions::new(ka.as_str(), "alice").ttl(ttl).no_wait()).await.expect("a is free");
+    let (k, test, env) = (kb.clone(), child_test.to_string(), ctx.harness.child_env());
+    let mut holder = tokio::task::spawn_blocking(move || {
+        let mut holder = Holder::spawn(&test, &k, ttl, env);
+        assert!(holder.line().starts_with("token "), "the holder process holds b");
+        holder
+    })
+    .await
+    .unwrap();
+    let (pa, o) = (
+        p.clone(),
+        LockOptions::new(kb.as_str(), "alice").ttl(ttl).wait(WaitPolicy::deadline(Duration::from_secs(60))),
+    );
+    let alice = tokio::spawn(async move { pa.lock(&o).await });
+    crate::cases::deadlock::published(&*raw, ctx.prefix(), "alice").await;
+    let command = format!("wait {ka}");
+    let (holder_said, mut holder) =
+        tokio::task::spawn_blocking(move || (holder.ask(&command), holder)).await.unwrap();
+    assert_eq!(holder_said, "deadlock", "the holder process's younger wait is failed");
+    assert!(!alice.is_finished(), "alice's older wait goes on");
+    let unlocked = tokio::task::spawn_blocking(move || {
+        let u = holder.ask("unlock");
+        let _ = writeln!(holder.stdin, "quit");
+        u
+    })
+    .await
+    .unwrap();
+    assert_eq!(unlocked, "ok");
+    let lease = tokio::time::timeout(Duration::from_secs(30), alice).await.expect("alice gets b").unwrap();
+    assert_eq!(lease.expect("alice proceeds").owner.as_ref(), "alice");
+    p.unlock(&kb, "alice").await.unwrap();
+    p.unlock(&ka, "alice").await.unwrap();
+    assert_nothing_held(&*raw, ctx.prefix(), Duration::from_secs(10)).await;
 }

@@ -153,6 +153,34 @@ fn metrics_switch_round_trips_from_toml_and_env() {
     assert!(matches!(&e, LockError::Config(_)), "{e:?}");
 }
 
+/// `[deadlock]` from TOML and `DISTLOCK_DEADLOCK__*`; a bad interval or policy is refused.
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn deadlock_settings_come_from_toml_and_env() {
+    use lock_core::{DeadlockConfig, DeadlockPolicy};
+    assert_eq!(LockConfig::default().deadlock, DeadlockConfig::default());
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "distlock.toml",
+            "provider = \"memory\"\n[deadlock]\ninterval = \"250ms\"\npolicy = \"fail_youngest\"\n",
+        )?;
+        let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+        assert_eq!(c.deadlock.interval, Duration::from_millis(250));
+        assert_eq!(c.deadlock.policy, DeadlockPolicy::FailYoungest);
+        assert!(c.deadlock.enabled);
+        jail.set_env("DISTLOCK_DEADLOCK__ENABLED", "false");
+        assert!(!LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid").deadlock.enabled);
+        jail.set_env("DISTLOCK_DEADLOCK__INTERVAL", "1ms");
+        match LockConfig::load(Some(Path::new("distlock.toml"))) {
+            Err(LockError::InvalidArgument { what: "deadlock.interval", .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    });
+    let e = config_error("[deadlock]\npolicy = \"kill_everyone\"");
+    assert!(matches!(&e, LockError::Config(m) if m.contains("kill_everyone")), "{e:?}");
+}
+
 /// The etcd table is `lock_etcd::EtcdConfig`: every setting from TOML and `DISTLOCK_ETCD__*`.
 #[cfg(feature = "etcd")]
 #[test]
