@@ -81,6 +81,7 @@ impl Inner {
         if entry.holder.as_ref().is_some_and(|h| h.expires_at <= now) {
             entry.holder = None;
             self.expired_cleaned.fetch_add(1, Ordering::Relaxed);
+            lock_core::raw::report_expired_cleaned(MemoryLockProvider::NAME, 1);
             tracing::debug!(backend = MemoryLockProvider::NAME, key = &*entry.key, "expired lease cleaned");
             self.hand_over(entry, now);
         }

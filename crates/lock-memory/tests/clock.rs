@@ -80,3 +80,38 @@ async fn works_without_a_runtime_reaper_when_built_outside_tokio() {
     p.unlock("k", "alice").await.unwrap();
     assert_eq!(p.is_locked("k").await.unwrap(), None);
 }
+
+/// What the reaper and the lazy check clean is reported as `distlock_expired_cleaned_total`.
+#[tokio::test(start_paused = true)]
+async fn cleaned_leases_are_counted_in_the_metric() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let p = MemoryLockProvider::builder().reap_interval(None).build();
+    for i in 0..3 {
+        p.lock(&opts(&format!("job/{i}"), "alice", 5)).await.unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // The reaper pass is synchronous: it runs inside the local recorder's scope.
+    let reaped = metrics::with_local_recorder(&recorder, || p.reap_expired());
+    assert_eq!(reaped, 3);
+    type Recorded = (String, Vec<(String, String)>, DebugValue);
+    let counted: Vec<Recorded> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let labels = key.key().labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
+            (key.key().name().to_string(), labels, value)
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        vec![(
+            lock_core::layer::metrics::EXPIRED_CLEANED_TOTAL.to_string(),
+            vec![("provider".to_string(), "memory".to_string())],
+            DebugValue::Counter(3)
+        )]
+    );
+}

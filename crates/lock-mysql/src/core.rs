@@ -141,6 +141,7 @@ impl Inner {
             op::TOOK_RELEASED => Ok(Attempt::Acquired(lease(token, 1, ttl))),
             op::TOOK_EXPIRED => {
                 self.expired_taken_over.fetch_add(1, Ordering::Relaxed);
+                lock_core::raw::report_expired_cleaned(NAME, 1);
                 tracing::debug!(backend = NAME, key = &**key, "expired lease taken over");
                 Ok(Attempt::Acquired(lease(token, 1, ttl)))
             }

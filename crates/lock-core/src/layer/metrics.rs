@@ -69,8 +69,9 @@ pub const WAITERS: &str = "distlock_waiters";
 /// Counter: deadlocks (wait-for cycles) broken at a wait of this process, by `provider`
 /// (recorded by the [waiting layer](crate::layer::waiting)).
 pub const DEADLOCKS_TOTAL: &str = "distlock_deadlocks_total";
-/// Counter: expired locks removed by a backend's own clean-up, by `provider` (the memory
-/// backend's reaper and MySQL's; Redis and etcd expire keys and leases on the server).
+/// Counter: expired leases a backend ended itself, by `provider`: the memory backend's reaper
+/// and lazy clean-up, MySQL's acquire statement taking over an expired lease. Redis and etcd
+/// expire keys and leases inside the server, unseen by the client: they report none.
 pub const EXPIRED_CLEANED_TOTAL: &str = "distlock_expired_cleaned_total";
 /// Gauge: 1 after a successful health probe through the layer, 0 after a failed one, by
 /// `provider`.

@@ -11,7 +11,8 @@
 //! - [`wake`]: per-key wake-up signals ([`Wakers`]) for the waiters of one process;
 //! - [`detach`]: cancel safety for server round trips ([`finish_on_drop`],
 //!   [`attempt_detached`] and its [`Undo`]);
-//! - [`reaper`]: the periodic clean-up loop ([`spawn_reaper`]).
+//! - [`reaper`]: the periodic clean-up loop ([`spawn_reaper`]) and the count of what it
+//!   cleaned ([`report_expired_cleaned`]).
 //!
 //! `docs/architecture.md` ("Adding a backend") walks through the memory backend as the worked
 //! example.
@@ -26,6 +27,6 @@ pub mod wake;
 pub use backend::LockBackend;
 pub use detach::{attempt_detached, finish_on_drop, FinishOnDrop, Undo};
 pub use gate::Gate;
-pub use reaper::spawn_reaper;
+pub use reaper::{report_expired_cleaned, spawn_reaper};
 pub use wait::{acquire_with_backoff, Attempt, Backoff};
 pub use wake::Wakers;

@@ -29,6 +29,14 @@ where
     })
 }
 
+/// Reports `n` expired locks that the backend `provider` cleaned up (a reaper pass, or an
+/// expired lease ended by the next acquisition) as `distlock_expired_cleaned_total`.
+pub fn report_expired_cleaned(provider: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!(crate::layer::metrics::EXPIRED_CLEANED_TOTAL, "provider" => provider).increment(n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
