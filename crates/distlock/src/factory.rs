@@ -53,15 +53,23 @@ impl LockProviderFactory {
             LockProviderType::Redis => self.redis(config).await?,
             LockProviderType::Etcd => self.etcd(config).await?,
         };
+        Ok(Self::layered(provider, config))
+    }
+
+    /// Wraps `backend` in the layers every provider of the factory gets, as `config` sets
+    /// them: `Traced(Metered(Waiting(backend)))`, without `Metered` when `config.metrics` is
+    /// off. For a backend built by hand (a custom one, or one on a client the application
+    /// configured itself); `config.provider` is not looked at.
+    pub fn layered(backend: Arc<dyn LockProvider>, config: &LockConfig) -> Arc<dyn LockProvider> {
         let classifier =
             config.metrics.then(|| Classifier::default().workflow_prefix(config.key_prefix.clone()));
         let provider: Arc<dyn LockProvider> =
-            Arc::new(Waiting::new(provider, config.deadlock.clone(), classifier.clone()));
+            Arc::new(Waiting::new(backend, config.deadlock.clone(), classifier.clone()));
         let provider: Arc<dyn LockProvider> = match classifier {
             Some(classifier) => Arc::new(Metered::with_classifier(provider, classifier)),
             None => provider,
         };
-        Ok(Arc::new(Traced::new(provider)))
+        Arc::new(Traced::new(provider))
     }
 
     /// Builds the provider and the workflow layer on top of it.

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use lock_core::{LockOptions, LockProvider, WaitPolicy};
 
+pub mod waits;
+
 /// Tasks of the distinct-keys workload, each on a key of its own.
 pub const DISTINCT_TASKS: usize = 32;
 

@@ -13,6 +13,12 @@
 //! | `distlock_refresh_total` | counter | `provider`, `class`, `outcome` | one per `refresh_lock` call |
 //! | `distlock_lease_lost_total` | counter | `provider`, `class` | refreshes answered `LeaseLost` |
 //! | `distlock_held_locks` | gauge | `provider`, `class` | locks held through this layer |
+//! | `distlock_provider_healthy` | gauge | `provider` | 1 after a successful `health()`, 0 after a failed one |
+//!
+//! The [waiting layer](crate::layer::waiting) records `distlock_contention_total`,
+//! `distlock_waiters` and `distlock_deadlocks_total`, and backends report
+//! `distlock_expired_cleaned_total` ([`report_expired_cleaned`](crate::raw::report_expired_cleaned));
+//! their names are defined here, with the others.
 //!
 //! `outcome` of an acquisition is `acquired`, `timeout`, `cancelled` (the future was dropped
 //! before it finished) or the error's short name as [`outcome_of`] gives it (`unavailable`,
@@ -26,10 +32,6 @@
 //! since the layer cannot tell when it ended: an `unlock` answered `NotHeld` or `LeaseLost`,
 //! or `close`, only takes it off the gauge. A lease that expired without anyone noticing
 //! stays counted (and tracked) until its owner next locks, unlocks or refreshes the key.
-//!
-//! Not recorded yet, as they need hooks in the backends or the deadlock detector: contention
-//! per attempt (how many tries a wait took), expired locks cleaned by reapers, the number of
-//! waiters, deadlocks.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

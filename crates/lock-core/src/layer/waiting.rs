@@ -5,7 +5,8 @@
 //! 1. one attempt first ([`try_lock`](LockProvider::try_lock)): an uncontended call costs
 //!    nothing more than without the layer. A busy answer counts in
 //!    `distlock_contention_total` and the call goes on waiting with what is left of its policy
-//!    (one retry less, or the deadline less the time spent), counted in `distlock_waiters`;
+//!    (every retry, whose delays are the budget, or the deadline less the time spent),
+//!    counted in `distlock_waiters`;
 //! 2. with deadlock detection on ([`DeadlockConfig`]), once the wait has lasted half an
 //!    interval the call [publishes](LockProvider::publish_wait) its wait, renews it every
 //!    interval, and looks for cycles in the [wait-for graph](crate::deadlock::WaitForGraph)
@@ -289,13 +290,15 @@ impl Waiting {
 }
 
 /// What is left of `policy` after one attempt that took `spent`; `None` when nothing is.
+///
+/// A retry policy keeps all its retries: its budget is the delays between attempts, and the
+/// first attempt took none of them (the inner call starts with an attempt of its own, one more
+/// than the policy counts). A deadline policy keeps what is left of its timeout.
 fn rest_of(policy: &WaitPolicy, spent: Duration) -> Option<WaitPolicy> {
-    match *policy {
-        WaitPolicy::NoWait => None,
-        WaitPolicy::Retry { retries, delay, jitter } => {
-            retries.checked_sub(1).map(|retries| WaitPolicy::Retry { retries, delay, jitter })
-        }
-        WaitPolicy::Deadline { timeout, min_delay, max_delay, jitter } => timeout
+    match policy {
+        WaitPolicy::NoWait | WaitPolicy::Retry { retries: 0, .. } => None,
+        WaitPolicy::Retry { .. } => Some(policy.clone()),
+        &WaitPolicy::Deadline { timeout, min_delay, max_delay, jitter } => timeout
             .checked_sub(spent)
             .filter(|t| !t.is_zero())
             .map(|timeout| WaitPolicy::Deadline { timeout, min_delay, max_delay, jitter }),
