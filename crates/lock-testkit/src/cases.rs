@@ -36,7 +36,7 @@ pub use basics::*;
 pub use cancel::*;
 pub use checks::*;
 pub use deadlock::{
-    deadlock_fails_the_youngest_waiter, deadlock_is_detected_and_reported,
+    deadlock_fails_the_youngest_waiter, deadlock_is_detected_and_reported, fault_partitioned_waiter,
     waits_are_published_listed_and_withdrawn,
 };
 pub use metrics::metrics_record_each_operation;

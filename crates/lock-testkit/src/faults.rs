@@ -118,7 +118,7 @@ impl Faulty {
 }
 
 /// The provider behind proxies, or `None` (and a loud skip) when the harness has none.
-async fn faulty(ctx: &Ctx) -> Option<Faulty> {
+pub(crate) async fn faulty(ctx: &Ctx) -> Option<Faulty> {
     let f = ctx.harness.faulty_provider().await;
     if f.is_none() {
         eprintln!("SKIPPED {}: the harness has no connections to break", ctx.case);

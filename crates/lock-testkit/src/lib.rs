@@ -264,6 +264,7 @@ macro_rules! conformance_suite {
             waits_are_published_listed_and_withdrawn,
             deadlock_is_detected_and_reported,
             deadlock_fails_the_youngest_waiter,
+            fault_partitioned_waiter,
             workflow_execution_lock_is_exclusive,
             workflow_auto_refresh_outlives_ttl,
             workflow_lost_signal_fires_when_lease_is_revoked,

@@ -218,3 +218,43 @@ pub async fn deadlock_fails_the_youngest_waiter(ctx: &Ctx) {
     pa.close().await.unwrap();
     pb.close().await.unwrap();
 }
+
+/// A waiting call whose connections go dark after it published its wait: the record it can
+/// no longer renew expires, and the call ends as the backend's own wait would (the lock once
+/// the network is back, or a retryable error), never as a deadlock victim; afterwards no wait
+/// and no lock is left behind.
+pub async fn fault_partitioned_waiter(ctx: &Ctx) {
+    let Some(f) = crate::faults::faulty(ctx).await else { return };
+    let observer = ctx.provider().await;
+    let key = ctx.key("k");
+    observer.lock(&opts(&key, "holder")).await.expect("free key");
+    let waiter = detecting(f.provider.clone(), DeadlockPolicy::FailYoungest);
+    let o = LockOptions::new(key.as_str(), "alice")
+        .ttl(Duration::from_secs(30))
+        .wait(WaitPolicy::deadline(Duration::from_secs(60)));
+    let call = tokio::spawn(async move { waiter.lock(&o).await });
+    published(&*observer, ctx.prefix(), "alice").await;
+    f.blackhole(crate::proxy::Direction::Both);
+    // Three intervals, at least 3 s: the record ends with its TTL.
+    eventually(Duration::from_secs(30), "the unrenewable wait expired", || async {
+        observer.waits(ctx.prefix()).await.expect("waits").is_empty().then_some(())
+    })
+    .await;
+    f.heal();
+    observer.unlock(&key, "holder").await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(60), call).await.expect("the call ends").unwrap() {
+        Ok(lease) => {
+            assert_eq!(lease.owner.as_ref(), "alice");
+            eventually(Duration::from_secs(20), "alice unlocks once her connections are back", || async {
+                f.provider.unlock(&key, "alice").await.ok()
+            })
+            .await;
+        }
+        Err(e) => assert!(e.is_retryable() && !e.is_deadlock(), "{e:?}"),
+    }
+    crate::history::assert_nothing_held(&*observer, ctx.prefix(), Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(20), "no wait left", || async {
+        observer.waits(ctx.prefix()).await.expect("waits").is_empty().then_some(())
+    })
+    .await;
+}
