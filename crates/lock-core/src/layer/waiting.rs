@@ -235,11 +235,11 @@ impl Waiting {
     async fn keep_up(&self, registration: &Registration, wait: &WaitInfo) -> std::convert::Infallible {
         tokio::time::sleep(self.config.interval / 2).await;
         loop {
-            match self.inner.publish_wait(wait).await {
-                Ok(()) => registration.published.store(true, Ordering::Release),
-                Err(e) => {
-                    tracing::debug!(provider = self.inner.name(), key = %wait.key, owner = %wait.owner, error = %e, "wait not published")
-                }
+            // Marked before it is sent: a call that ends while its publication is on the wire
+            // must still withdraw it.
+            registration.published.store(true, Ordering::Release);
+            if let Err(e) = self.inner.publish_wait(wait).await {
+                tracing::debug!(provider = self.inner.name(), key = %wait.key, owner = %wait.owner, error = %e, "wait not published");
             }
             self.scan().await;
             tokio::time::sleep(self.config.interval).await;
