@@ -339,10 +339,11 @@ pub const CLASS_COLUMNS: &[Column<ClassStats>] = &[
     },
 ];
 
-/// A duration for people: `850ms`, `4.2s`, `3m07s`, `2h05m`, `3d04h`.
+/// A duration for people: `120µs`, `850ms`, `4.2s`, `3m07s`, `2h05m`, `3d04h`.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
+        0 if d.as_millis() == 0 => format!("{}µs", d.as_micros()),
         0 => format!("{}ms", d.as_millis()),
         1..=59 => format!("{:.1}s", d.as_secs_f64()),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
@@ -492,6 +493,7 @@ unrelated_total{provider="memory",class="reports"} 9
     #[test]
     fn durations_read_like_a_person_would_say_them() {
         let cases = [
+            (Duration::from_micros(120), "120µs"),
             (Duration::from_millis(850), "850ms"),
             (Duration::from_millis(4200), "4.2s"),
             (Duration::from_secs(187), "3m07s"),
