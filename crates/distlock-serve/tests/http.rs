@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use distlock::deadlock::{DeadlockConfig, DeadlockPolicy};
 use distlock::memory::MemoryLockProvider;
-use distlock::{Classifier, LockOptions, LockProvider, Metered, WaitPolicy, Waiting};
+use distlock::{LockConfig, LockManager, LockOptions, LockProvider, WaitPolicy, Waiting};
 use distlock_serve::PrometheusHandle;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,21 +129,23 @@ fn patient(key: &str, owner: &str) -> LockOptions {
         .wait(WaitPolicy::deadline(Duration::from_secs(30)))
 }
 
-fn detecting(p: Arc<dyn LockProvider>, classifier: Option<Classifier>) -> Arc<Waiting> {
-    let config = DeadlockConfig {
-        enabled: true,
-        interval: Duration::from_millis(200),
-        policy: DeadlockPolicy::Report,
-    };
-    Arc::new(Waiting::new(p, config, classifier))
+/// Deadlock detection every 200 ms, reporting.
+fn detector() -> DeadlockConfig {
+    DeadlockConfig { enabled: true, interval: Duration::from_millis(200), policy: DeadlockPolicy::Report }
+}
+
+/// `p` behind a waiting layer of its own, as another process would wait on a shared backend.
+fn detecting(p: Arc<dyn LockProvider>) -> Arc<Waiting> {
+    Arc::new(Waiting::new(p, detector(), None))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_shows_a_held_lock_and_its_waiter() {
     let metrics = recorder();
-    let base: Arc<dyn LockProvider> = Arc::new(MemoryLockProvider::new());
-    let metered: Arc<dyn LockProvider> = Arc::new(Metered::new(base));
-    let waiting = detecting(metered.clone(), Some(Classifier::default()));
+    // The facade's stack: Traced(Metered(Waiting(memory))).
+    let config = LockConfig { deadlock: detector(), ..LockConfig::memory() };
+    let manager = LockManager::new(None, config).await.expect("a memory provider");
+    let metered = manager.lock_provider().clone();
     let server = Server::start(metered.clone(), Some(metrics)).await;
 
     // One finished hold of the class, so that its hold time is recorded.
@@ -153,8 +155,8 @@ async fn every_endpoint_shows_a_held_lock_and_its_waiter() {
     let key = r#"http:<b>&"x""#;
     let owner = "owner&<1>";
     let lease = metered.lock(&patient(key, owner)).await.expect("free");
-    let w = waiting.clone();
-    let waiter = tokio::spawn(async move { w.lock(&patient(key, "waiter")).await });
+    let p = metered.clone();
+    let waiter = tokio::spawn(async move { p.lock(&patient(key, "waiter")).await });
     eventually("the wait is published", || async {
         let waits = metered.waits("http:").await.unwrap();
         waits.iter().any(|w| w.owner == "waiter").then_some(())
@@ -185,6 +187,7 @@ async fn every_endpoint_shows_a_held_lock_and_its_waiter() {
     let classes = snap["classes"].as_array().expect("a recorder: classes");
     let http = classes.iter().find(|c| c["class"] == "http").unwrap_or_else(|| panic!("class http: {snap}"));
     assert_eq!(http["acquired"], 2, "{http}");
+    assert_eq!(http["timeouts"], 0, "the waiter still waits: {http}");
     assert_eq!(http["contended"], 1, "{http}");
     assert_eq!(http["waiting"], 1, "{http}");
     assert_eq!(http["held"], 1, "{http}");
@@ -226,7 +229,7 @@ async fn every_endpoint_shows_a_held_lock_and_its_waiter() {
     assert_eq!(snap["locks"][0]["owner"], "waiter", "{snap}");
 
     // A closed provider is unhealthy, and its locks cannot be listed.
-    metered.close().await.unwrap();
+    manager.close().await.unwrap();
     let health = server.get("/healthz").await;
     assert_eq!(health.status, 503, "{health:?}");
     let health = health.json();
@@ -245,8 +248,8 @@ async fn every_endpoint_shows_a_held_lock_and_its_waiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadlock_shows_in_the_json_and_on_the_page() {
     let base: Arc<dyn LockProvider> = Arc::new(MemoryLockProvider::new());
-    let alice_side = detecting(base.clone(), None);
-    let bob_side = detecting(base.clone(), None);
+    let alice_side = detecting(base.clone());
+    let bob_side = detecting(base.clone());
     let server = Server::start(base.clone(), Some(recorder())).await;
     alice_side.lock(&patient("dl:a", "alice")).await.unwrap();
     bob_side.lock(&patient("dl:b", "bob")).await.unwrap();
