@@ -171,6 +171,8 @@ pub struct ClassStats {
     pub timeouts: u64,
     /// Calls dropped before they finished.
     pub cancelled: u64,
+    /// Calls failed with `Deadlock` (the victim of a cycle, under the fail-youngest policy).
+    pub deadlocked: u64,
     /// Calls that failed otherwise (unavailable, invalid, closed, ...).
     pub failed: u64,
     /// Calls whose first attempt found the lock held (recorded by the waiting layer).
@@ -218,6 +220,7 @@ impl ClassStats {
                     Some("acquired") => stats.acquired += count,
                     Some("timeout") => stats.timeouts += count,
                     Some("cancelled") => stats.cancelled += count,
+                    Some("deadlock") => stats.deadlocked += count,
                     _ => stats.failed += count,
                 },
                 CONTENTION_TOTAL => stats.contended += count,
@@ -327,6 +330,7 @@ pub const CLASS_COLUMNS: &[Column<ClassStats>] = &[
     Column { header: "class", numeric: false, cell: |c| c.class.clone() },
     Column { header: "acquired", numeric: true, cell: |c| c.acquired.to_string() },
     Column { header: "timeouts", numeric: true, cell: |c| c.timeouts.to_string() },
+    Column { header: "deadlocked", numeric: true, cell: |c| c.deadlocked.to_string() },
     Column { header: "failed", numeric: true, cell: |c| c.failed.to_string() },
     Column { header: "contended", numeric: true, cell: |c| c.contended.to_string() },
     Column { header: "waiting", numeric: true, cell: |c| c.waiting.to_string() },
@@ -442,6 +446,7 @@ distlock_acquire_total{provider="memory",class="reports",outcome="acquired"} 5
 distlock_acquire_total{provider="memory",class="reports",outcome="timeout"} 2
 distlock_acquire_total{provider="memory",class="reports",outcome="unavailable"} 1
 distlock_acquire_total{provider="memory",class="reports",outcome="cancelled"} 3
+distlock_acquire_total{provider="memory",class="reports",outcome="deadlock"} 6
 distlock_acquire_total{provider="redis",class="reports",outcome="acquired"} 100
 distlock_acquire_total{provider="memory",class="we\"ird\\ one",outcome="acquired"} 1
 distlock_contention_total{provider="memory",class="reports"} 4
@@ -465,6 +470,7 @@ unrelated_total{provider="memory",class="reports"} 9
                 acquired: 5,
                 timeouts: 2,
                 cancelled: 3,
+                deadlocked: 6,
                 failed: 1,
                 contended: 4,
                 waiting: 1,
