@@ -4,11 +4,15 @@
 //!   suite with `DISTLOCK_REQUIRE_SERVICES=1` (a missing service fails the run, never skips
 //!   it); `--long` runs the stress and fault cases with more rounds.
 //! - `ci`: `cargo fmt --check`, clippy with `-D warnings` on every target and feature, `test`,
-//!   the examples (the README's main job among them) and the docs with warnings denied.
+//!   the examples (the README's main job among them), `serve-check` and the docs with warnings
+//!   denied.
 //! - `services up|down|status`: start (installing from Debian packages when running as root)
 //!   or stop the local services, or show which are reachable.
 //! - `bench`: the criterion benches of every backend, with their summaries.
+//! - `serve-check`: `distlock serve` end to end: its endpoints over HTTP and its page in
+//!   headless Chromium (see [`serve_check`]); part of `ci`.
 
+mod serve_check;
 mod services;
 
 use std::env;
@@ -18,7 +22,7 @@ use std::process::{exit, Command};
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
 const USAGE: &str =
-    "usage: cargo xtask <test [--long] | ci | services up|down|status | bench> [-- extra cargo test args]";
+    "usage: cargo xtask <test [--long] | ci | services up|down|status | bench | serve-check> [-- extra cargo test args]";
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -40,6 +44,7 @@ fn main() {
             Some(other) => Err(format!("unknown services command `{other}`\n{USAGE}")),
         },
         Some("bench") => bench(),
+        Some("serve-check") => serve_check::serve_check(),
         _ => Err(USAGE.to_string()),
     };
     if let Err(e) = result {
@@ -166,6 +171,8 @@ fn ci() -> Result {
             .args(["run", "--quiet", "--bin", "distlock", "--", "demo", "--provider", provider.0])
             .env(provider.1, value))?;
     }
+    // The operator's HTTP view, as a scraper, a script and a browser see it.
+    serve_check::serve_check()?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;

@@ -6,12 +6,19 @@
 //! - `distlock release KEY --owner OWNER`: force-release a lock as its owner.
 //! - `distlock health`: probe the backend.
 //! - `distlock deadlocks [PREFIX]`: who waits for whom, and the cycles among them.
+//! - `distlock serve [--listen 127.0.0.1:9464]`: `/metrics` (Prometheus), `/healthz`, `/locks`
+//!   (JSON) and a live page of held locks, waits and deadlocks over HTTP, until Ctrl-C or
+//!   SIGTERM (see [`serve`]); `--hold KEY:OWNER` takes and keeps locks, for demos and checks.
+//! - `distlock top [PREFIX] [--once]`: the same view in the terminal, redrawn every second
+//!   (see [`top`]).
 //!
 //! Every command uses the memory backend unless `--config distlock.toml`, `DISTLOCK_*`
 //! variables (e.g. `DISTLOCK_PROVIDER=mysql DISTLOCK_MYSQL__URL=mysql://...`) or `--provider`
 //! say otherwise.
 
 mod demo;
+mod serve;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +69,10 @@ enum Command {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Serve /metrics, /healthz, /locks (JSON) and a live page of the locks over HTTP.
+    Serve(serve::ServeArgs),
+    /// Live terminal view of held locks, waits, deadlocks and contention.
+    Top(top::TopArgs),
 }
 
 fn parse_provider(s: &str) -> Result<LockProviderType, String> {
@@ -83,6 +94,28 @@ fn config(cli: &Cli) -> distlock::Result<LockConfig> {
         config.validate()?;
     }
     Ok(config)
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM; the handlers are installed when this is called.
+pub(crate) fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 #[tokio::main]
@@ -170,5 +203,7 @@ async fn run(cli: Cli) -> distlock::Result<ExitCode> {
             manager.close().await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => serve::run(config, args).await,
+        Command::Top(args) => top::run(config, args).await,
     }
 }
