@@ -3,15 +3,20 @@
 //! - `test [--long]`: make sure the services the backends need are up, then run the whole test
 //!   suite with `DISTLOCK_REQUIRE_SERVICES=1` (a missing service fails the run, never skips
 //!   it); `--long` runs the stress and fault cases with more rounds.
-//! - `ci`: `cargo fmt --check`, clippy with `-D warnings` on every target and feature, `test`,
-//!   the examples (the README's main job among them), `serve-check` and the docs with warnings
-//!   denied.
+//! - `ci`: `cargo fmt --check`, clippy with `-D warnings` on every target and feature,
+//!   `deploy-check`, `test`, the examples (the README's main job among them), `serve-check`
+//!   and the docs with warnings denied.
+//! - `deploy-check`: the Prometheus alert rules and the Grafana dashboard under `deploy/`:
+//!   `promtool check rules` and `promtool test rules` (installing Debian's `prometheus` when
+//!   running as root), the dashboard's panels and queries, and every metric name they use
+//!   against the constants of `lock-core`'s metrics layer (see `deploy.rs`).
 //! - `services up|down|status`: start (installing from Debian packages when running as root)
 //!   or stop the local services, or show which are reachable.
 //! - `bench`: the criterion benches of every backend, with their summaries.
 //! - `serve-check`: `distlock serve` end to end: its endpoints over HTTP and its page in
 //!   headless Chromium (see [`serve_check`]); part of `ci`.
 
+mod deploy;
 mod serve_check;
 mod services;
 
@@ -22,7 +27,7 @@ use std::process::{exit, Command};
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
 const USAGE: &str =
-    "usage: cargo xtask <test [--long] | ci | services up|down|status | bench | serve-check> [-- extra cargo test args]";
+    "usage: cargo xtask <test [--long] | ci | deploy-check | serve-check | services up|down|status | bench> [-- extra cargo test args]";
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -34,6 +39,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]).map(drop),
         Some("ci") => ci(),
+        Some("deploy-check") => deploy::check(),
         Some("services") => match args.get(1).map(String::as_str) {
             Some("up") => services::up(&services::needed()).map(|_| ()),
             Some("down") => services::down(&services::needed()),
@@ -149,6 +155,7 @@ fn ci() -> Result {
     services::ensure_build_tools()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
+    deploy::check()?;
     let mut counts = test(&[])?;
     // The facade without any backend: configuration still parses, backends fail with the
     // feature to enable.

@@ -93,13 +93,25 @@ fn is_root() -> bool {
 
 /// Installs a Debian package (as root only).
 pub(crate) fn apt_install(package: &str) -> Result {
+    install(package, &[])
+}
+
+/// Installs a Debian package without the packages it only recommends (as root only): for a
+/// package wanted for one tool, such as `prometheus` for `promtool`.
+pub(crate) fn apt_install_without_recommends(package: &str) -> Result {
+    install(package, &["--no-install-recommends"])
+}
+
+fn install(package: &str, options: &[&str]) -> Result {
     if !is_root() {
         return Err(format!("`{package}` is not installed and xtask is not root: install it first"));
     }
     eprintln!("xtask: installing Debian package {package}");
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", package])
+        .args(["install", "-y", "-qq"])
+        .args(options)
+        .arg(package)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
