@@ -2,7 +2,8 @@
 //!
 //! - `distlock demo`: workers race to run workflow executions and the run checks, at the end,
 //!   that every lock guarantee held (see [`demo`]).
-//! - `distlock inspect [PREFIX]`: the held locks, with holder, token and TTL left.
+//! - `distlock inspect [PREFIX] [--older-than 5m]`: the held locks, with holder, token, TTL
+//!   left and how long they have been held; only those held longer than the given time.
 //! - `distlock release KEY --owner OWNER`: force-release a lock as its owner.
 //! - `distlock health`: probe the backend.
 //! - `distlock deadlocks [PREFIX]`: who waits for whom, and the cycles among them.
@@ -20,11 +21,13 @@ mod demo;
 mod serve;
 mod top;
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use distlock::{LockConfig, LockManager, LockProviderType};
+use distlock::{LockConfig, LockInfo, LockManager, LockProviderType};
 
 #[derive(Parser, Debug)]
 #[command(name = "distlock", version, about = "Distributed locks: demo, inspection and tools")]
@@ -51,6 +54,10 @@ enum Command {
         /// Key prefix (empty: everything).
         #[arg(default_value = "")]
         prefix: String,
+        /// Only locks held longer than this, e.g. `90s`, `5m`, `1h 30m` (the configuration's
+        /// duration syntax).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
     },
     /// Force-release a lock held by OWNER.
     Release {
@@ -140,21 +147,10 @@ async fn run(cli: Cli) -> distlock::Result<ExitCode> {
     let config = config(&cli)?;
     match cli.command {
         Command::Demo(args) => demo::run(config, args).await,
-        Command::Inspect { prefix } => {
+        Command::Inspect { prefix, older_than } => {
             let manager = LockManager::new(None, config).await?;
             let locks = manager.lock_provider().list(&prefix).await?;
-            println!("{:<60} {:<40} {:>20} {:>10} {:>5}", "KEY", "OWNER", "TOKEN", "TTL LEFT", "DEPTH");
-            for l in &locks {
-                println!(
-                    "{:<60} {:<40} {:>20} {:>9.1}s {:>5}",
-                    l.key,
-                    l.owner,
-                    l.token,
-                    l.remaining_ttl.as_secs_f64(),
-                    l.depth
-                );
-            }
-            println!("{} held lock(s) on {}", locks.len(), manager.lock_provider().name());
+            print!("{}", inspect_table(&locks, older_than, manager.lock_provider().name()));
             manager.close().await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -205,5 +201,91 @@ async fn run(cli: Cli) -> distlock::Result<ExitCode> {
         }
         Command::Serve(args) => serve::run(config, args).await,
         Command::Top(args) => top::run(config, args).await,
+    }
+}
+
+/// The `inspect` table: the locks (in the order `list` gives, by key) held longer than
+/// `older_than` if given, and a summary line.
+fn inspect_table(locks: &[LockInfo], older_than: Option<Duration>, provider: &str) -> String {
+    let shown: Vec<&LockInfo> =
+        locks.iter().filter(|l| older_than.map_or(true, |d| l.held_longer_than(d))).collect();
+    let mut out = format!(
+        "{:<60} {:<40} {:>20} {:>10} {:>10} {:>5}\n",
+        "KEY", "OWNER", "TOKEN", "TTL LEFT", "HELD", "DEPTH"
+    );
+    for l in &shown {
+        let _ = writeln!(
+            out,
+            "{:<60} {:<40} {:>20} {:>9.1}s {:>9.1}s {:>5}",
+            l.key,
+            l.owner,
+            l.token,
+            l.remaining_ttl.as_secs_f64(),
+            l.held_for.as_secs_f64(),
+            l.depth
+        );
+    }
+    let _ = match older_than {
+        Some(d) => writeln!(
+            out,
+            "{} of {} held lock(s) on {provider} held longer than {}",
+            shown.len(),
+            locks.len(),
+            humantime::format_duration(d)
+        ),
+        None => writeln!(out, "{} held lock(s) on {provider}", locks.len()),
+    };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use distlock::FencingToken;
+
+    use super::*;
+
+    fn info(key: &str, held_secs: u64) -> LockInfo {
+        LockInfo {
+            key: key.into(),
+            owner: format!("owner of {key}"),
+            token: FencingToken(7),
+            remaining_ttl: Duration::from_secs(30),
+            depth: 1,
+            held_for: Duration::from_secs(held_secs),
+        }
+    }
+
+    #[test]
+    fn older_than_takes_the_configuration_duration_syntax() {
+        let cli = Cli::try_parse_from(["distlock", "inspect", "jobs/", "--older-than", "1h 30m"]).unwrap();
+        match cli.command {
+            Command::Inspect { prefix, older_than } => {
+                assert_eq!((prefix.as_str(), older_than), ("jobs/", Some(Duration::from_secs(5400))));
+            }
+            other => panic!("{other:?}"),
+        }
+        match Cli::try_parse_from(["distlock", "inspect"]).unwrap().command {
+            Command::Inspect { prefix, older_than } => assert_eq!((prefix.as_str(), older_than), ("", None)),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["distlock", "inspect", "--older-than", "five minutes"]).is_err());
+    }
+
+    #[test]
+    fn inspect_lists_only_locks_held_longer_than_asked_in_key_order() {
+        let locks = [info("a", 10), info("b", 600), info("c", 300), info("d", 3600)];
+        let table = inspect_table(&locks, Some(Duration::from_secs(300)), "memory");
+        let lines: Vec<&str> = table.lines().collect();
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(header, ["KEY", "OWNER", "TOKEN", "TTL", "LEFT", "HELD", "DEPTH"]);
+        let keys: Vec<&str> =
+            lines[1..lines.len() - 1].iter().map(|l| l.split(' ').next().unwrap()).collect();
+        assert_eq!(keys, ["b", "d"], "held for exactly 5 minutes is not longer than 5 minutes");
+        assert!(lines[1].contains("600.0s") && lines[2].contains("3600.0s"), "{table}");
+        assert_eq!(lines[lines.len() - 1], "2 of 4 held lock(s) on memory held longer than 5m");
+
+        let all = inspect_table(&locks, None, "memory");
+        assert_eq!(all.lines().count(), 6);
+        assert!(all.ends_with("4 held lock(s) on memory\n"), "{all}");
     }
 }

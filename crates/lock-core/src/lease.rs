@@ -88,6 +88,19 @@ pub struct LockInfo {
     pub remaining_ttl: Duration,
     /// Reentry depth.
     pub depth: u32,
+    /// How long the current holder has held the lock: counted from the acquisition that made
+    /// it the holder (depth 1). Re-entry and refresh keep that start; a new holder, after a
+    /// release or an expiry, starts again. By the server's clock where the backend has one,
+    /// like `remaining_ttl` (etcd: the acquiring client's wall clock, see `docs/etcd.md`).
+    pub held_for: Duration,
+}
+
+impl LockInfo {
+    /// `true` when the lock has been held for longer than `d`: the question behind "who holds
+    /// locks too long" (`distlock inspect --older-than`).
+    pub fn held_longer_than(&self, d: Duration) -> bool {
+        self.held_for > d
+    }
 }
 
 #[cfg(test)]
@@ -105,5 +118,20 @@ mod tests {
         assert!(lease.is_expired());
         assert_eq!(lease.remaining(), Duration::ZERO);
         assert!(FencingToken(3) < FencingToken(7));
+    }
+
+    #[test]
+    fn held_longer_than_is_strict() {
+        let info = LockInfo {
+            key: "k".into(),
+            owner: "o".into(),
+            token: FencingToken(1),
+            remaining_ttl: Duration::from_secs(30),
+            depth: 1,
+            held_for: Duration::from_secs(300),
+        };
+        assert!(info.held_longer_than(Duration::from_secs(299)));
+        assert!(!info.held_longer_than(Duration::from_secs(300)));
+        assert!(!info.held_longer_than(Duration::from_secs(301)));
     }
 }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::error::{lease_not_found, NAME};
 use crate::held::HeldEntry;
-use crate::keys::{Entry, Value};
+use crate::keys::{wall_ms, Entry, Value};
 use crate::leases::{secs, LeaseGrant};
 use crate::provider::{gets, revision, Inner};
 use crate::queue::{timeout, Budget, Queued};
@@ -111,21 +111,23 @@ impl Inner {
         }
     }
 
-    /// A new acquisition with `grant`, recorded as held.
+    /// A new acquisition with `grant`, recorded as held: its entry has create revision
+    /// `token`, mod revision `mod_revision` and the start `start`.
     pub(crate) fn fresh(
         &self,
         opts: &LockOptions,
         grant: &LeaseGrant,
-        token: i64,
+        (token, mod_revision): (i64, i64),
+        start: Option<u64>,
         valid_from: Instant,
     ) -> Acquired {
         let entry = self.layout.entry(&opts.key, grant.id);
         let at = Entry {
             key: entry.clone(),
             create_revision: token,
-            mod_revision: token,
+            mod_revision,
             lease: grant.id,
-            value: Value { depth: 1, ttl: grant.ttl, owner: opts.owner.to_string() },
+            value: Value { depth: 1, ttl: grant.ttl, owner: opts.owner.to_string(), start },
         };
         self.remember(
             &opts.key,
@@ -133,9 +135,10 @@ impl Inner {
             HeldEntry {
                 token,
                 entry: entry.clone(),
-                mod_revision: token,
+                mod_revision,
                 lease: grant.id,
                 depth: 1,
+                start,
                 want: grant.want,
                 ttl: grant.ttl,
                 renewed: Some(valid_from),
@@ -163,6 +166,7 @@ impl Inner {
             mod_revision: at.mod_revision,
             lease: at.lease,
             depth: at.value.depth,
+            start: at.value.start,
             want: at.value.ttl,
             ttl: at.value.ttl,
             renewed: Some(sent),
@@ -193,14 +197,19 @@ impl Inner {
         let dir = self.layout.dir(key);
         let end = self.layout.dir_end(key);
         let entry = self.layout.entry(key, grant.id);
-        let value = Value { depth: 1, ttl: grant.ttl, owner: opts.owner.to_string() }.encode();
-        let put = || TxnOp::put(entry.clone(), value.clone(), Some(PutOptions::new().with_lease(grant.id)));
+        // Every put records this client's wall clock as the start: right for a free lock taken
+        // at once; a queued entry is stamped again when its turn comes (`wait_turn`).
+        let put = |start: u64| {
+            let value = Value { depth: 1, ttl: grant.ttl, owner: opts.owner.to_string(), start: Some(start) };
+            TxnOp::put(entry.clone(), value.encode(), Some(PutOptions::new().with_lease(grant.id)))
+        };
 
         // Fast path: take a free lock in one transaction; otherwise learn who holds it.
         let head = loop {
+            let start = wall_ms();
             let take = Txn::new()
                 .when([Compare::create_revision(dir.clone(), CompareOp::Equal, 0).with_range(end.clone())])
-                .and_then([put()])
+                .and_then([put(start)])
                 .or_else([TxnOp::get(dir.clone(), Some(self.head_get(key)))]);
             // Until the answer says otherwise, the entry may have been written.
             guard.mine = Some(Mine {
@@ -231,7 +240,8 @@ impl Inner {
             };
             if resp.succeeded() {
                 guard.disarm();
-                return Ok(Some(self.fresh(opts, &grant, revision(&resp), grant.sent)));
+                let token = revision(&resp);
+                return Ok(Some(self.fresh(opts, &grant, (token, token), Some(start), grant.sent)));
             }
             guard.mine = None;
             match gets(&resp).pop().and_then(|mut g| g.pop()) {
@@ -264,10 +274,11 @@ impl Inner {
             entry: entry.clone(),
             token: None,
         });
+        let start = wall_ms();
         let resp = self
             .txn(
                 Txn::new().and_then([
-                    put(),
+                    put(start),
                     TxnOp::get(
                         dir.clone(),
                         Some(
@@ -293,9 +304,10 @@ impl Inner {
         guard.mine.as_mut().expect("set above").token = Some(mine);
         let pred = gets(&resp).pop().unwrap_or_default().into_iter().find(|e| e.create_revision < mine);
         let Some(p) = pred else {
-            // The holder left between the two transactions: ours is the oldest entry.
+            // The holder left between the two transactions: ours is the oldest entry, the
+            // holder since its put.
             guard.disarm();
-            return Ok(Some(self.fresh(opts, &grant, mine, grant.sent)));
+            return Ok(Some(self.fresh(opts, &grant, (mine, mine), Some(start), grant.sent)));
         };
 
         // Wait for each predecessor in turn to go away.

@@ -29,6 +29,8 @@ pub(crate) struct HeldEntry {
     pub(crate) lease: i64,
     /// Re-entry depth.
     pub(crate) depth: u32,
+    /// When the owner took the lock, as the entry says (see [`Value::start`](crate::keys::Value)).
+    pub(crate) start: Option<u64>,
     /// The lease's TTL in seconds as asked for (before etcd's minimum) and as granted.
     pub(crate) want: i64,
     pub(crate) ttl: i64,

@@ -36,12 +36,14 @@ impl Inner {
                 _ => return Ok(None),
             }
         };
+        let held_for = h.value.held_for();
         Ok(Some(LockInfo {
             key,
             owner: h.value.owner,
             token: FencingToken(h.create_revision as u64),
             remaining_ttl: secs(remaining),
             depth: h.value.depth,
+            held_for,
         }))
     }
 

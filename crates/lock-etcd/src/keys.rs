@@ -3,7 +3,7 @@
 //! Every acquisition attempt writes one *entry*:
 //!
 //! ```text
-//! <prefix><lock key> NUL <lease id, 16 hex digits>   =   "<depth> <granted ttl s> <owner>"
+//! <prefix><lock key> NUL <lease id, 16 hex digits>   =   "<depth> <granted ttl s> <owner>" NUL "<start>"
 //! ```
 //!
 //! attached to the attempt's own lease. The entries of one lock are exactly the keys in
@@ -11,6 +11,13 @@
 //! input rules forbid it), so no other lock's entries fall in that range, not even those of
 //! a lock whose key extends this one (`jobs` and `jobs/a`). The holder is the entry with the
 //! lowest create revision; the others are the queue, in create-revision order.
+//!
+//! `<start>` is the wall clock of the client that wrote the entry, in milliseconds since the
+//! Unix epoch: when its owner took the lock (etcd keeps no time with a key). It follows a NUL
+//! byte, which no owner contains, so it can never be read as part of the owner; a value
+//! without it (written by an earlier version) has an unknown start.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::KeyValue;
 
@@ -89,21 +96,45 @@ pub(crate) struct Value {
     pub(crate) ttl: i64,
     /// The owner.
     pub(crate) owner: String,
+    /// When the owner took the lock (depth 1), by the writing client's wall clock in
+    /// milliseconds since the Unix epoch ([`wall_ms`]); kept by re-entry, refresh and release
+    /// of a nested level. `None` when unknown.
+    pub(crate) start: Option<u64>,
 }
 
 impl Value {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        format!("{} {} {}", self.depth, self.ttl, self.owner).into_bytes()
+        let mut text = format!("{} {} {}", self.depth, self.ttl, self.owner);
+        if let Some(start) = self.start {
+            text.push('\0');
+            text.push_str(&start.to_string());
+        }
+        text.into_bytes()
     }
 
     pub(crate) fn decode(raw: &[u8]) -> Option<Value> {
         let text = std::str::from_utf8(raw).ok()?;
+        let (text, start) = match text.split_once('\0') {
+            Some((text, start)) => (text, Some(start.parse().ok()?)),
+            None => (text, None),
+        };
         let mut parts = text.splitn(3, ' ');
         let depth = parts.next()?.parse().ok()?;
         let ttl = parts.next()?.parse().ok()?;
         let owner = parts.next()?.to_string();
-        Some(Value { depth, ttl, owner })
+        Some(Value { depth, ttl, owner, start })
     }
+
+    /// How long the lock has been held, by this client's wall clock (zero when the start is
+    /// unknown or in this clock's future).
+    pub(crate) fn held_for(&self) -> Duration {
+        self.start.map_or(Duration::ZERO, |start| Duration::from_millis(wall_ms().saturating_sub(start)))
+    }
+}
+
+/// This client's wall clock, in milliseconds since the Unix epoch.
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One entry as read from etcd.
@@ -124,6 +155,7 @@ impl Entry {
             depth: 1,
             ttl: 0,
             owner: String::from_utf8_lossy(kv.value()).into_owned(),
+            start: None,
         });
         Entry {
             key: kv.key().to_vec(),
@@ -167,8 +199,21 @@ mod tests {
 
     #[test]
     fn values_round_trip_with_spaces_in_the_owner() {
-        let v = Value { depth: 3, ttl: 30, owner: "host a:12 b".into() };
+        let v = Value { depth: 3, ttl: 30, owner: "host a:12 b".into(), start: Some(1_700_000_000_123) };
+        assert_eq!(v.encode(), b"3 30 host a:12 b\x001700000000123".to_vec());
         assert_eq!(Value::decode(&v.encode()), Some(v));
         assert_eq!(Value::decode(b"garbage"), None);
+        assert_eq!(Value::decode(b"1 30 o\0not a time"), None);
+    }
+
+    #[test]
+    fn a_value_without_a_start_reads_as_unknown_and_held_for_nothing() {
+        let v = Value::decode(b"2 30 7 on host a").unwrap();
+        assert_eq!((v.depth, v.owner.as_str(), v.start), (2, "7 on host a", None));
+        assert_eq!(v.held_for(), Duration::ZERO);
+        let future = Value { start: Some(wall_ms() + 60_000), ..v.clone() };
+        assert_eq!(future.held_for(), Duration::ZERO);
+        let past = Value { start: Some(wall_ms() - 5_000), ..v };
+        assert!(past.held_for() >= Duration::from_secs(5));
     }
 }

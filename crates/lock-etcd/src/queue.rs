@@ -19,14 +19,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    WatchFilterType, WatchOptions,
+};
 use lock_core::{LockError, LockOptions, Result};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::acquire::Acquired;
 use crate::error::map_err;
-use crate::keys::Entry;
+use crate::keys::{wall_ms, Entry, Value};
 use crate::leases::{secs, LeaseGrant, FRESH_SPARE};
 use crate::provider::{gets, is_closed, revision, Inner, RETRY_PAUSE};
 use crate::takeback::LeaseGuard;
@@ -131,8 +134,10 @@ impl Inner {
             // waiter whose lease ran out (its entry deleted with it) must not believe it holds
             // the lock (etcd issue 11456). Unless the lease was renewed under min(1 s, TTL/10)
             // ago, it is renewed in the same round trip, restarting the TTL for the new holder
-            // (and only a live lease counts).
-            let check = Txn::new().and_then([
+            // (and only a live lease counts). When nothing is ahead any more and our entry is
+            // as we put it, the same transaction stamps it with the hold's start (the time it
+            // queued is not when it took the lock).
+            let reads = [
                 TxnOp::get(
                     dir.clone(),
                     Some(
@@ -145,7 +150,27 @@ impl Inner {
                 ),
                 TxnOp::get(entry.clone(), None),
                 TxnOp::get(dir.clone(), Some(self.head_get(key))),
-            ]);
+            ];
+            let start = wall_ms();
+            let stamped =
+                Value { depth: 1, ttl: grant.ttl, owner: opts.owner.to_string(), start: Some(start) };
+            let mut then = vec![TxnOp::put(
+                entry.clone(),
+                stamped.encode(),
+                Some(PutOptions::new().with_ignore_lease()),
+            )];
+            then.extend(reads.iter().cloned());
+            let check = Txn::new()
+                .when([
+                    // Every entry of the lock is ours or behind ours ...
+                    Compare::create_revision(dir.clone(), CompareOp::Greater, mine - 1)
+                        .with_range(end.clone()),
+                    // ... and ours is untouched since its put (no other call of the owner
+                    // re-entered on it or moved it).
+                    Compare::mod_revision(entry.clone(), CompareOp::Equal, mine),
+                ])
+                .and_then(then)
+                .or_else(reads);
             let renew = grant.sent.elapsed() >= FRESH_SPARE.min(secs(grant.ttl) / 10);
             let sent = Instant::now();
             let (resp, alive) = if renew {
@@ -187,7 +212,14 @@ impl Inner {
                 None => {
                     guard.disarm();
                     let valid_from = if renew { sent } else { grant.sent };
-                    return Ok(Some(self.fresh(opts, &grant, mine, valid_from)));
+                    let (mod_revision, start) = if resp.succeeded() {
+                        (revision(&resp), Some(start))
+                    } else {
+                        // Written meanwhile, by this stamp in an earlier look whose answer was
+                        // lost, or unchanged by a settled re-entry attempt: its start stands.
+                        (ours.mod_revision, ours.value.start)
+                    };
+                    return Ok(Some(self.fresh(opts, &grant, (mine, mod_revision), start, valid_from)));
                 }
             }
             watch_from = revision(&resp) + 1;

@@ -47,7 +47,8 @@ impl Inner {
             own = Some(LeaseGuard::new(self, g.id));
             g
         };
-        let value = Value { depth: head.value.depth + 1, ttl: target.ttl, owner: head.value.owner.clone() };
+        // The hold goes on: same owner, same start.
+        let value = Value { depth: head.value.depth + 1, ttl: target.ttl, ..head.value.clone() };
         let moved = Txn::new()
             .when([Compare::mod_revision(head.key.clone(), CompareOp::Equal, head.mod_revision)])
             .and_then([TxnOp::put(
@@ -100,6 +101,7 @@ impl Inner {
                 mod_revision: at.mod_revision,
                 lease: target.id,
                 depth: at.value.depth,
+                start: at.value.start,
                 want: target.want,
                 ttl: target.ttl,
                 renewed: Some(target.sent),

@@ -32,7 +32,8 @@ impl Inner {
     pub(crate) async fn release(self: &Arc<Self>, key: &str, owner: &str, token: Option<i64>) -> Result<()> {
         let lower = |c: &HeldEntry| {
             if c.depth > 1 {
-                let value = Value { depth: c.depth - 1, ttl: c.ttl, owner: owner.to_string() };
+                let value =
+                    Value { depth: c.depth - 1, ttl: c.ttl, owner: owner.to_string(), start: c.start };
                 TxnOp::put(c.entry.clone(), value.encode(), Some(PutOptions::new().with_ignore_lease()))
             } else {
                 TxnOp::delete(c.entry.clone(), None)
@@ -75,13 +76,19 @@ impl Inner {
             let known =
                 self.recall(key, owner).filter(|c| c.token == h.create_revision && c.lease == h.lease);
             let c = match known {
-                Some(c) => HeldEntry { mod_revision: h.mod_revision, depth: h.value.depth, ..c },
+                Some(c) => HeldEntry {
+                    mod_revision: h.mod_revision,
+                    depth: h.value.depth,
+                    start: h.value.start,
+                    ..c
+                },
                 None => HeldEntry {
                     token: h.create_revision,
                     entry: h.key.clone(),
                     mod_revision: h.mod_revision,
                     lease: h.lease,
                     depth: h.value.depth,
+                    start: h.value.start,
                     want: h.value.ttl,
                     ttl: h.value.ttl,
                     // Never renewed by this provider: its age is unknown.
@@ -141,6 +148,7 @@ impl Inner {
                     mod_revision,
                     lease,
                     depth: h.value.depth,
+                    start: h.value.start,
                     want,
                     ttl,
                     renewed: Some(renewed),

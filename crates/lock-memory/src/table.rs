@@ -25,6 +25,8 @@ pub(crate) struct Holder {
     pub(crate) depth: u32,
     pub(crate) ttl: Duration,
     pub(crate) expires_at: Instant,
+    /// When this owner became the holder (depth 1); kept by re-entry and refresh.
+    pub(crate) since: Instant,
 }
 
 /// A caller queued for a key. The lock is handed to it through `tx`.
@@ -96,7 +98,8 @@ impl Inner {
                 Lease::counted_from(now, entry.key.clone(), w.owner.clone(), FencingToken(token), w.ttl, 1);
             if w.tx.send(Ok(lease)).is_ok() {
                 let expires_at = now + w.ttl;
-                entry.holder = Some(Holder { owner: w.owner, token, depth: 1, ttl: w.ttl, expires_at });
+                entry.holder =
+                    Some(Holder { owner: w.owner, token, depth: 1, ttl: w.ttl, expires_at, since: now });
                 return;
             }
         }
@@ -141,6 +144,7 @@ pub(crate) fn info(key: &str, h: &Holder, now: Instant) -> LockInfo {
         token: FencingToken(h.token),
         remaining_ttl: h.expires_at.saturating_duration_since(now),
         depth: h.depth,
+        held_for: now.saturating_duration_since(h.since),
     }
 }
 
@@ -155,8 +159,14 @@ pub(crate) fn try_acquire(inner: &Inner, entry: &mut Entry, opts: &LockOptions, 
         None => {
             let token = inner.token();
             let expires_at = now + opts.ttl;
-            entry.holder =
-                Some(Holder { owner: opts.owner.clone(), token, depth: 1, ttl: opts.ttl, expires_at });
+            entry.holder = Some(Holder {
+                owner: opts.owner.clone(),
+                token,
+                depth: 1,
+                ttl: opts.ttl,
+                expires_at,
+                since: now,
+            });
             let lease = Lease::counted_from(
                 now,
                 entry.key.clone(),

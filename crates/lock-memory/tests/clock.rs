@@ -73,6 +73,43 @@ async fn refresh_moves_the_expiry_that_waiters_wait_for() {
     assert_eq!(waiter.await.unwrap(), Duration::from_secs(35));
 }
 
+#[tokio::test(start_paused = true)]
+async fn held_for_counts_from_the_acquisition_that_made_the_holder() {
+    let p = std::sync::Arc::new(MemoryLockProvider::builder().reap_interval(None).build());
+    let held_for = |p: std::sync::Arc<MemoryLockProvider>| async move {
+        p.is_locked("k").await.unwrap().map(|i| (i.owner, i.held_for))
+    };
+    p.lock(&opts("k", "alice", 60)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Re-entry and refresh keep the start.
+    p.lock(&opts("k", "alice", 60)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.refresh_lock("k", "alice", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(held_for(p.clone()).await, Some(("alice".into(), Duration::from_secs(10))));
+    assert_eq!(p.list("").await.unwrap()[0].held_for, Duration::from_secs(10));
+
+    // Bob queues now; his hold starts when the lock is handed to him, not when he queued.
+    let p2 = p.clone();
+    let bob = tokio::spawn(async move {
+        p2.lock(&opts("k", "bob", 20).wait(WaitPolicy::deadline(Duration::from_secs(100)))).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    p.unlock("k", "alice").await.unwrap();
+    p.unlock("k", "alice").await.unwrap();
+    bob.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(held_for(p.clone()).await, Some(("bob".into(), Duration::from_secs(5))));
+
+    // Carol takes over when bob's lease runs out (15 s from now): her hold starts then.
+    let p3 = p.clone();
+    let carol = tokio::spawn(async move {
+        p3.lock(&opts("k", "carol", 60).wait(WaitPolicy::deadline(Duration::from_secs(100)))).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    carol.await.unwrap();
+    assert_eq!(held_for(p.clone()).await, Some(("carol".into(), Duration::from_secs(2))));
+}
+
 #[tokio::test]
 async fn works_without_a_runtime_reaper_when_built_outside_tokio() {
     let p = std::thread::spawn(MemoryLockProvider::new).join().unwrap();

@@ -64,6 +64,7 @@ pub(crate) fn row_to_info(row: &MySqlRow) -> std::result::Result<LockInfo, sqlx:
         token: FencingToken(row.try_get::<u64, _>(2)?),
         depth: row.try_get::<u32, _>(3)?,
         remaining_ttl: remaining(row.try_get::<i64, _>(4)?),
+        held_for: remaining(row.try_get::<i64, _>(5)?),
     })
 }
 

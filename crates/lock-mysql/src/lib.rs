@@ -30,7 +30,7 @@
 //!   generation  BIGINT UNSIGNED NOT NULL DEFAULT 0, -- acquisitions of this row after the first
 //!   last_op     TINYINT UNSIGNED NOT NULL DEFAULT 5,
 //!   waits       BIGINT UNSIGNED NOT NULL DEFAULT 0, -- busy attempts seen (contention)
-//!   acquired_at DATETIME(6) NOT NULL,
+//!   acquired_at DATETIME(6) NOT NULL,             -- when the holder took it (depth 1), server clock
 //!   expires_at  DATETIME(6) NOT NULL,             -- lease end (or release time), server clock
 //!   PRIMARY KEY (lock_key), UNIQUE KEY `id` (id)
 //! ) ENGINE=InnoDB
@@ -40,6 +40,8 @@
 //!
 //! - **Server clock**: every comparison uses `UTC_TIMESTAMP(6)` on the server; the client's
 //!   clock only bounds `Lease::valid_until` conservatively. UTC keeps time-zone changes out.
+//!   `acquired_at` is set by the acquisition that makes a new holder and kept by re-entry and
+//!   refresh; `LockInfo::held_for` is the server's `UTC_TIMESTAMP(6)` minus it.
 //! - **Acquire decides in one statement.** `INSERT ... ON DUPLICATE KEY UPDATE` inserts a row
 //!   for a new key, or, under the row lock, takes a released or expired row, re-enters the
 //!   owner's live lock, or reports busy. A re-entry adds one read for its depth; if only that

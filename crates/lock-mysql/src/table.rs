@@ -90,9 +90,12 @@ pub(crate) struct Statements {
 /// The fencing token of a row, in SQL.
 const TOKEN: &str = "((id << 16) + generation)";
 
-/// The columns of a lock as `LockInfo` needs them, in the order `row_to_info` reads.
+/// The columns of a lock as `LockInfo` needs them, in the order `row_to_info` reads: the TTL
+/// left and the time held both by the server's clock (`acquired_at` is set by the acquisition
+/// that made the holder, and kept by re-entry and refresh).
 const INFO_COLUMNS: &str = "lock_key, owner, ((id << 16) + generation), depth, \
-     TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at)";
+     TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at), \
+     TIMESTAMPDIFF(MICROSECOND, acquired_at, UTC_TIMESTAMP(6))";
 
 impl Statements {
     /// `guard` is put in front of every statement that reads or writes locks: on MariaDB a

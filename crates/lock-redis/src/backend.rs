@@ -117,6 +117,7 @@ impl LockBackend for RedisLockProvider {
             token: FencingToken(h.token),
             remaining_ttl: h.left,
             depth: h.depth,
+            held_for: h.held,
         }))
     }
 
@@ -156,6 +157,7 @@ impl LockBackend for RedisLockProvider {
                 token: FencingToken(h.token),
                 remaining_ttl: h.left,
                 depth: h.depth,
+                held_for: h.held,
             }))
         });
         let mut out = Vec::new();

@@ -393,13 +393,17 @@ impl Redlock {
         let Some((owner, mut held)) = by_owner.into_iter().find(|(_, h)| h.len() >= self.quorum) else {
             return Ok(None);
         };
-        // A quorum holds it for at least the quorum-th longest remaining time.
+        // A quorum holds it for at least the quorum-th longest remaining time, and has held it
+        // for at least the quorum-th longest time held (each by its own clock).
+        let mut since: Vec<Duration> = held.iter().map(|h| h.held).collect();
+        since.sort_by_key(|&d| Reverse(d));
         held.sort_by_key(|h| Reverse(h.left));
         Ok(Some(Held {
             owner,
             token: held.iter().map(|h| h.token).max().unwrap_or_default(),
             depth: held.iter().map(|h| h.depth).max().unwrap_or_default(),
             left: held[self.quorum - 1].left,
+            held: since[self.quorum - 1],
         }))
     }
 }

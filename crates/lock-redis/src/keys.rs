@@ -4,7 +4,7 @@
 //!
 //! | what | Redis name | type |
 //! |---|---|---|
-//! | the lock | `p{enc(k)}` | string `"<token> <depth> <owner>"`; expires with the lease |
+//! | the lock | `p{enc(k)}` | string `"<token> <depth> <owner>\0<start>"` (see `scripts`); expires with the lease |
 //! | its fencing counter | `p{enc(k)}:fence` | string (integer); never expires |
 //! | its release channel | `p{enc(k)}:released` | pub/sub channel |
 //! | a published wait for it | `p{enc(k)}:wait:<id>` | string `"<since ms> <owner>"`; expires unless renewed |

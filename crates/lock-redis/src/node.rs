@@ -48,6 +48,8 @@ pub(crate) struct Held {
     pub(crate) token: u64,
     pub(crate) depth: u32,
     pub(crate) left: Duration,
+    /// How long the holder has held it, by the server's clock.
+    pub(crate) held: Duration,
 }
 
 /// Dials the addresses of [`RedisConfig::connect_to`](crate::RedisConfig::connect_to) instead
@@ -257,12 +259,18 @@ impl Node {
     /// The inspect script: one round trip.
     pub(crate) async fn inspect(&self, lock_key: &str) -> Result<Option<Held>, Error> {
         let text = scripts::call(self.client()?, &self.scripts.inspect, &[lock_key], &[]).await?;
-        let mut r = Reply::new(&text, 5, "inspect");
+        let mut r = Reply::new(&text, 6, "inspect");
         if r.text()? != "1" {
             return Ok(None);
         }
-        let (token, depth, pttl) = (r.num()?, r.num()?, r.num()?);
-        Ok(Some(Held { token, depth, left: left(pttl).unwrap_or_default(), owner: r.text()?.to_owned() }))
+        let (token, depth, pttl, held_us) = (r.num()?, r.num()?, r.num()?, r.num()?);
+        Ok(Some(Held {
+            token,
+            depth,
+            left: left(pttl).unwrap_or_default(),
+            held: Duration::from_micros(held_us),
+            owner: r.text()?.to_owned(),
+        }))
     }
 
     /// Stores or renews a published wait: one `SET ... PX`.

@@ -6,8 +6,14 @@
 //! with the script's text, which also puts it back in the cache. That is safe because a
 //! `NOSCRIPT` call ran nothing.
 //!
-//! The lock is a string `"<token> <depth> <owner>"` (the owner last: it may contain spaces);
-//! its expiry is the key's own `PX`, so the server's clock decides it. A string with `SET ...
+//! The lock is a string `"<token> <depth> <owner>\0<start>"` (the owner last but for the
+//! start: it may contain spaces, never a NUL byte); its expiry is the key's own `PX`, so the
+//! server's clock decides it. `<start>` is the server's time in microseconds (`TIME`) when the
+//! holder took the lock, kept by re-entry, refresh and the release of a nested level; it
+//! follows a NUL byte, which no owner contains, so it can never be read as part of the owner.
+//! A lock written without it (by an earlier version) reads as held with an unknown start
+//! (held for zero); a version that does not know the start reads the owner with the NUL and
+//! start in it, which matches no owner: such a lock is somebody else's to it. A string with `SET ...
 //! PX` costs the server a fraction of what a hash with `HSET` plus `PEXPIRE` does. Replies are
 //! one space-separated string too (the owner, if any, last): fred decodes it faster than an
 //! array.
@@ -27,8 +33,9 @@ use fred::types::Value;
 /// A new acquisition takes the next token from the counter, raised to at least the server's
 /// time in microseconds: tokens then keep increasing even if the counter is lost (a restart
 /// without persistence, a failover that lost the last writes, an eviction), as long as the
-/// server's clock does not step back. Re-entry keeps the token and extends the lease to the
-/// longer of what is left and the TTL asked for.
+/// server's clock does not step back. The same time is the hold's start. Re-entry keeps the
+/// token and the start, and extends the lease to the longer of what is left and the TTL asked
+/// for.
 pub(crate) const ACQUIRE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
@@ -38,18 +45,21 @@ if not v then
   if t < floor then t = floor end
   local ts = string.format('%d', t)
   redis.call('SET', KEYS[2], ts)
-  redis.call('SET', KEYS[1], ts .. ' 1 ' .. ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[1], ts .. ' 1 ' .. ARGV[1] .. '\0' .. string.format('%d', floor), 'PX', ARGV[2])
   return '1 ' .. ts .. ' 1 ' .. ARGV[2]
 end
 local t, d, o = string.match(v, '^(%d+) (%d+) (.*)$')
+local s = ''
+local z = o and string.find(o, '\0', 1, true)
+if z then s = string.sub(o, z); o = string.sub(o, 1, z - 1) end
 if o == ARGV[1] then
   d = tonumber(d) + 1
   local left = redis.call('PTTL', KEYS[1])
   if left < tonumber(ARGV[2]) then
-    redis.call('SET', KEYS[1], t .. ' ' .. d .. ' ' .. o, 'PX', ARGV[2])
+    redis.call('SET', KEYS[1], t .. ' ' .. d .. ' ' .. o .. s, 'PX', ARGV[2])
     return '1 ' .. t .. ' ' .. d .. ' ' .. ARGV[2]
   end
-  redis.call('SET', KEYS[1], t .. ' ' .. d .. ' ' .. o, 'KEEPTTL')
+  redis.call('SET', KEYS[1], t .. ' ' .. d .. ' ' .. o .. s, 'KEEPTTL')
   return '1 ' .. t .. ' ' .. d .. ' ' .. left
 end
 return '0 ' .. redis.call('PTTL', KEYS[1]) .. ' ' .. (o or v)
@@ -61,15 +71,18 @@ return '0 ' .. redis.call('PTTL', KEYS[1]) .. ' ' .. (o or v)
 ///
 /// Replies `"1 <depth_left> <token>"` when released, `"0"` when nobody holds the lock,
 /// `"-1 <holder>"` when somebody else (or another acquisition, when a token is given) does.
-/// The message published is the released token.
+/// The message published is the released token. A nested level keeps the hold's start.
 pub(crate) const RELEASE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return '0' end
 local t, d, o = string.match(v, '^(%d+) (%d+) (.*)$')
+local s = ''
+local z = o and string.find(o, '\0', 1, true)
+if z then s = string.sub(o, z); o = string.sub(o, 1, z - 1) end
 if o ~= ARGV[1] or (ARGV[2] ~= '' and t ~= ARGV[2]) then return '-1 ' .. (o or v) end
 d = tonumber(d) - 1
 if d > 0 then
-  redis.call('SET', KEYS[1], t .. ' ' .. d .. ' ' .. o, 'KEEPTTL')
+  redis.call('SET', KEYS[1], t .. ' ' .. d .. ' ' .. o .. s, 'KEEPTTL')
   return '1 ' .. d .. ' ' .. t
 end
 redis.call('DEL', KEYS[1])
@@ -77,7 +90,7 @@ redis.call('PUBLISH', ARGV[3], t)
 return '1 0 ' .. t
 "#;
 
-/// Sets a held lock's TTL.
+/// Sets a held lock's TTL (the value, and so the hold's start, stays).
 ///
 /// `KEYS`: lock. `ARGV`: owner, TTL in ms.
 ///
@@ -86,6 +99,8 @@ pub(crate) const REFRESH: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return '0' end
 local t, d, o = string.match(v, '^(%d+) (%d+) (.*)$')
+local z = o and string.find(o, '\0', 1, true)
+if z then o = string.sub(o, 1, z - 1) end
 if o ~= ARGV[1] then return '0' end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return '1 ' .. t .. ' ' .. d
@@ -93,13 +108,26 @@ return '1 ' .. t .. ' ' .. d
 
 /// Reads a lock.
 ///
-/// `KEYS`: lock. Replies `"0"` when free, `"1 <token> <depth> <pttl_ms> <owner>"` when held.
+/// `KEYS`: lock. Replies `"0"` when free, `"1 <token> <depth> <pttl_ms> <held_us> <owner>"`
+/// when held: `held_us` is how long the holder has held it by the server's clock (`TIME` minus
+/// the start; 0 when the value has no start).
 pub(crate) const INSPECT: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return '0' end
 local t, d, o = string.match(v, '^(%d+) (%d+) (.*)$')
 if not o then return redis.error_reply('distlock: malformed lock value') end
-return '1 ' .. t .. ' ' .. d .. ' ' .. redis.call('PTTL', KEYS[1]) .. ' ' .. o
+local held = 0
+local z = string.find(o, '\0', 1, true)
+if z then
+  local start = tonumber(string.sub(o, z + 1))
+  o = string.sub(o, 1, z - 1)
+  if start then
+    local now = redis.call('TIME')
+    held = tonumber(now[1]) * 1000000 + tonumber(now[2]) - start
+    if held < 0 then held = 0 end
+  end
+end
+return '1 ' .. t .. ' ' .. d .. ' ' .. redis.call('PTTL', KEYS[1]) .. ' ' .. string.format('%d', held) .. ' ' .. o
 "#;
 
 /// The scripts, with their digests computed once.

@@ -239,6 +239,7 @@ macro_rules! conformance_suite {
             stale_holder_cannot_touch_new_holders_lock,
             fencing_tokens_strictly_increase,
             is_locked_reports_holder_and_ttl,
+            held_for_counts_from_the_holders_acquisition,
             waiter_acquires_after_release,
             release_wakes_waiter,
             waiter_acquires_after_holder_expires,

@@ -13,6 +13,7 @@
 //! | `distlock_refresh_total` | counter | `provider`, `class`, `outcome` | one per `refresh_lock` call |
 //! | `distlock_lease_lost_total` | counter | `provider`, `class` | refreshes answered `LeaseLost` |
 //! | `distlock_held_locks` | gauge | `provider`, `class` | locks held through this layer |
+//! | `distlock_oldest_hold_start_seconds` | gauge | `provider`, `class` | Unix time (seconds) at which the oldest lock of the class held through this layer was taken; 0 when the class holds none |
 //! | `distlock_provider_healthy` | gauge | `provider` | 1 after a successful `health()`, 0 after a failed one |
 //!
 //! The [waiting layer](crate::layer::waiting) records `distlock_contention_total`,
@@ -32,11 +33,16 @@
 //! since the layer cannot tell when it ended: an `unlock` answered `NotHeld` or `LeaseLost`,
 //! or `close`, only takes it off the gauge. A lease that expired without anyone noticing
 //! stays counted (and tracked) until its owner next locks, unlocks or refreshes the key.
+//!
+//! The oldest hold of a class is kept without scanning the holds: each class has an ordered
+//! multiset of the start times (wall clock) of its holds, so that an acquisition or a release
+//! costs O(log n) in the holds of its class, and the gauge is set only when its oldest start
+//! changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use metrics::{counter, gauge, histogram};
@@ -78,6 +84,10 @@ pub const EXPIRED_CLEANED_TOTAL: &str = "distlock_expired_cleaned_total";
 /// Gauge: 1 after a successful health probe through the layer, 0 after a failed one, by
 /// `provider`.
 pub const PROVIDER_HEALTHY: &str = "distlock_provider_healthy";
+/// Gauge: Unix time in seconds at which the oldest lock of the class currently held through
+/// the layer was taken, by `provider`, `class`; 0 when the class holds none. `time() - gauge`
+/// is how long that lock has been held.
+pub const OLDEST_HOLD_START_SECONDS: &str = "distlock_oldest_hold_start_seconds";
 
 /// The class every key falls into once a classifier has seen its maximum of classes.
 pub const OTHER_CLASS: &str = "other";
@@ -194,7 +204,10 @@ impl Classifier {
 /// A lock held through the layer.
 #[derive(Debug)]
 struct Held {
+    /// When the hold began, for its hold time.
     since: Instant,
+    /// The same moment by the wall clock (since the Unix epoch), for the oldest-hold gauge.
+    started: Duration,
     depth: u32,
     class: Arc<str>,
 }
@@ -205,11 +218,56 @@ struct Held {
 pub struct Metered {
     inner: Arc<dyn LockProvider>,
     classifier: Classifier,
-    held: Mutex<HeldMap>,
+    held: Mutex<Holds>,
 }
 
 /// Held locks by key, then owner: looked up by `&str` without allocating.
 type HeldMap = HashMap<Arc<str>, HashMap<Arc<str>, Held>>;
+
+/// What the layer knows of the locks held through it.
+#[derive(Debug, Default)]
+struct Holds {
+    by_key: HeldMap,
+    /// Per class, the start times of its holds with how many holds started at each: an
+    /// ordered multiset whose first entry is the oldest hold.
+    starts: HashMap<Arc<str>, BTreeMap<Duration, u32>>,
+}
+
+impl Holds {
+    /// Adds a hold of `class` started at `at`; `true` when that changed the class's oldest.
+    fn add_start(&mut self, class: &Arc<str>, at: Duration) -> bool {
+        let starts = self.starts.entry(class.clone()).or_default();
+        let changed = starts.first_key_value().map_or(true, |(&oldest, _)| at < oldest);
+        *starts.entry(at).or_default() += 1;
+        changed
+    }
+
+    /// Removes a hold of `class` started at `at`; `true` when that changed the class's oldest.
+    fn remove_start(&mut self, class: &str, at: Duration) -> bool {
+        let Some(starts) = self.starts.get_mut(class) else { return false };
+        let Some(n) = starts.get_mut(&at) else { return false };
+        if *n > 1 {
+            *n -= 1;
+            return false;
+        }
+        let was_oldest = starts.first_key_value().is_some_and(|(&oldest, _)| oldest == at);
+        starts.remove(&at);
+        if starts.is_empty() {
+            self.starts.remove(class);
+        }
+        was_oldest
+    }
+
+    /// The start of the oldest hold of `class`; zero when it has none.
+    fn oldest(&self, class: &str) -> Duration {
+        self.starts.get(class).and_then(|s| s.first_key_value()).map_or(Duration::ZERO, |(&at, _)| at)
+    }
+}
+
+/// The wall clock as a duration since the Unix epoch.
+fn wall_clock() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
 
 /// Records `cancelled` when an acquisition's future is dropped before it finished.
 struct Pending {
@@ -248,13 +306,20 @@ impl Metered {
         &self.classifier
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HeldMap> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Holds> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs `f` on the tracked hold of (key, owner), if any.
     fn with_held<T>(&self, key: &str, owner: &str, f: impl FnOnce(&mut Held) -> T) -> Option<T> {
-        self.held().get_mut(key).and_then(|owners| owners.get_mut(owner)).map(f)
+        self.held().by_key.get_mut(key).and_then(|owners| owners.get_mut(owner)).map(f)
+    }
+
+    /// Sets the oldest-hold gauge of `class` to `oldest` (zero: none). Called with the holds
+    /// locked, so that the gauge's last value is the latest state.
+    fn set_oldest(&self, class: &Arc<str>, oldest: Duration) {
+        gauge!(OLDEST_HOLD_START_SECONDS, "provider" => self.inner.name(), "class" => class.clone())
+            .set(oldest.as_secs_f64());
     }
 
     async fn acquire(&self, opts: &LockOptions, try_only: bool) -> Result<Lease> {
@@ -281,19 +346,30 @@ impl Metered {
     /// Notes an acquisition: a new hold at depth 1, a deeper level otherwise.
     fn track(&self, lease: &Lease, class: Arc<str>) {
         let mut held = self.held();
-        match held.entry(lease.key.clone()).or_default().entry(lease.owner.clone()) {
+        let holds = &mut *held;
+        let owners = holds.by_key.entry(lease.key.clone()).or_default();
+        let (class, ended, started) = match owners.entry(lease.owner.clone()) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 let h = e.get_mut();
-                if lease.depth <= 1 {
-                    // The previous hold ended unseen (it expired): a new one starts.
-                    h.since = Instant::now();
-                }
                 h.depth = lease.depth;
+                if lease.depth > 1 {
+                    return;
+                }
+                // The previous hold ended unseen (it expired): a new one starts.
+                let ended = h.started;
+                (h.since, h.started) = (Instant::now(), wall_clock());
+                (h.class.clone(), Some(ended), h.started)
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 gauge!(HELD_LOCKS, "provider" => self.inner.name(), "class" => class.clone()).increment(1.0);
-                e.insert(Held { since: Instant::now(), depth: lease.depth, class });
+                let started = wall_clock();
+                e.insert(Held { since: Instant::now(), started, depth: lease.depth, class: class.clone() });
+                (class, None, started)
             }
+        };
+        let removed = ended.is_some_and(|at| holds.remove_start(&class, at));
+        if holds.add_start(&class, started) | removed {
+            self.set_oldest(&class, holds.oldest(&class));
         }
     }
 
@@ -301,10 +377,13 @@ impl Metered {
     fn untrack(&self, key: &str, owner: &str, ended: bool) {
         let removed = {
             let mut held = self.held();
-            let Some(owners) = held.get_mut(key) else { return };
+            let Some(owners) = held.by_key.get_mut(key) else { return };
             let h = owners.remove(owner);
             if owners.is_empty() {
-                held.remove(key);
+                held.by_key.remove(key);
+            }
+            if let Some(h) = h.as_ref().filter(|h| held.remove_start(&h.class, h.started)) {
+                self.set_oldest(&h.class, held.oldest(&h.class));
             }
             h
         };
@@ -409,7 +488,13 @@ impl LockProvider for Metered {
 
     async fn close(&self) -> Result<()> {
         let r = self.inner.close().await;
-        let dropped: Vec<Held> = self.held().drain().flat_map(|(_, owners)| owners.into_values()).collect();
+        let dropped: Vec<Held> = {
+            let mut held = self.held();
+            for (class, _) in std::mem::take(&mut held.starts) {
+                self.set_oldest(&class, Duration::ZERO);
+            }
+            held.by_key.drain().flat_map(|(_, owners)| owners.into_values()).collect()
+        };
         for h in dropped {
             gauge!(HELD_LOCKS, "provider" => self.inner.name(), "class" => h.class).decrement(1.0);
         }

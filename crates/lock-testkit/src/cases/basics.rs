@@ -255,6 +255,88 @@ pub async fn is_locked_reports_holder_and_ttl(ctx: &Ctx) {
     );
 }
 
+/// How much a backend may report less than the time really slept: clock granularity (etcd
+/// counts whole milliseconds) and the rounding of the server's time arithmetic. The start is
+/// taken when the acquiring request reaches the server (or, on etcd, before the client sends
+/// it) and the time held when the reading request does, so a sleep between the two is always
+/// inside the reported figure, but for this.
+const HELD_SLACK: Duration = Duration::from_millis(25);
+
+/// `held_for` counts from the acquisition that made the holder: it grows while the lock is
+/// held, re-entry, refresh and the release of a nested level keep its start, and a new holder
+/// after a release starts again; `is_locked` and `list` report the same hold.
+pub async fn held_for_counts_from_the_holders_acquisition(ctx: &Ctx) {
+    const NAP: Duration = Duration::from_millis(300);
+    let p = ctx.provider().await;
+    let q = ctx.provider().await;
+    let reentrant = p.capabilities().reentrant;
+    let key = ctx.key("k");
+    let held = |info: Option<lock_core::LockInfo>| {
+        let info = info.expect("held");
+        assert_eq!(info.owner, "alice");
+        info.held_for
+    };
+
+    let lease = p.lock(&opts(&key, "alice")).await.unwrap();
+    tokio::time::sleep(NAP).await;
+    let h1 = held(p.is_locked(&key).await.unwrap());
+    assert!(h1 + HELD_SLACK >= NAP, "held for {h1:?} after sleeping {NAP:?}");
+    let info = q.is_locked(&key).await.unwrap().unwrap();
+    assert!(info.held_longer_than(NAP - HELD_SLACK), "{info:?}");
+
+    // Re-entry (with a longer TTL: some backends move the lock to a new lease) keeps the start.
+    if reentrant {
+        let again = p.lock(&opts(&key, "alice").ttl(Duration::from_secs(60))).await.unwrap();
+        assert_eq!((again.token, again.depth), (lease.token, 2));
+    }
+    tokio::time::sleep(NAP).await;
+    let h2 = held(p.is_locked(&key).await.unwrap());
+    assert!(h2 + HELD_SLACK >= h1 + NAP, "re-entry restarted the hold: {h1:?}, then {h2:?}");
+
+    // So does a refresh (with another TTL: some backends move the lock to a new lease).
+    p.refresh_lock(&key, "alice", Duration::from_secs(20)).await.unwrap();
+    tokio::time::sleep(NAP).await;
+    let h3 = held(p.is_locked(&key).await.unwrap());
+    assert!(h3 + HELD_SLACK >= h2 + NAP, "refresh restarted the hold: {h2:?}, then {h3:?}");
+    let listed = q.list(ctx.prefix()).await.unwrap();
+    let [from_list] = listed.as_slice() else { panic!("one lock under the prefix: {listed:?}") };
+    assert_eq!(
+        (from_list.key.as_str(), from_list.owner.as_str(), from_list.token),
+        (key.as_str(), "alice", lease.token)
+    );
+    assert!(from_list.held_for >= h3, "list reports a younger hold than is_locked: {from_list:?}, {h3:?}");
+
+    // Releasing the nested level keeps it too; releasing the last one ends it.
+    if reentrant {
+        p.unlock(&key, "alice").await.unwrap();
+        let h4 = held(p.is_locked(&key).await.unwrap());
+        assert!(h4 >= h3, "the release of a nested level restarted the hold: {h3:?}, then {h4:?}");
+    }
+    // A new holder starts again, from its own acquisition: bob, waiting since before the
+    // release, has held the lock no longer than the time since the release (counted from his
+    // wait, or from alice's acquisition, it would be at least `NAP`).
+    let waiter = {
+        let (q, key) = (q.clone(), key.clone());
+        tokio::spawn(async move { q.lock(&patient(&key, "bob")).await })
+    };
+    tokio::time::sleep(NAP).await;
+    let released = Instant::now();
+    p.unlock(&key, "alice").await.unwrap();
+    let bob = waiter.await.unwrap().expect("bob acquires after the release");
+    assert!(bob.token > lease.token || !p.capabilities().fencing);
+    let info = p.is_locked(&key).await.unwrap().expect("held by bob");
+    let since = released.elapsed();
+    assert_eq!(info.owner, "bob");
+    assert!(
+        info.held_for <= since + HELD_SLACK,
+        "bob's hold did not start with his acquisition: held for {:?}, released {since:?} ago (alice held it {h3:?})",
+        info.held_for
+    );
+    let listed = p.list(ctx.prefix()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].held_for >= info.held_for && listed[0].held_for <= released.elapsed() + HELD_SLACK);
+}
+
 /// Locks on different keys do not interfere.
 pub async fn distinct_keys_are_independent(ctx: &Ctx) {
     let p = ctx.provider().await;

@@ -1,70 +1,53 @@
 //! The metrics layer ([`Metered`]) on each backend: what a sequence of operations records.
 //!
-//! The metrics go to `metrics-util`'s `DebuggingRecorder`, installed as the global recorder
-//! once per test process ([`recorded`]). Its snapshots reset what they read, so every read
-//! goes through one process-wide accumulator, and each case run uses a key class of its own
-//! (`m<random hex>`): cases running at the same time never see each other's counts.
+//! The metrics go to this module's [`Recorder`], which keeps the current value of every
+//! series (counters' totals, gauges as last set or moved, histograms' samples) and is installed
+//! as the global recorder once per test process ([`recorded`]). Each case run uses a key
+//! class of its own (`m<random hex>`): cases running at the same time never see each other's
+//! series.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use ::metrics::{CounterFn, GaugeFn, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
 use lock_core::deadlock::DeadlockConfig;
 use lock_core::layer::metrics::{
     Classifier, Metered, ACQUIRE_TOTAL, ACQUIRE_WAIT_SECONDS, CONTENTION_TOTAL, HELD_LOCKS, HOLD_SECONDS,
-    LEASE_LOST_TOTAL, REFRESH_TOTAL, WAITERS,
+    LEASE_LOST_TOTAL, OLDEST_HOLD_START_SECONDS, REFRESH_TOTAL, WAITERS,
 };
 use lock_core::layer::waiting::Waiting;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 use super::*;
 
 /// A metric series: its name and its labels, sorted.
 type Series = (String, Vec<(String, String)>);
 
-/// What a series recorded since the recorder was installed.
+/// What a series holds now.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Recorded {
     /// A counter's total.
     Counter(u64),
-    /// A gauge's value (the layer only increments and decrements).
+    /// A gauge's value.
     Gauge(f64),
     /// A histogram's samples.
     Histogram(Vec<f64>),
 }
 
-/// The process-wide recorder and the totals read from it so far.
+type Store = Arc<Mutex<BTreeMap<Series, Recorded>>>;
+
+/// The process-wide recorder: the current value of every series recorded so far.
+#[derive(Clone, Default)]
 pub struct Recorder {
-    snapshotter: Snapshotter,
-    totals: Mutex<BTreeMap<Series, Recorded>>,
+    store: Store,
 }
 
 impl Recorder {
-    /// Everything recorded so far by series whose `class` label is `class`, keyed by name
-    /// and the other labels (`provider`, `outcome`).
+    /// Every series whose `class` label is `class`, keyed by name and the other labels
+    /// (`provider`, `outcome`).
     pub fn by_class(&self, class: &str) -> BTreeMap<Series, Recorded> {
-        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let mut labels: Vec<(String, String)> =
-                key.key().labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
-            labels.sort();
-            let series = (key.key().name().to_string(), labels);
-            let total = totals.entry(series).or_insert_with(|| match value {
-                DebugValue::Counter(_) => Recorded::Counter(0),
-                DebugValue::Gauge(_) => Recorded::Gauge(0.0),
-                DebugValue::Histogram(_) => Recorded::Histogram(Vec::new()),
-            });
-            match (total, value) {
-                (Recorded::Counter(t), DebugValue::Counter(n)) => *t += n,
-                // Read values are reset to zero and the layer only adds and subtracts: the
-                // value is the sum of what each snapshot read.
-                (Recorded::Gauge(t), DebugValue::Gauge(v)) => *t += v.into_inner(),
-                (Recorded::Histogram(t), DebugValue::Histogram(v)) => {
-                    t.extend(v.into_iter().map(|f| f.into_inner()))
-                }
-                (total, value) => panic!("series changed kind: {total:?} then {value:?}"),
-            }
-        }
-        totals
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        store
             .iter()
             .filter(|((_, labels), _)| labels.iter().any(|(k, v)| k == "class" && v == class))
             .map(|((name, labels), value)| {
@@ -73,15 +56,12 @@ impl Recorder {
             })
             .collect()
     }
-}
 
-impl Recorder {
     /// The total of counter `name` over every series with `provider` (whatever the other
     /// labels): for series without a class label, such as `distlock_deadlocks_total`.
     pub fn total(&self, name: &str, provider: &str) -> u64 {
-        let _ = self.by_class("");
-        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        totals
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        store
             .iter()
             .filter(|((n, labels), _)| {
                 n == name && labels.iter().any(|(k, v)| k == "provider" && v == provider)
@@ -92,20 +72,117 @@ impl Recorder {
             })
             .sum()
     }
+
+    fn handle(&self, key: &Key) -> Arc<Handle> {
+        let mut labels: Vec<(String, String)> =
+            key.labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
+        labels.sort();
+        Arc::new(Handle { series: (key.name().to_string(), labels), store: self.store.clone() })
+    }
 }
 
-/// The `DebuggingRecorder` of this process, installed as the global recorder on first use.
+/// One series' handle: every update goes to the recorder's store.
+struct Handle {
+    series: Series,
+    store: Store,
+}
+
+impl Handle {
+    /// Runs `f` on the series' value, created as `empty` on first use; `f` answers `false`
+    /// for a value of another kind.
+    fn update(&self, empty: Recorded, f: impl FnOnce(&mut Recorded) -> bool) {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let value = store.entry(self.series.clone()).or_insert(empty);
+        if !f(value) {
+            panic!("{:?} changed kind: it holds {value:?}", self.series);
+        }
+    }
+
+    fn counter(&self, f: impl FnOnce(&mut u64)) {
+        self.update(Recorded::Counter(0), |v| {
+            let Recorded::Counter(t) = v else { return false };
+            f(t);
+            true
+        });
+    }
+
+    fn gauge(&self, f: impl FnOnce(&mut f64)) {
+        self.update(Recorded::Gauge(0.0), |v| {
+            let Recorded::Gauge(g) = v else { return false };
+            f(g);
+            true
+        });
+    }
+}
+
+impl CounterFn for Handle {
+    fn increment(&self, n: u64) {
+        self.counter(|t| *t += n);
+    }
+
+    fn absolute(&self, n: u64) {
+        self.counter(|t| *t = (*t).max(n));
+    }
+}
+
+impl GaugeFn for Handle {
+    fn increment(&self, x: f64) {
+        self.gauge(|g| *g += x);
+    }
+
+    fn decrement(&self, x: f64) {
+        self.gauge(|g| *g -= x);
+    }
+
+    fn set(&self, x: f64) {
+        self.gauge(|g| *g = x);
+    }
+}
+
+impl HistogramFn for Handle {
+    fn record(&self, x: f64) {
+        self.update(Recorded::Histogram(Vec::new()), |v| {
+            let Recorded::Histogram(h) = v else { return false };
+            h.push(x);
+            true
+        });
+    }
+}
+
+impl ::metrics::Recorder for Recorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> ::metrics::Counter {
+        ::metrics::Counter::from_arc(self.handle(key))
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> ::metrics::Gauge {
+        ::metrics::Gauge::from_arc(self.handle(key))
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> ::metrics::Histogram {
+        ::metrics::Histogram::from_arc(self.handle(key))
+    }
+}
+
+/// The [`Recorder`] of this process, installed as the global recorder on first use.
 ///
 /// Panics if another global recorder was installed first (`metrics` allows one per process).
 pub fn recorded() -> &'static Recorder {
     static RECORDER: OnceLock<Recorder> = OnceLock::new();
     RECORDER.get_or_init(|| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        ::metrics::set_global_recorder(recorder)
+        let recorder = Recorder::default();
+        ::metrics::set_global_recorder(recorder.clone())
             .expect("another metrics recorder is installed in this test process");
-        Recorder { snapshotter, totals: Mutex::default() }
+        recorder
     })
+}
+
+/// The wall clock in seconds since the Unix epoch, as the oldest-hold gauge counts.
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 fn series(name: &str, labels: &[(&str, &str)]) -> Series {
@@ -118,7 +195,7 @@ fn series(name: &str, labels: &[(&str, &str)]) -> Series {
 /// Lock, contend, re-enter, unlock twice, cancel a wait, then let a short lease expire and
 /// refresh it: [`Metered`] over [`Waiting`] (as the factory stacks them) records exactly the
 /// expected counts per label set, one wait sample per acquisition, one hold sample per ended
-/// hold, and the held and waiting gauges follow.
+/// hold, and the held, oldest-hold and waiting gauges follow.
 pub async fn metrics_record_each_operation(ctx: &Ctx) {
     let rec = recorded();
     let raw = ctx.provider().await;
@@ -133,11 +210,24 @@ pub async fn metrics_record_each_operation(ctx: &Ctx) {
         Some(Recorded::Gauge(v)) => *v,
         other => panic!("no held gauge: {other:?}"),
     };
+    let gauge =
+        |rec: &Recorder, name: &str| match rec.by_class(&class).get(&series(name, &[("provider", provider)]))
+        {
+            Some(Recorded::Gauge(v)) => *v,
+            _ => 0.0,
+        };
 
     // Acquire, refresh, and a contender that times out.
     let k1 = key("k1");
+    let before = unix_now();
     p.lock(&opts(&k1, "alice")).await.expect("free key");
+    let after = unix_now();
     assert_eq!(held(rec), 1.0);
+    let oldest = gauge(rec, OLDEST_HOLD_START_SECONDS);
+    assert!(
+        before <= oldest && oldest <= after,
+        "oldest hold started at {oldest}, not in [{before}, {after}]"
+    );
     p.refresh_lock(&k1, "alice", Duration::from_secs(30)).await.expect("holder refreshes");
     let err = p.try_lock(&opts(&k1, "bob")).await.expect_err("held by alice");
     assert!(err.is_timeout(), "{err:?}");
@@ -150,18 +240,14 @@ pub async fn metrics_record_each_operation(ctx: &Ctx) {
         p.unlock(&k1, "alice").await.unwrap();
         assert_eq!(held(rec), 1.0, "the outer level is still held");
     }
+    assert_eq!(gauge(rec, OLDEST_HOLD_START_SECONDS), oldest, "refresh and re-entry keep the start");
     p.unlock(&k1, "alice").await.unwrap();
     assert_eq!(held(rec), 0.0);
+    assert_eq!(gauge(rec, OLDEST_HOLD_START_SECONDS), 0.0, "the class holds nothing");
 
     // A waiting `lock` dropped before it finished.
     let k2 = key("k2");
     raw.lock(&opts(&k2, "carol")).await.expect("free key");
-    let gauge =
-        |rec: &Recorder, name: &str| match rec.by_class(&class).get(&series(name, &[("provider", provider)]))
-        {
-            Some(Recorded::Gauge(v)) => *v,
-            _ => 0.0,
-        };
     let bob = patient(&k2, "bob");
     let counted = tokio::time::timeout(Duration::from_secs(10), async {
         tokio::select! {
@@ -213,6 +299,7 @@ pub async fn metrics_record_each_operation(ctx: &Ctx) {
         (series(REFRESH_TOTAL, &[("provider", provider), ("outcome", "lease_lost")]), Recorded::Counter(1)),
         (series(LEASE_LOST_TOTAL, &[("provider", provider)]), Recorded::Counter(1)),
         (series(HELD_LOCKS, &[("provider", provider)]), Recorded::Gauge(0.0)),
+        (series(OLDEST_HOLD_START_SECONDS, &[("provider", provider)]), Recorded::Gauge(0.0)),
         // bob's try on k1 and his wait on k2 found their locks held.
         (series(CONTENTION_TOTAL, &[("provider", provider)]), Recorded::Counter(2)),
         (series(WAITERS, &[("provider", provider)]), Recorded::Gauge(0.0)),

@@ -201,6 +201,7 @@ impl LockProvider for FadingLock {
             token: FencingToken(1),
             remaining_ttl: self.0 - Instant::now(),
             depth: 1,
+            held_for: Duration::ZERO,
         }])
     }
     async fn health(&self) -> lock_core::Result<Health> {

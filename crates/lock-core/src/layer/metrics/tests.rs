@@ -148,7 +148,8 @@ mod layer {
         }
     }
 
-    /// `name{labels}` of each series, sorted, with its value.
+    /// `name{labels}` of each series, sorted, with its value (the oldest-hold gauge, a wall
+    /// clock reading, as `0` or `set`).
     fn read(s: &Snapshotter) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = s
             .snapshot()
@@ -158,6 +159,9 @@ mod layer {
                 let labels: Vec<String> =
                     k.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
                 let v = match v {
+                    DebugValue::Gauge(g) if k.key().name() == OLDEST_HOLD_START_SECONDS => {
+                        if g.into_inner() == 0.0 { "0" } else { "set" }.to_string()
+                    }
                     DebugValue::Counter(n) => n.to_string(),
                     DebugValue::Gauge(g) => g.to_string(),
                     DebugValue::Histogram(h) => format!("{} samples", h.len()),
@@ -193,6 +197,7 @@ mod layer {
                 ("distlock_acquire_total{provider=fake,class=a,outcome=acquired}", "2"),
                 ("distlock_acquire_wait_seconds{provider=fake,class=a}", "2 samples"),
                 ("distlock_held_locks{provider=fake,class=a}", "1"),
+                ("distlock_oldest_hold_start_seconds{provider=fake,class=a}", "set"),
             ])
         );
         // The last level: one hold sample.
@@ -245,9 +250,118 @@ mod layer {
                 ("distlock_held_locks{provider=fake,class=c}", "0"),
                 ("distlock_hold_seconds{provider=fake,class=c}", "1 samples"),
                 ("distlock_lease_lost_total{provider=fake,class=c}", "1"),
+                ("distlock_oldest_hold_start_seconds{provider=fake,class=c}", "0"),
                 ("distlock_refresh_total{provider=fake,class=c,outcome=lease_lost}", "1"),
                 ("distlock_refresh_total{provider=fake,class=c,outcome=refreshed}", "1"),
             ])
         );
+    }
+
+    /// Keeps the last value set on each class's oldest-hold gauge (the debugging recorder's
+    /// snapshots swap gauges to 0, which would read like "no hold" here).
+    #[derive(Clone, Default)]
+    struct Oldest(Arc<Mutex<HashMap<String, f64>>>);
+
+    struct OldestOf(String, Oldest);
+
+    impl metrics::GaugeFn for OldestOf {
+        fn increment(&self, _: f64) {}
+        fn decrement(&self, _: f64) {}
+        fn set(&self, value: f64) {
+            self.1 .0.lock().unwrap().insert(self.0.clone(), value);
+        }
+    }
+
+    impl metrics::Recorder for Oldest {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            let class = key.labels().find(|l| l.key() == "class").map(|l| l.value().to_string());
+            match class {
+                Some(class) if key.name() == OLDEST_HOLD_START_SECONDS => {
+                    metrics::Gauge::from_arc(Arc::new(OldestOf(class, self.clone())))
+                }
+                _ => metrics::Gauge::noop(),
+            }
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    impl Oldest {
+        /// The last value of `class`'s gauge, if it was ever set.
+        fn of(&self, class: &str) -> Option<f64> {
+            self.0.lock().unwrap().get(class).copied()
+        }
+    }
+
+    /// Locks (key, owner) and returns the wall clock before and after, in seconds.
+    async fn lock_between(p: &Metered, key: &str, owner: &str) -> (f64, f64) {
+        let before = wall_clock().as_secs_f64();
+        p.lock(&opts(key, owner)).await.unwrap();
+        let after = wall_clock().as_secs_f64();
+        // The next hold starts strictly later by the wall clock.
+        std::thread::sleep(Duration::from_millis(2));
+        (before, after)
+    }
+
+    #[tokio::test]
+    async fn oldest_hold_start_follows_the_oldest_hold_of_each_class() {
+        let s = Oldest::default();
+        let _local = metrics::set_default_local_recorder(&s);
+        let p = Metered::new(Arc::new(Fake::default()));
+        let within = |g: Option<f64>, (before, after): (f64, f64)| {
+            let g = g.expect("gauge set");
+            assert!(before <= g && g <= after, "{g} not in [{before}, {after}]");
+        };
+
+        let first = lock_between(&p, "a:1", "o").await;
+        lock_between(&p, "a:2", "o").await;
+        let third = lock_between(&p, "a:3", "o").await;
+        let other_class = lock_between(&p, "b:1", "o").await;
+        within(s.of("a"), first);
+        within(s.of("b"), other_class);
+
+        // A re-entry of the oldest, or the end of a younger hold, leaves it.
+        p.lock(&opts("a:1", "o")).await.unwrap();
+        p.unlock("a:2", "o").await.unwrap();
+        p.unlock("a:1", "o").await.unwrap();
+        within(s.of("a"), first);
+
+        // The oldest ends: the next oldest is the one left.
+        p.unlock("a:1", "o").await.unwrap();
+        within(s.of("a"), third);
+        within(s.of("b"), other_class);
+
+        // A hold that ended unseen and starts again counts from its new start.
+        let _ = p.inner().unlock("a:3", "o").await;
+        let again = lock_between(&p, "a:3", "o").await;
+        within(s.of("a"), again);
+        let fourth = lock_between(&p, "a:4", "o").await;
+
+        // A refresh answered `LeaseLost` ends the hold too; the class's last hold sets 0.
+        let _ = p.inner().unlock("a:3", "o").await;
+        assert!(p.refresh_lock("a:3", "o", Duration::from_secs(30)).await.unwrap_err().is_lease_lost());
+        within(s.of("a"), fourth);
+        p.unlock("a:4", "o").await.unwrap();
+        assert_eq!(s.of("a"), Some(0.0));
+
+        // A class starts over after being empty; close sets every class to 0.
+        let fifth = lock_between(&p, "a:5", "o").await;
+        within(s.of("a"), fifth);
+        assert!(fifth.0 > first.1);
+        p.close().await.unwrap();
+        assert_eq!((s.of("a"), s.of("b")), (Some(0.0), Some(0.0)));
     }
 }
