@@ -2,8 +2,9 @@
 //!
 //! - `distlock demo`: workers race to run workflow executions and the run checks, at the end,
 //!   that every lock guarantee held (see [`demo`]).
-//! - `distlock inspect [PREFIX] [--older-than 5m]`: the held locks, with holder, token, TTL
-//!   left and how long they have been held; only those held longer than the given time.
+//! - `distlock inspect [PREFIX] [--older-than 5m] [--waiters]`: the held locks, with holder,
+//!   token, TTL left and how long they have been held; only those held longer than the given
+//!   time; with `--waiters`, also the published waits and the holder each waits for.
 //! - `distlock release KEY --owner OWNER`: force-release a lock as its owner.
 //! - `distlock health`: probe the backend.
 //! - `distlock deadlocks [PREFIX]`: who waits for whom, and the cycles among them.
@@ -58,6 +59,10 @@ enum Command {
         /// duration syntax).
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         older_than: Option<Duration>,
+        /// Also list the published waits under the prefix: who waits for which key, for how
+        /// long, and who holds it.
+        #[arg(long)]
+        waiters: bool,
     },
     /// Force-release a lock held by OWNER.
     Release {
@@ -147,10 +152,15 @@ async fn run(cli: Cli) -> distlock::Result<ExitCode> {
     let config = config(&cli)?;
     match cli.command {
         Command::Demo(args) => demo::run(config, args).await,
-        Command::Inspect { prefix, older_than } => {
+        Command::Inspect { prefix, older_than, waiters } => {
             let manager = LockManager::new(None, config).await?;
-            let locks = manager.lock_provider().list(&prefix).await?;
-            print!("{}", inspect_table(&locks, older_than, manager.lock_provider().name()));
+            let provider = manager.lock_provider();
+            let locks = provider.list(&prefix).await?;
+            print!("{}", inspect_table(&locks, older_than, provider.name()));
+            if waiters {
+                let waits = provider.waits(&prefix).await?;
+                print!("{}", waits_table(&waits, &locks, provider.name()));
+            }
             manager.close().await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -206,6 +216,18 @@ async fn run(cli: Cli) -> distlock::Result<ExitCode> {
 
 /// The `inspect` table: the locks (in the order `list` gives, by key) held longer than
 /// `older_than` if given, and a summary line.
+/// The published waits, with the holder of each waited key where `locks` has it.
+fn waits_table(waits: &[distlock::WaitInfo], locks: &[LockInfo], provider: &str) -> String {
+    let mut out = format!("\n{:<60} {:<40} {:<40} {:>10}\n", "WAITED KEY", "WAITER", "HOLDER", "WAITED");
+    for w in waits {
+        let holder = locks.iter().find(|l| l.key == w.key).map_or("-", |l| l.owner.as_str());
+        let _ =
+            writeln!(out, "{:<60} {:<40} {:<40} {:>9.1}s", w.key, w.owner, holder, w.waited().as_secs_f64());
+    }
+    let _ = writeln!(out, "{} wait(s) on {provider}", waits.len());
+    out
+}
+
 fn inspect_table(locks: &[LockInfo], older_than: Option<Duration>, provider: &str) -> String {
     let shown: Vec<&LockInfo> =
         locks.iter().filter(|l| older_than.map_or(true, |d| l.held_longer_than(d))).collect();
@@ -259,13 +281,16 @@ mod tests {
     fn older_than_takes_the_configuration_duration_syntax() {
         let cli = Cli::try_parse_from(["distlock", "inspect", "jobs/", "--older-than", "1h 30m"]).unwrap();
         match cli.command {
-            Command::Inspect { prefix, older_than } => {
+            Command::Inspect { prefix, older_than, waiters } => {
                 assert_eq!((prefix.as_str(), older_than), ("jobs/", Some(Duration::from_secs(5400))));
+                assert!(!waiters);
             }
             other => panic!("{other:?}"),
         }
         match Cli::try_parse_from(["distlock", "inspect"]).unwrap().command {
-            Command::Inspect { prefix, older_than } => assert_eq!((prefix.as_str(), older_than), ("", None)),
+            Command::Inspect { prefix, older_than, waiters } => {
+                assert_eq!((prefix.as_str(), older_than, waiters), ("", None, false))
+            }
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["distlock", "inspect", "--older-than", "five minutes"]).is_err());
@@ -287,5 +312,33 @@ mod tests {
         let all = inspect_table(&locks, None, "memory");
         assert_eq!(all.lines().count(), 6);
         assert!(all.ends_with("4 held lock(s) on memory\n"), "{all}");
+    }
+
+    #[test]
+    fn inspect_waiters_names_each_waits_holder() {
+        let locks = [info("a", 10)];
+        let wait = |key: &str, owner: &str| distlock::WaitInfo {
+            key: key.into(),
+            owner: owner.into(),
+            id: 1,
+            since: std::time::SystemTime::now() - Duration::from_secs(3),
+            remaining_ttl: Duration::from_secs(3),
+        };
+        let table = waits_table(&[wait("a", "bob"), wait("z", "carol")], &locks, "memory");
+        let rows: Vec<&str> = table.lines().skip(2).take(2).collect();
+        let holder = format!(" {} ", locks[0].owner);
+        assert!(
+            rows[0].starts_with("a ") && rows[0].contains(" bob ") && rows[0].contains(&holder),
+            "{table}"
+        );
+        assert!(
+            rows[1].starts_with("z ") && rows[1].contains(" carol ") && rows[1].contains(" - "),
+            "{table}"
+        );
+        assert!(table.ends_with("2 wait(s) on memory\n"), "{table}");
+        match Cli::try_parse_from(["distlock", "inspect", "--waiters"]).unwrap().command {
+            Command::Inspect { waiters, .. } => assert!(waiters),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -106,6 +106,8 @@ pub(crate) fn frame(snapshot: &Snapshot) -> String {
     let locks: Vec<_> = snapshot.locks.iter().collect();
     let _ = writeln!(out, "\nHELD LOCKS ({})", locks.len());
     table(&mut out, LOCK_COLUMNS, &locks, "no lock held", |l| snapshot.lock_in_cycle(l));
+    let _ = writeln!(out, "\nLONGEST HOLDS");
+    table(&mut out, LOCK_COLUMNS, &snapshot.longest_holds(), "no lock held", |l| snapshot.lock_in_cycle(l));
     let waits: Vec<_> = snapshot.waits.iter().collect();
     let _ = writeln!(out, "\nWAITS ({})", waits.len());
     table(&mut out, WAIT_COLUMNS, &waits, "nobody waits", |w| snapshot.wait_in_cycle(w));
@@ -190,7 +192,14 @@ mod tests {
     use super::*;
 
     fn lock(key: &str, owner: &str, token: u64) -> LockView {
-        LockView { key: key.into(), owner: owner.into(), token, remaining_ttl_ms: 59_000, depth: 1 }
+        LockView {
+            key: key.into(),
+            owner: owner.into(),
+            token,
+            remaining_ttl_ms: 59_000,
+            depth: 1,
+            held_for_ms: token * 100,
+        }
     }
 
     fn wait(key: &str, owner: &str, id: u64, holder: &str) -> WaitView {
@@ -265,13 +274,17 @@ mod tests {
         assert_eq!(
             held,
             vec![
-                "  KEY              OWNER TOKEN TTL LEFT DEPTH",
-                "! dl:a             alice     7    59.0s     1",
-                "! dl:b             bob       8    59.0s     1",
-                "  dl:\\u{1b}[31mred carol 12345    59.0s     1",
+                "  KEY              OWNER TOKEN TTL LEFT DEPTH   HELD",
+                "! dl:a             alice     7    59.0s     1  700ms",
+                "! dl:b             bob       8    59.0s     1  800ms",
+                "  dl:\\u{1b}[31mred carol 12345    59.0s     1 20m34s",
             ],
             "{text}"
         );
+        let longest = text.split("LONGEST HOLDS\n").nth(1).expect("the longest holds");
+        let order: Vec<&str> =
+            longest.lines().skip(1).take(3).map(|l| l[2..].split_whitespace().nth(1).unwrap_or("")).collect();
+        assert_eq!(order, vec!["carol", "bob", "alice"], "longest first: {text}");
         assert!(!text.contains('\x1b'), "no raw escape from a key reaches the terminal: {text:?}");
         let waits = text.split("WAITS (2)\n").nth(1).expect("the waits table");
         assert!(waits.lines().nth(1).unwrap().starts_with("! dl:a bob    alice"), "{text}");

@@ -99,6 +99,10 @@ pub fn page(snapshot: &Snapshot) -> String {
     let _ = writeln!(out, "<h2>Held locks ({})</h2>", locks.len());
     table(&mut out, "locks", LOCK_COLUMNS, &locks, "no lock held", |l| snapshot.lock_in_cycle(l));
 
+    let longest = snapshot.longest_holds();
+    out.push_str("<h2>Longest holds</h2>\n");
+    table(&mut out, "longest", LOCK_COLUMNS, &longest, "no lock held", |l| snapshot.lock_in_cycle(l));
+
     let waits: Vec<_> = snapshot.waits.iter().collect();
     let _ = writeln!(out, "<h2>Waits ({})</h2>", waits.len());
     table(&mut out, "waits", WAIT_COLUMNS, &waits, "nobody waits", |w| snapshot.wait_in_cycle(w));

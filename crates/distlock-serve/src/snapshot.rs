@@ -28,7 +28,7 @@ use serde::Serialize;
 ///   "prefix": "",
 ///   "health": { "healthy": true, "latency_ms": 0.004, "detail": "in-process" },
 ///   "locks": [ { "key": "reports:daily", "owner": "worker-1", "token": 7,
-///                "remaining_ttl_ms": 297000, "depth": 1 } ],
+///                "remaining_ttl_ms": 297000, "depth": 1, "held_for_ms": 3000 } ],
 ///   "waits": [ { "key": "reports:daily", "owner": "worker-2", "id": 42, "since": 1795766399000,
 ///                "waited_ms": 1000, "remaining_ttl_ms": 2500, "holder": "worker-1" } ],
 ///   "cycles": [ { "edges": [ { "waiter": "alice", "key": "a", "holder": "bob", "id": 1,
@@ -110,6 +110,8 @@ pub struct LockView {
     pub remaining_ttl_ms: u64,
     /// Reentry depth.
     pub depth: u32,
+    /// How long the current holder has held the lock, in milliseconds.
+    pub held_for_ms: u64,
 }
 
 impl From<&LockInfo> for LockView {
@@ -120,6 +122,7 @@ impl From<&LockInfo> for LockView {
             token: l.token.get(),
             remaining_ttl_ms: millis(l.remaining_ttl),
             depth: l.depth,
+            held_for_ms: millis(l.held_for),
         }
     }
 }
@@ -314,7 +317,21 @@ pub const LOCK_COLUMNS: &[Column<LockView>] = &[
     Column { header: "token", numeric: true, cell: |l| l.token.to_string() },
     Column { header: "ttl left", numeric: true, cell: |l| human_millis(l.remaining_ttl_ms) },
     Column { header: "depth", numeric: true, cell: |l| l.depth.to_string() },
+    Column { header: "held", numeric: true, cell: |l| human_millis(l.held_for_ms) },
 ];
+
+/// How many of the longest holds the page and `distlock top` list apart.
+pub const LONGEST_HOLDS: usize = 5;
+
+impl Snapshot {
+    /// The [`LONGEST_HOLDS`] locks held longest, longest first.
+    pub fn longest_holds(&self) -> Vec<&LockView> {
+        let mut locks: Vec<&LockView> = self.locks.iter().collect();
+        locks.sort_by(|a, b| b.held_for_ms.cmp(&a.held_for_ms).then_with(|| a.key.cmp(&b.key)));
+        locks.truncate(LONGEST_HOLDS);
+        locks
+    }
+}
 
 /// The columns of the waits tables, on the page and in `distlock top`.
 pub const WAIT_COLUMNS: &[Column<WaitView>] = &[
