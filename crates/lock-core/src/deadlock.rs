@@ -4,7 +4,7 @@
 //! help both wait until their wait policies run out. To see this from any process, every
 //! waiting `lock` call **publishes** a [`WaitInfo`] ("owner O waits for key K since T") in the
 //! backend itself, with a TTL it renews while it waits
-//! ([`LockProvider::publish_wait`](crate::LockProvider::publish_wait)). Anyone can then read
+//! ([`crate::LockProvider::publish_wait`]). Anyone can then read
 //! the [`WaitForGraph`]: an edge from each waiting owner to the holder of the key it waits for,
 //! built from the published waits and the holders of the waited keys. A cycle in that graph
 //! is a deadlock.
