@@ -1,18 +1,21 @@
 //! The cost of the metrics layer: the memory backend's uncontended acquire/release cycle bare,
-//! wrapped in [`Metered`] with no recorder installed, and wrapped with a recorder installed.
+//! through the layers the factory stacks with metrics off (`Waiting`), and with metrics on
+//! (`Metered(Waiting)`) without a recorder and with the Prometheus exporter's recorder.
 //!
 //! `cargo bench -p lock-memory --bench metered`. The groups run in that order in one process:
-//! the recorder (`metrics-util`'s `DebuggingRecorder`, drained between batches) is installed
-//! only before the last one, since a global recorder cannot be removed again.
+//! the recorder (`metrics-exporter-prometheus`, with histogram buckets as `distlock serve`
+//! installs it, its upkeep run between batches) is installed only before the last one, since a
+//! global recorder cannot be removed again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::Criterion;
-use lock_core::{LockProvider, Metered};
+use lock_core::layer::metrics::{ACQUIRE_WAIT_SECONDS, HOLD_SECONDS};
+use lock_core::{Classifier, DeadlockConfig, LockProvider, Metered, Waiting};
 use lock_memory::MemoryLockProvider;
 use lock_testkit::bench::{self, Cycle, ProviderCycle};
-use metrics_util::debugging::DebuggingRecorder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 const KEY: &str = "bench:uncontended";
 
@@ -34,17 +37,24 @@ fn metered(c: &mut Criterion) {
     let bare: Arc<dyn LockProvider> = Arc::new(MemoryLockProvider::new());
     cycle(c, "memory uncontended cycle", Arc::new(ProviderCycle::new(bare)), &|| {});
 
-    let inner: Arc<dyn LockProvider> = Arc::new(MemoryLockProvider::new());
-    let wrapped = Arc::new(ProviderCycle::new(Arc::new(Metered::new(inner))));
-    cycle(c, "memory uncontended cycle, Metered, no recorder", wrapped.clone(), &|| {});
+    let backend: Arc<dyn LockProvider> = Arc::new(MemoryLockProvider::new());
+    let off: Arc<dyn LockProvider> = Arc::new(Waiting::new(backend, DeadlockConfig::default(), None));
+    cycle(c, "memory uncontended cycle, metrics off (Waiting)", Arc::new(ProviderCycle::new(off)), &|| {});
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::set_global_recorder(recorder).expect("the first recorder of this process");
-    // Draining keeps the recorded histogram samples from piling up across batches.
-    cycle(c, "memory uncontended cycle, Metered, recorder installed", wrapped, &|| {
-        snapshotter.snapshot();
-    });
+    let backend: Arc<dyn LockProvider> = Arc::new(MemoryLockProvider::new());
+    let classifier = Classifier::default();
+    let waiting = Arc::new(Waiting::new(backend, DeadlockConfig::default(), Some(classifier.clone())));
+    let on = Arc::new(ProviderCycle::new(Arc::new(Metered::with_classifier(waiting, classifier))));
+    cycle(c, "memory uncontended cycle, metrics on (Metered(Waiting)), no recorder", on.clone(), &|| {});
+
+    let buckets = [0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(ACQUIRE_WAIT_SECONDS.into()), &buckets)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HOLD_SECONDS.into()), &buckets))
+        .expect("buckets")
+        .install_recorder()
+        .expect("the first recorder of this process");
+    cycle(c, "memory uncontended cycle, metrics on, Prometheus recorder", on, &|| handle.run_upkeep());
 }
 
 fn main() {

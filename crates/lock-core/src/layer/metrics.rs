@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 use tokio::time::Instant;
 
 use crate::deadlock::WaitInfo;
@@ -219,6 +219,7 @@ pub struct Metered {
     inner: Arc<dyn LockProvider>,
     classifier: Classifier,
     held: Mutex<Holds>,
+    handles: handles::HandleCache,
 }
 
 /// Held locks by key, then owner: looked up by `&str` without allocating.
@@ -293,7 +294,7 @@ impl Metered {
 
     /// Wraps `inner`, labelling keys with `classifier`.
     pub fn with_classifier(inner: Arc<dyn LockProvider>, classifier: Classifier) -> Self {
-        Metered { inner, classifier, held: Mutex::default() }
+        Metered { inner, classifier, held: Mutex::default(), handles: Default::default() }
     }
 
     /// The wrapped provider.
@@ -318,8 +319,11 @@ impl Metered {
     /// Sets the oldest-hold gauge of `class` to `oldest` (zero: none). Called with the holds
     /// locked, so that the gauge's last value is the latest state.
     fn set_oldest(&self, class: &Arc<str>, oldest: Duration) {
-        gauge!(OLDEST_HOLD_START_SECONDS, "provider" => self.inner.name(), "class" => class.clone())
-            .set(oldest.as_secs_f64());
+        self.handles(class).oldest.set(oldest.as_secs_f64());
+    }
+
+    fn handles(&self, class: &Arc<str>) -> Arc<handles::ClassHandles> {
+        self.handles.get(self.inner.name(), class)
     }
 
     async fn acquire(&self, opts: &LockOptions, try_only: bool) -> Result<Lease> {
@@ -329,22 +333,24 @@ impl Metered {
         let mut pending = Pending { provider, class: class.clone(), done: false };
         let r = if try_only { self.inner.try_lock(opts).await } else { self.inner.lock(opts).await };
         pending.done = true;
-        let outcome = match &r {
-            Ok(_) => "acquired",
-            Err(e) => outcome_of(e),
-        };
-        counter!(ACQUIRE_TOTAL, "provider" => provider, "class" => class.clone(), "outcome" => outcome)
-            .increment(1);
-        if let Ok(lease) = &r {
-            histogram!(ACQUIRE_WAIT_SECONDS, "provider" => provider, "class" => class.clone())
-                .record(started.elapsed().as_secs_f64());
-            self.track(lease, class);
+        let h = self.handles(&class);
+        match &r {
+            Ok(lease) => {
+                h.acquired.increment(1);
+                h.wait.record(started.elapsed().as_secs_f64());
+                self.track(lease, class, &h);
+            }
+            Err(LockError::Timeout { .. }) => h.timeout.increment(1),
+            Err(e) => {
+                counter!(ACQUIRE_TOTAL, "provider" => provider, "class" => class, "outcome" => outcome_of(e))
+                    .increment(1)
+            }
         }
         r
     }
 
     /// Notes an acquisition: a new hold at depth 1, a deeper level otherwise.
-    fn track(&self, lease: &Lease, class: Arc<str>) {
+    fn track(&self, lease: &Lease, class: Arc<str>, handles: &handles::ClassHandles) {
         let mut held = self.held();
         let holds = &mut *held;
         let owners = holds.by_key.entry(lease.key.clone()).or_default();
@@ -361,7 +367,7 @@ impl Metered {
                 (h.class.clone(), Some(ended), h.started)
             }
             std::collections::hash_map::Entry::Vacant(e) => {
-                gauge!(HELD_LOCKS, "provider" => self.inner.name(), "class" => class.clone()).increment(1.0);
+                handles.held.increment(1.0);
                 let started = wall_clock();
                 e.insert(Held { since: Instant::now(), started, depth: lease.depth, class: class.clone() });
                 (class, None, started)
@@ -369,7 +375,7 @@ impl Metered {
         };
         let removed = ended.is_some_and(|at| holds.remove_start(&class, at));
         if holds.add_start(&class, started) | removed {
-            self.set_oldest(&class, holds.oldest(&class));
+            handles.oldest.set(holds.oldest(&class).as_secs_f64());
         }
     }
 
@@ -388,11 +394,10 @@ impl Metered {
             h
         };
         let Some(h) = removed else { return };
-        let provider = self.inner.name();
-        gauge!(HELD_LOCKS, "provider" => provider, "class" => h.class.clone()).decrement(1.0);
+        let handles = self.handles(&h.class);
+        handles.held.decrement(1.0);
         if ended {
-            histogram!(HOLD_SECONDS, "provider" => provider, "class" => h.class)
-                .record(h.since.elapsed().as_secs_f64());
+            handles.hold.record(h.since.elapsed().as_secs_f64());
         }
     }
 }
@@ -441,14 +446,13 @@ impl LockProvider for Metered {
         let class = self.classifier.classify(key);
         let r = self.inner.refresh_lock(key, owner, ttl).await;
         let provider = self.inner.name();
-        let outcome = match &r {
-            Ok(_) => "refreshed",
-            Err(e) => outcome_of(e),
-        };
-        counter!(REFRESH_TOTAL, "provider" => provider, "class" => class.clone(), "outcome" => outcome)
-            .increment(1);
+        if let Err(e) = &r {
+            counter!(REFRESH_TOTAL, "provider" => provider, "class" => class.clone(), "outcome" => outcome_of(e))
+                .increment(1);
+        }
         match &r {
             Ok(lease) => {
+                self.handles(&class).refreshed.increment(1);
                 self.with_held(key, owner, |h| h.depth = lease.depth);
             }
             Err(LockError::LeaseLost { .. }) => {
@@ -501,6 +505,8 @@ impl LockProvider for Metered {
         r
     }
 }
+
+mod handles;
 
 #[cfg(test)]
 mod tests;
