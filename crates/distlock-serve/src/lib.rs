@@ -85,8 +85,9 @@ pub fn prometheus_builder() -> Result<PrometheusBuilder, BuildError> {
 /// returns its handle, for [`router`]. No HTTP listener is started; a background thread drains
 /// histogram samples every few seconds, so they do not pile up between scrapes.
 ///
-/// Call it once, before building providers: a second call fails, as does any other recorder
-/// installed before.
+/// Call it once: a second call fails, as does any other recorder installed before. Series are
+/// counted from the moment it is installed (providers built earlier switch to it at their
+/// next operation).
 pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
     let handle = prometheus_builder()?.install_recorder()?;
     let upkeep = handle.clone();
