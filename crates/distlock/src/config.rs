@@ -165,7 +165,7 @@ pub struct LockConfig {
     pub lost_margin: Option<Duration>,
     /// Record metrics of every operation through the `metrics` facade
     /// ([`Metered`](lock_core::Metered)). On by default: without a recorder installed by the
-    /// application it costs about a microsecond per acquire/release cycle, far below a
+    /// application it costs about two microseconds per acquire/release cycle, far below a
     /// server round trip.
     pub metrics: bool,
     /// Deadlock detection (`[deadlock]`): waiting calls publish their waits in the backend
