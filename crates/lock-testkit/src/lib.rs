@@ -288,42 +288,9 @@ macro_rules! conformance_suite {
             pause_minority_while_held_and_awaited
         );
 
-        /// A holder process frozen past its lease (see `lock_testkit::process`).
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn paused_holder_process() {
-            let name = concat!(module_path!(), "::paused_holder_process");
-            let Some(h) = $crate::require_or_skip(name, $harness().await) else { return };
-            if !$crate::Harness::processes_share_servers(&h) {
-                eprintln!("SKIPPED {name}: the harness's servers live in this process only");
-                return;
-            }
-            // The child's path inside the test binary: this module's, without the crate.
-            let module = module_path!();
-            let child = match module.split_once("::") {
-                Some((_, inner)) => format!("{inner}::{}", $crate::process::CHILD_TEST),
-                None => $crate::process::CHILD_TEST.to_string(),
-            };
-            let ctx = $crate::Ctx::new(::std::sync::Arc::new(h), "paused_holder_process");
-            $crate::cases::run(name, $crate::process::paused_holder_process(&ctx, &child)).await;
-        }
-
-        /// Two processes waiting for each other's lock (see `lock_testkit::process`).
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn deadlock_across_processes() {
-            let name = concat!(module_path!(), "::deadlock_across_processes");
-            let Some(h) = $crate::require_or_skip(name, $harness().await) else { return };
-            if !$crate::Harness::processes_share_servers(&h) {
-                eprintln!("SKIPPED {name}: the harness's servers live in this process only");
-                return;
-            }
-            let module = module_path!();
-            let child = match module.split_once("::") {
-                Some((_, inner)) => format!("{inner}::{}", $crate::process::CHILD_TEST),
-                None => $crate::process::CHILD_TEST.to_string(),
-            };
-            let ctx = $crate::Ctx::new(::std::sync::Arc::new(h), "deadlock_across_processes");
-            $crate::cases::run(name, $crate::process::deadlock_across_processes(&ctx, &child)).await;
-        }
+        // Cases with a second process: a holder frozen past its lease, and two processes
+        // waiting for each other's lock (see `lock_testkit::process`).
+        $crate::__process_cases!($harness; paused_holder_process, deadlock_across_processes);
 
         /// The holder process of `paused_holder_process`; does nothing unless started by it.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,6 +300,27 @@ macro_rules! conformance_suite {
                 $crate::process::child(&h).await;
             }
         }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __process_cases {
+    ($harness:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let name = concat!(module_path!(), "::", stringify!($case));
+                let Some(h) = $crate::require_or_skip(name, $harness().await) else { return };
+                if !$crate::Harness::processes_share_servers(&h) {
+                    eprintln!("SKIPPED {name}: the harness's servers live in this process only");
+                    return;
+                }
+                let child = $crate::process::child_test(module_path!());
+                let ctx = $crate::Ctx::new(::std::sync::Arc::new(h), stringify!($case));
+                $crate::cases::run(name, $crate::process::$case(&ctx, &child)).await;
+            }
+        )*
     };
 }
 

@@ -26,6 +26,15 @@ pub const CHILD_ENV: &str = "DISTLOCK_TESTKIT_HOLDER";
 /// Name of the child test the suite adds to every test binary.
 pub const CHILD_TEST: &str = "distlock_holder_process";
 
+/// The path of the child test inside the test binary whose module is `module` (as
+/// `module_path!()` gives it): the module's path without the crate.
+pub fn child_test(module: &str) -> String {
+    match module.split_once("::") {
+        Some((_, inner)) => format!("{inner}::{CHILD_TEST}"),
+        None => CHILD_TEST.to_string(),
+    }
+}
+
 /// Marks the child's answers in its output (the test harness prints on the same stream, and
 /// may put `test NAME ... ` before them on one line).
 const MARK: &str = "distlock-holder: ";
