@@ -72,8 +72,11 @@ pub async fn child(harness: &dyn Harness) {
             cmd if cmd.starts_with("wait ") => {
                 let other = &cmd["wait ".len()..];
                 let detecting = crate::cases::deadlock::detecting(p.clone(), DeadlockPolicy::FailYoungest);
+                // A short lease: this process may exit right after its wait was failed, before a
+                // backend's background clean-up of the abandoned attempt (etcd's queue entry)
+                // ran; what it leaves then ends with the lease.
                 let o = LockOptions::new(other, owner.as_str())
-                    .ttl(ttl)
+                    .ttl(Duration::from_secs(2))
                     .wait(WaitPolicy::deadline(Duration::from_secs(30)));
                 match detecting.lock(&o).await {
                     Err(e) if e.is_deadlock() => "deadlock".into(),
