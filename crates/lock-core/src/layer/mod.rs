@@ -1,5 +1,7 @@
 //! Layers: behaviour applied around a provider, once for every backend.
 //!
+//! - [`forward`]: [`forward_to_inner!`](crate::forward_to_inner), the methods a layer
+//!   leaves unchanged;
 //! - [`checks`]: input validation and the closed state, the [`LockProvider`](crate::LockProvider)
 //!   of every [`LockBackend`](crate::raw::LockBackend);
 //! - [`trace`]: [`Traced`](trace::Traced), a `tracing` event per operation;
@@ -12,6 +14,7 @@
 //! auto-refresh on top of any provider.
 
 pub mod checks;
+pub mod forward;
 pub mod metrics;
 pub mod trace;
 pub mod waiting;

@@ -12,11 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::deadlock::WaitInfo;
 use crate::error::{LockError, Result};
-use crate::lease::{Lease, LockInfo};
+use crate::lease::Lease;
 use crate::options::LockOptions;
-use crate::provider::{Capabilities, Health, LockProvider};
+use crate::provider::LockProvider;
 
 /// Logs every operation of the wrapped provider.
 #[derive(Debug)]
@@ -84,17 +83,19 @@ pub fn outcome_of(e: &LockError) -> &'static str {
 
 #[async_trait]
 impl LockProvider for Traced {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn request_timeout(&self) -> Option<Duration> {
-        self.inner.request_timeout()
-    }
+    crate::forward_to_inner!(
+        inner;
+        name,
+        capabilities,
+        request_timeout,
+        is_locked,
+        list,
+        publish_wait,
+        withdraw_wait,
+        waits,
+        health,
+        close,
+    );
 
     async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
         let started = Instant::now();
@@ -122,33 +123,5 @@ impl LockProvider for Traced {
         let r = self.inner.refresh_lock(key, owner, ttl).await;
         self.log("refresh_lock", key, owner, started, &r, r.as_ref().ok().map(|l| l.token.0));
         r
-    }
-
-    async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
-        self.inner.is_locked(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn publish_wait(&self, wait: &WaitInfo) -> Result<()> {
-        self.inner.publish_wait(wait).await
-    }
-
-    async fn withdraw_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
-        self.inner.withdraw_wait(key, owner, id).await
-    }
-
-    async fn waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
-        self.inner.waits(prefix).await
-    }
-
-    async fn health(&self) -> Result<Health> {
-        self.inner.health().await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
     }
 }

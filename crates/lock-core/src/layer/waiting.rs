@@ -37,9 +37,9 @@ use tokio::time::Instant;
 use crate::deadlock::{Cycle, DeadlockConfig, DeadlockPolicy, WaitForGraph, WaitInfo};
 use crate::error::{LockError, Result};
 use crate::layer::metrics::{Classifier, CONTENTION_TOTAL, DEADLOCKS_TOTAL, WAITERS};
-use crate::lease::{Lease, LockInfo};
+use crate::lease::Lease;
 use crate::options::{LockOptions, WaitPolicy};
-use crate::provider::{Capabilities, Health, LockProvider};
+use crate::provider::LockProvider;
 
 /// Publishes waits, detects deadlocks and counts waiters (see the [module docs](self)).
 #[derive(Debug)]
@@ -307,17 +307,21 @@ fn rest_of(policy: &WaitPolicy, spent: Duration) -> Option<WaitPolicy> {
 
 #[async_trait]
 impl LockProvider for Waiting {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn request_timeout(&self) -> Option<Duration> {
-        self.inner.request_timeout()
-    }
+    crate::forward_to_inner!(
+        inner;
+        name,
+        capabilities,
+        request_timeout,
+        is_locked,
+        list,
+        publish_wait,
+        withdraw_wait,
+        waits,
+        unlock,
+        refresh_lock,
+        health,
+        close,
+    );
 
     async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
         if matches!(opts.wait, WaitPolicy::NoWait) {
@@ -335,42 +339,6 @@ impl LockProvider for Waiting {
             self.contended(&opts.key);
         }
         r
-    }
-
-    async fn unlock(&self, key: &str, owner: &str) -> Result<()> {
-        self.inner.unlock(key, owner).await
-    }
-
-    async fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
-        self.inner.refresh_lock(key, owner, ttl).await
-    }
-
-    async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
-        self.inner.is_locked(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn publish_wait(&self, wait: &WaitInfo) -> Result<()> {
-        self.inner.publish_wait(wait).await
-    }
-
-    async fn withdraw_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
-        self.inner.withdraw_wait(key, owner, id).await
-    }
-
-    async fn waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
-        self.inner.waits(prefix).await
-    }
-
-    async fn health(&self) -> Result<Health> {
-        self.inner.health().await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
     }
 }
 

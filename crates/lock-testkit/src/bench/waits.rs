@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::deadlock::{DeadlockConfig, DeadlockPolicy, WaitInfo};
 use lock_core::layer::waiting::Waiting;
-use lock_core::{Capabilities, Health, Lease, LockInfo, LockOptions, LockProvider, Result, WaitPolicy};
+use lock_core::{LockInfo, LockOptions, LockProvider, Result, WaitPolicy};
 
 /// Counts the calls that publish, withdraw and read waits, and the holder lookups of the
 /// detector, on the wrapped provider.
@@ -40,51 +40,38 @@ impl CountedWaits {
 
 #[async_trait]
 impl LockProvider for CountedWaits {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn request_timeout(&self) -> Option<Duration> {
-        self.inner.request_timeout()
-    }
-    async fn lock(&self, opts: &LockOptions) -> Result<Lease> {
-        self.inner.lock(opts).await
-    }
-    async fn try_lock(&self, opts: &LockOptions) -> Result<Lease> {
-        self.inner.try_lock(opts).await
-    }
-    async fn unlock(&self, key: &str, owner: &str) -> Result<()> {
-        self.inner.unlock(key, owner).await
-    }
-    async fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
-        self.inner.refresh_lock(key, owner, ttl).await
-    }
+    lock_core::forward_to_inner!(
+        inner;
+        name,
+        capabilities,
+        request_timeout,
+        lock,
+        try_lock,
+        unlock,
+        refresh_lock,
+        list,
+        health,
+        close,
+    );
+
     async fn is_locked(&self, key: &str) -> Result<Option<LockInfo>> {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         self.inner.is_locked(key).await
     }
-    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
-        self.inner.list(prefix).await
-    }
+
     async fn publish_wait(&self, wait: &WaitInfo) -> Result<()> {
         self.published.fetch_add(1, Ordering::Relaxed);
         self.inner.publish_wait(wait).await
     }
+
     async fn withdraw_wait(&self, key: &str, owner: &str, id: u64) -> Result<()> {
         self.withdrawn.fetch_add(1, Ordering::Relaxed);
         self.inner.withdraw_wait(key, owner, id).await
     }
+
     async fn waits(&self, prefix: &str) -> Result<Vec<WaitInfo>> {
         self.scans.fetch_add(1, Ordering::Relaxed);
         self.inner.waits(prefix).await
-    }
-    async fn health(&self) -> Result<Health> {
-        self.inner.health().await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
     }
 }
 
