@@ -75,8 +75,10 @@ mod layer {
 
     use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
+    use super::super::holds::wall_clock;
     use super::*;
-    use crate::lease::FencingToken;
+    use crate::lease::{FencingToken, LockInfo};
+    use crate::provider::Capabilities;
 
     /// Reentrant locks in a map; a key starting with `never` is never granted.
     #[derive(Debug, Default)]
@@ -275,6 +277,45 @@ mod layer {
         );
     }
 
+    /// A lease that expired unseen while another owner took the key: both are tracked until
+    /// each is seen to end.
+    #[tokio::test]
+    async fn two_owners_of_one_key_are_tracked_apart() {
+        let recorder = DebuggingRecorder::new();
+        let s = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let p = Metered::new(Arc::new(Fake::default()));
+        // Each snapshot takes the gauge's value (it starts again from 0): the change since the last.
+        let held = |s: &Snapshotter| {
+            read(s)
+                .into_iter()
+                .find(|(k, _)| k == "distlock_held_locks{provider=fake,class=d}")
+                .map(|(_, v)| v)
+        };
+
+        p.lock(&opts("d:1", "o1")).await.unwrap();
+        let _ = p.inner().unlock("d:1", "o1").await; // "expired"
+        p.lock(&opts("d:1", "o2")).await.unwrap();
+        p.lock(&opts("d:1", "o2")).await.unwrap();
+        assert_eq!(held(&s).as_deref(), Some("2"));
+        p.unlock("d:1", "o2").await.unwrap();
+        assert_eq!(held(&s).as_deref(), Some("0"), "o2 still holds one level");
+        p.unlock("d:1", "o2").await.unwrap();
+        let got = read(&s);
+        assert!(got.contains(&("distlock_held_locks{provider=fake,class=d}".into(), "-1".into())), "{got:?}");
+        assert!(
+            got.contains(&("distlock_hold_seconds{provider=fake,class=d}".into(), "1 samples".into())),
+            "{got:?}"
+        );
+        assert!(matches!(p.unlock("d:1", "o1").await, Err(LockError::NotHeld { .. })));
+        let got = read(&s);
+        assert!(got.contains(&("distlock_held_locks{provider=fake,class=d}".into(), "-1".into())), "{got:?}");
+        assert!(
+            !got.iter().any(|(k, _)| k.starts_with("distlock_hold_seconds")),
+            "o1's end is unseen: {got:?}"
+        );
+    }
+
     #[tokio::test]
     async fn dropped_acquisitions_and_lost_leases_are_counted() {
         let recorder = DebuggingRecorder::new();
@@ -297,9 +338,12 @@ mod layer {
                 ("distlock_acquire_total{provider=fake,class=never,outcome=cancelled}", "1"),
                 ("distlock_acquire_wait_seconds{provider=fake,class=c}", "1 samples"),
                 ("distlock_held_locks{provider=fake,class=c}", "0"),
+                // A class's gauges exist, at zero, from its first operation.
+                ("distlock_held_locks{provider=fake,class=never}", "0"),
                 ("distlock_hold_seconds{provider=fake,class=c}", "1 samples"),
                 ("distlock_lease_lost_total{provider=fake,class=c}", "1"),
                 ("distlock_oldest_hold_start_seconds{provider=fake,class=c}", "0"),
+                ("distlock_oldest_hold_start_seconds{provider=fake,class=never}", "0"),
                 ("distlock_refresh_total{provider=fake,class=c,outcome=lease_lost}", "1"),
                 ("distlock_refresh_total{provider=fake,class=c,outcome=refreshed}", "1"),
             ])
