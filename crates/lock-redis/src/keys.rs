@@ -8,6 +8,11 @@
 //! | its fencing counter | `p{enc(k)}:fence` | string (integer); never expires |
 //! | its release channel | `p{enc(k)}:released` | pub/sub channel |
 //! | a published wait for it | `p{enc(k)}:wait:<id>` | string `"<since ms> <owner>"`; expires unless renewed |
+//! | the index of the waits under `p` | `pwaits` | sorted set of wait names, scored by when each expires |
+//!
+//! The index lets the deadlock detector read the waits without scanning the whole keyspace;
+//! its name has no `{`, so no lock key (all of which have `{` right after the prefix) can be
+//! it. In a cluster it lives in a slot of its own, written by a command of its own.
 //!
 //! `enc` escapes `%`, `{` and `}` as `%25`, `%7B` and `%7D`, so the braces the layout adds are
 //! the only ones: the hash tag is exactly `enc(k)`, never empty, and the lock and its counter
@@ -35,6 +40,7 @@ pub(crate) struct KeySpace {
 const FENCE_SUFFIX: &str = ":fence";
 const CHANNEL_SUFFIX: &str = ":released";
 const WAIT_INFIX: &str = ":wait:";
+const WAITS_INDEX: &str = "waits";
 
 impl KeySpace {
     /// A layout under `prefix`, which must not contain `{` or `}` (checked by the config).
@@ -69,6 +75,11 @@ impl KeySpace {
         let mut pattern = glob_escape(&literal);
         pattern.push('*');
         pattern
+    }
+
+    /// The name of the sorted set that indexes the waits under this prefix.
+    pub(crate) fn waits_index(&self) -> String {
+        format!("{}{WAITS_INDEX}", self.prefix)
     }
 
     /// The name of wait `id` for `key` (in the lock's slot).

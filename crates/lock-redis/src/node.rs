@@ -110,6 +110,12 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// This client's wall clock in milliseconds since the Unix epoch.
+fn wall_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn left(pttl: i64) -> Option<Duration> {
     u64::try_from(pttl).ok().map(Duration::from_millis)
 }
@@ -273,18 +279,32 @@ impl Node {
         }))
     }
 
-    /// Stores or renews a published wait: one `SET ... PX`.
-    pub(crate) async fn post_wait(&self, name: &str, value: &str, ttl: Duration) -> Result<(), Error> {
-        use fred::interfaces::KeysInterface;
+    /// Publishes a wait: its key, expiring after `ttl`, and its name in the waits index
+    /// (scored with the time it expires, by this client's clock).
+    pub(crate) async fn post_wait(
+        &self,
+        index: &str,
+        name: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        use fred::interfaces::{KeysInterface, SortedSetsInterface};
         use fred::types::Expiration;
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        self.client()?.set::<(), _, _>(name, value, Some(Expiration::PX(ms)), None, false).await
+        let expires = wall_ms().saturating_add(ms) as f64;
+        let client = self.client()?;
+        futures::try_join!(
+            client.set::<(), _, _>(name, value, Some(Expiration::PX(ms)), None, false),
+            client.zadd::<(), _, _>(index, None, None, false, false, (expires, name)),
+        )
+        .map(drop)
     }
 
-    /// Deletes a published wait.
-    pub(crate) async fn drop_wait(&self, name: &str) -> Result<(), Error> {
-        use fred::interfaces::KeysInterface;
-        self.client()?.del::<i64, _>(name).await.map(drop)
+    /// Deletes a published wait and its entry in the waits index.
+    pub(crate) async fn drop_wait(&self, index: &str, name: &str) -> Result<(), Error> {
+        use fred::interfaces::{KeysInterface, SortedSetsInterface};
+        let client = self.client()?;
+        futures::try_join!(client.del::<i64, _>(name), client.zrem::<i64, _, _>(index, name)).map(drop)
     }
 
     /// A published wait's value and time left, if it is still there.
@@ -294,6 +314,25 @@ impl Node {
         let (value, pttl) =
             futures::try_join!(client.get::<Option<String>, _>(name), client.pttl::<i64, _>(name))?;
         Ok(value.zip(left(pttl)))
+    }
+
+    /// The names in the waits index, after dropping those that expired more than `grace`
+    /// ago by this client's clock (entries whose withdrawal was lost).
+    pub(crate) async fn indexed_waits(&self, index: &str, grace: Duration) -> Result<Vec<String>, Error> {
+        use fred::interfaces::SortedSetsInterface;
+        let client = self.client()?;
+        let stale = wall_ms().saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX)) as f64;
+        client.zremrangebyscore::<i64, _, _, _>(index, f64::NEG_INFINITY, stale).await?;
+        client.zrange::<Vec<String>, _, _, _>(index, 0, -1, None, false, None, false).await
+    }
+
+    /// Takes `names` (waits found gone) out of the waits index.
+    pub(crate) async fn unindex_waits(&self, index: &str, names: Vec<String>) -> Result<(), Error> {
+        use fred::interfaces::SortedSetsInterface;
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.client()?.zrem::<i64, _, _>(index, names).await.map(drop)
     }
 
     /// Every key matching `pattern` (on every primary of a cluster).

@@ -1,5 +1,12 @@
 //! Published waits (deadlock detection): a key per waiting call beside its lock, in the
-//! lock's cluster slot, expiring unless renewed (see [`keys`](crate::keys)).
+//! lock's cluster slot, expiring unless renewed, and its name in a sorted set per prefix (see
+//! [`keys`](crate::keys)), so that reading the waits costs a range of that set and a read per
+//! wait, not a `SCAN` of every lock and counter.
+//!
+//! The index is scored with the time each wait expires by the publisher's clock. A wait found
+//! gone when read is taken out of the index; entries older than [`STALE_AFTER`] by the
+//! reader's clock are dropped before reading, so withdrawals that were lost cannot make the
+//! index grow.
 //!
 //! With Redlock a wait is written to every master and counts as published when one took it;
 //! reading merges what every reachable master has. A wait only informs the detector, so it
@@ -17,20 +24,25 @@ use crate::keys::KeySpace;
 use crate::node::map_err;
 use crate::NAME;
 
+/// How long after its expiry (by the reader's clock) an index entry is dropped unread: wide
+/// enough for the clocks of publisher and reader to differ.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(60);
+
 /// Writes `wait` to every node; fine when at least one took it.
 pub(crate) async fn post(deployment: &Deployment, keys: &KeySpace, wait: &WaitInfo) -> Result<()> {
-    let name = keys.wait_key(&wait.key, wait.id);
+    let (index, name) = (keys.waits_index(), keys.wait_key(&wait.key, wait.id));
     let since = wait.since.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
     let value = format!("{since} {}", wait.owner);
     let results =
-        join_all(deployment.nodes().iter().map(|n| n.post_wait(&name, &value, wait.remaining_ttl))).await;
+        join_all(deployment.nodes().iter().map(|n| n.post_wait(&index, &name, &value, wait.remaining_ttl)))
+            .await;
     first_success(results)
 }
 
 /// Deletes wait `id` for `key` on every node.
 pub(crate) async fn drop(deployment: &Deployment, keys: &KeySpace, key: &str, id: u64) -> Result<()> {
-    let name = keys.wait_key(key, id);
-    first_success(join_all(deployment.nodes().iter().map(|n| n.drop_wait(&name))).await)
+    let (index, name) = (keys.waits_index(), keys.wait_key(key, id));
+    first_success(join_all(deployment.nodes().iter().map(|n| n.drop_wait(&index, &name))).await)
 }
 
 fn first_success(results: Vec<std::result::Result<(), fred::error::Error>>) -> Result<()> {
@@ -46,15 +58,15 @@ fn first_success(results: Vec<std::result::Result<(), fred::error::Error>>) -> R
 
 /// Every unexpired wait under `prefix` on any reachable node, sorted by key, then since.
 pub(crate) async fn list(deployment: &Deployment, keys: &KeySpace, prefix: &str) -> Result<Vec<WaitInfo>> {
-    let pattern = keys.scan_pattern(prefix);
+    let index = keys.waits_index();
     let nodes = deployment.nodes();
     // Wait name -> (user key, id, the first node that has it).
     let mut found: BTreeMap<String, (String, u64, usize)> = BTreeMap::new();
-    let mut scanned = 0;
+    let mut read_any = false;
     for (i, node) in nodes.iter().enumerate() {
-        match node.scan(&pattern).await {
+        match node.indexed_waits(&index, STALE_AFTER).await {
             Ok(names) => {
-                scanned += 1;
+                read_any = true;
                 for name in names {
                     if let Some((key, id)) =
                         keys.decode_wait_key(&name).filter(|(k, _)| k.starts_with(prefix))
@@ -63,16 +75,18 @@ pub(crate) async fn list(deployment: &Deployment, keys: &KeySpace, prefix: &str)
                     }
                 }
             }
-            Err(e) if nodes.len() > 1 => tracing::debug!(error = %e, "waits: a master could not be scanned"),
+            Err(e) if nodes.len() > 1 => {
+                tracing::debug!(error = %e, "waits: a master's index could not be read")
+            }
             Err(e) => return Err(map_err(e)),
         }
     }
-    if scanned == 0 {
-        return Err(LockError::unavailable(NAME, "waits: no master could be scanned"));
+    if !read_any {
+        return Err(LockError::unavailable(NAME, "waits: no master's index could be read"));
     }
     let reads = found.into_iter().map(|(name, (key, id, i))| async move {
         let read = nodes[i].read_wait(&name).await.map_err(map_err)?;
-        Ok::<_, LockError>(read.and_then(|(value, left)| {
+        let wait = read.and_then(|(value, left)| {
             let (since, owner) = value.split_once(' ')?;
             Some(WaitInfo {
                 key,
@@ -81,12 +95,22 @@ pub(crate) async fn list(deployment: &Deployment, keys: &KeySpace, prefix: &str)
                 since: UNIX_EPOCH + Duration::from_millis(since.parse().ok()?),
                 remaining_ttl: left,
             })
-        }))
+        });
+        Ok::<_, LockError>((name, i, wait))
     });
     let mut out = Vec::new();
+    let mut gone: Vec<Vec<String>> = vec![Vec::new(); nodes.len()];
     let mut reads = futures::stream::iter(reads).buffered(64);
-    while let Some(wait) = reads.next().await {
-        out.extend(wait?);
+    while let Some(read) = reads.next().await {
+        match read? {
+            (_, _, Some(wait)) => out.push(wait),
+            (name, i, None) => gone[i].push(name),
+        }
+    }
+    for (node, names) in nodes.iter().zip(gone) {
+        if let Err(e) = node.unindex_waits(&index, names).await {
+            tracing::debug!(error = %e, "waits: expired entries left in the index");
+        }
     }
     out.sort_by(|a, b| (&a.key, a.since).cmp(&(&b.key, b.since)));
     Ok(out)

@@ -225,3 +225,43 @@ async fn connect_to_reaches_the_server_behind_a_name_that_resolves_nowhere() {
     p.close().await.unwrap();
     shared.close().await.unwrap();
 }
+
+/// The waits index (the sorted set the deadlock detector reads instead of scanning every key)
+/// forgets waits that expired and entries whose withdrawal was lost, so it cannot grow.
+#[tokio::test]
+async fn the_waits_index_forgets_expired_and_stale_waits() {
+    use fred::interfaces::SortedSetsInterface;
+    let Some(p) = shared("the_waits_index_forgets_expired_and_stale_waits").await else { return };
+    let raw = raw_client(&lock_testkit::env::redis_url()).await;
+    let run = run_prefix();
+    let index = format!("{}waits", lock_redis::DEFAULT_KEY_PREFIX);
+    let wait = |key: &str, ttl: Duration| lock_core::WaitInfo {
+        key: format!("{run}{key}"),
+        owner: "o".into(),
+        id: 7,
+        since: std::time::SystemTime::now(),
+        remaining_ttl: ttl,
+    };
+    let name = |key: &str| format!("{}{{{run}{key}}}:wait:7", lock_redis::DEFAULT_KEY_PREFIX);
+
+    p.publish_wait(&wait("short", Duration::from_millis(200))).await.unwrap();
+    p.publish_wait(&wait("long", Duration::from_secs(30))).await.unwrap();
+    let score: Option<f64> = raw.zscore(&index, name("short")).await.unwrap();
+    assert!(score.is_some(), "a published wait is indexed");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // An entry whose wait is long gone (its withdrawal lost), expired two minutes ago.
+    let stale_at = std::time::SystemTime::now() - Duration::from_secs(120);
+    let stale_at = stale_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    let _: i64 = raw.zadd(&index, None, None, false, false, (stale_at, name("stale"))).await.unwrap();
+
+    let waits = p.waits(&run).await.unwrap();
+    assert_eq!(waits.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(), [format!("{run}long")]);
+    for gone in ["short", "stale"] {
+        let score: Option<f64> = raw.zscore(&index, name(gone)).await.unwrap();
+        assert_eq!(score, None, "{gone} left the index");
+    }
+    p.withdraw_wait(&format!("{run}long"), "o", 7).await.unwrap();
+    let score: Option<f64> = raw.zscore(&index, name("long")).await.unwrap();
+    assert_eq!(score, None, "a withdrawn wait leaves the index");
+}
