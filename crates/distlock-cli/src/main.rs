@@ -19,6 +19,7 @@
 //! say otherwise.
 
 mod demo;
+mod progress;
 mod serve;
 mod top;
 
@@ -150,7 +151,24 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> distlock::Result<ExitCode> {
     let config = config(&cli)?;
-    match cli.command {
+    let waiting = match &cli.command {
+        Command::Inspect { .. } => Some("reading the locks"),
+        Command::Release { .. } => Some("releasing the lock"),
+        Command::Deadlocks { .. } => Some("reading the waits"),
+        Command::Health => Some("probing the backend"),
+        // These show their own progress, or run until stopped.
+        Command::Demo(_) | Command::Serve(_) | Command::Top(_) => None,
+    };
+    let work = command(config, cli.command);
+    match waiting {
+        Some(what) => progress::while_waiting(what, work).await,
+        None => work.await,
+    }
+}
+
+/// Runs one command.
+async fn command(config: LockConfig, command: Command) -> distlock::Result<ExitCode> {
+    match command {
         Command::Demo(args) => demo::run(config, args).await,
         Command::Inspect { prefix, older_than, waiters } => {
             let manager = LockManager::new(None, config).await?;
