@@ -2,17 +2,22 @@
 //!
 //! The memory backend keeps its locks inside one process, so a second `distlock exec` (or
 //! this test) can never see a lock an exec holds there: on memory only what one process shows
-//! is checked (environment, exit statuses, usage errors, signal passing).
+//! is checked (environment, exit statuses, usage errors, signal passing). Every server
+//! backend also runs the cases between processes: a lock held elsewhere makes `--wait` run out
+//! (75), two execs on one key never overlap, and a lease taken away from a running exec stops
+//! its command (76).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distlock::{LockConfig, LockProvider, LockProviderFactory, LockProviderType};
+use distlock::{LockConfig, LockOptions, LockProvider, LockProviderFactory, LockProviderType};
 
 const EX_USAGE: i32 = 64;
 const EX_UNAVAILABLE: i32 = 69;
+const EX_TEMPFAIL: i32 = 75;
+const LEASE_LOST: i32 = 76;
 
 /// Longest any case waits for a process to reach a point; only a hang gets there.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -104,6 +109,34 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The pids of live (not zombie) processes in process group `pgid`.
+fn live_members(pgid: u32) -> Vec<u32> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its `)`.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" && fields[0] != "X" {
+            live.push(pid);
+        }
+    }
+    live
+}
+
+/// Kills what is left of a process group when a case ends, so that a failing case leaves no
+/// endless loop behind.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if !live_members(self.0).is_empty() {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0)]).status();
+        }
     }
 }
 
@@ -215,6 +248,101 @@ fn status_and_environment(b: &Backend) {
     }
 }
 
+/// A lock held by another client: `--wait 1s` gives up with 75 and never starts the command.
+fn wait_runs_out(b: &Backend) {
+    let key = b.key("busy");
+    let scratch = Scratch::new("busy");
+    let marker = scratch.path("ran");
+    b.rt.block_on(
+        b.provider.lock(&LockOptions::new(key.as_str(), "holder-1").ttl(Duration::from_secs(60)).no_wait()),
+    )
+    .expect("free key");
+    let out = b.output(&["--key", &key, "--wait", "1s", "--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(EX_TEMPFAIL), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not acquired"), "{}", stderr(&out));
+    assert!(!marker.exists(), "the command must not run without the lock");
+    assert_eq!(b.holder(&key).as_deref(), Some("holder-1"), "the holder keeps its lock");
+    b.rt.block_on(b.provider.unlock(&key, "holder-1")).unwrap();
+}
+
+/// Two processes each run several `distlock exec` rounds on one key; every command appends
+/// `start T`, sleeps, appends `end T`. The file must show whole pairs only, with strictly
+/// increasing tokens.
+fn execs_never_overlap(b: &Backend) {
+    const ROUNDS: usize = 4;
+    let key = b.key("overlap");
+    let scratch = Scratch::new("overlap");
+    let log = scratch.path("log");
+    let script = r#"echo "start $DISTLOCK_FENCING_TOKEN" >> "$LOG"; sleep 0.2; echo "end $DISTLOCK_FENCING_TOKEN" >> "$LOG""#;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let (key, log) = (&key, &log);
+                s.spawn(move || {
+                    for round in 0..ROUNDS {
+                        let out = b
+                            .exec(&["--key", key, "--wait", "60s", "--", "sh", "-c", script])
+                            .env("LOG", log)
+                            .output()
+                            .expect("run distlock exec");
+                        assert_eq!(out.status.code(), Some(0), "worker {w} round {round}: {}", stderr(&out));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker");
+        }
+    });
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2 * 2 * ROUNDS, "{text}");
+    let mut last: Option<u64> = None;
+    for pair in lines.chunks(2) {
+        let start = pair[0].strip_prefix("start ").unwrap_or_else(|| panic!("a start line: {text}"));
+        assert_eq!(pair[1], format!("end {start}"), "a command ran inside another's hold:\n{text}");
+        let token: u64 = start.parse().expect("token");
+        assert!(last.map_or(true, |l| token > l), "tokens must strictly increase:\n{text}");
+        last = Some(token);
+    }
+}
+
+/// The lock is taken away from a running exec (released as its owner by another client);
+/// the exec's next refresh finds the lease gone, and the command's whole process group is
+/// stopped: by SIGTERM, or by SIGKILL after `--grace` when it ignores SIGTERM. Exit 76.
+fn lost_lease_stops_the_command(b: &Backend, ignore_term: bool) {
+    let key = b.key(if ignore_term { "lost-kill" } else { "lost-term" });
+    let scratch = Scratch::new("lost");
+    let pidfile = scratch.path("pid");
+    let owner = format!("exec-{}", fastrand::u64(..));
+    let trap = if ignore_term { "trap '' TERM; " } else { "" };
+    let script = format!(
+        r#"{trap}echo $$ > "$PIDFILE.tmp"; mv "$PIDFILE.tmp" "$PIDFILE"; while :; do sleep 0.1; done"#
+    );
+    // A grace no test machine reaches when SIGTERM works; a short one when it cannot.
+    let grace = if ignore_term { "1s" } else { "60s" };
+    let mut cmd = b.exec(&[
+        "--key", &key, "--owner", &owner, "--ttl", "3s", "--grace", grace, "--", "sh", "-c", &script,
+    ]);
+    let running = Running::start(cmd.env("PIDFILE", &pidfile), &scratch);
+    wait_for("the command to start", || pidfile.exists());
+    let pgid: u32 = scratch.read("pid").trim().parse().expect("pid");
+    let _cleanup = GroupGuard(pgid);
+    assert!(!live_members(pgid).is_empty(), "the command runs");
+    assert_eq!(b.holder(&key).as_deref(), Some(owner.as_str()));
+
+    b.rt.block_on(b.provider.unlock(&key, &owner)).expect("release the exec's lock from outside");
+    let (code, err) = running.finish();
+    assert_eq!(code, Some(LEASE_LOST), "{err}");
+    assert!(err.contains(&format!("the lease on `{key}` was lost")), "{err}");
+    assert_eq!(
+        err.contains("sending SIGKILL"),
+        ignore_term,
+        "SIGKILL only for the command that ignores SIGTERM: {err}"
+    );
+    wait_for("the command's process group to end", || live_members(pgid).is_empty());
+}
+
 /// SIGTERM to `distlock` reaches the command, which ends as it chooses; its status is the exec's.
 fn signals_reach_the_command(b: &Backend) {
     let key = b.key("signal");
@@ -287,3 +415,52 @@ fn an_unreachable_backend_is_69_and_a_missing_command_127() {
         distlock().args(["exec", "--key", "k", "--", dir.path("script").to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
 }
+
+macro_rules! server_backend {
+    ($($backend:ident),* $(,)?) => {$(
+        mod $backend {
+            use super::*;
+
+            fn connect(case: &str) -> Option<Backend> {
+                Backend::connect(stringify!($backend), case)
+            }
+
+            #[test]
+            fn status_and_environment() {
+                if let Some(b) = connect("status_and_environment") {
+                    super::status_and_environment(&b);
+                }
+            }
+
+            #[test]
+            fn wait_runs_out() {
+                if let Some(b) = connect("wait_runs_out") {
+                    super::wait_runs_out(&b);
+                }
+            }
+
+            #[test]
+            fn execs_never_overlap() {
+                if let Some(b) = connect("execs_never_overlap") {
+                    super::execs_never_overlap(&b);
+                }
+            }
+
+            #[test]
+            fn lost_lease_terminates_the_command() {
+                if let Some(b) = connect("lost_lease_terminates_the_command") {
+                    lost_lease_stops_the_command(&b, false);
+                }
+            }
+
+            #[test]
+            fn lost_lease_kills_a_command_that_ignores_sigterm() {
+                if let Some(b) = connect("lost_lease_kills_a_command_that_ignores_sigterm") {
+                    lost_lease_stops_the_command(&b, true);
+                }
+            }
+        }
+    )*};
+}
+
+server_backend!(mysql, redis, etcd);
