@@ -18,6 +18,8 @@
 //! name the [`WorkflowLockProvider`] (one per process, normally) and `n` counts its
 //! acquisitions. Two tasks of one process therefore exclude each other like two processes
 //! do; reentrancy stays available through [`LockProvider`] with an explicit owner.
+//! [`WorkflowLockProvider::lock_with_options`] takes a key and owner as the caller names them
+//! (no prefix, no generated id) and still gives a handle, as `distlock exec` uses it.
 //!
 //! ## Handles
 //!
