@@ -265,6 +265,31 @@ fn wait_runs_out(b: &Backend) {
     b.rt.block_on(b.provider.unlock(&key, "holder-1")).unwrap();
 }
 
+/// SIGTERM to an exec that waits for a busy lock ends the wait: 128 + 15, the command never
+/// runs, the holder keeps its lock. The exec is known to wait once its wait is published.
+fn signal_ends_the_wait(b: &Backend) {
+    let key = b.key("signal-wait");
+    let scratch = Scratch::new("signal-wait");
+    let marker = scratch.path("ran");
+    let hold = LockOptions::new(key.as_str(), "holder-1").ttl(Duration::from_secs(60)).no_wait();
+    b.rt.block_on(b.provider.lock(&hold)).expect("free key");
+    let owner = format!("waiter-{}", fastrand::u64(..));
+    let mut cmd =
+        b.exec(&["--key", &key, "--owner", &owner, "--wait", "60s", "--", "touch", marker.to_str().unwrap()]);
+    let running = Running::start(&mut cmd, &scratch);
+    wait_for("the exec's published wait", || {
+        b.rt.block_on(b.provider.waits(&key)).expect("waits").iter().any(|w| *w.owner == *owner)
+    });
+    let kill = Command::new("kill").args(["-TERM", &running.pid().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let (code, err) = running.finish();
+    assert_eq!(code, Some(128 + 15), "{err}");
+    assert!(err.contains("signal 15 while waiting"), "{err}");
+    assert!(!marker.exists(), "the command must not run without the lock");
+    assert_eq!(b.holder(&key).as_deref(), Some("holder-1"), "the holder keeps its lock");
+    b.rt.block_on(b.provider.unlock(&key, "holder-1")).unwrap();
+}
+
 /// Two processes each run several `distlock exec` rounds on one key; every command appends
 /// `start T`, sleeps, appends `end T`. The file must show whole pairs only, with strictly
 /// increasing tokens.
@@ -436,6 +461,13 @@ macro_rules! server_backend {
             fn wait_runs_out() {
                 if let Some(b) = connect("wait_runs_out") {
                     super::wait_runs_out(&b);
+                }
+            }
+
+            #[test]
+            fn signal_ends_the_wait() {
+                if let Some(b) = connect("signal_ends_the_wait") {
+                    super::signal_ends_the_wait(&b);
                 }
             }
 
