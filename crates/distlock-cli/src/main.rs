@@ -13,12 +13,16 @@
 //!   SIGTERM (see [`serve`]); `--hold KEY:OWNER` takes and keeps locks, for demos and checks.
 //! - `distlock top [PREFIX] [--once]`: the same view in the terminal, redrawn every second
 //!   (see [`top`]).
+//! - `distlock exec --key KEY [--ttl 30s] [--wait 10s] -- CMD ARGS...`: run a command while
+//!   holding a lock, refreshed as long as it runs; the command is stopped when the lease is
+//!   lost (see [`exec`] for its exit statuses).
 //!
 //! Every command uses the memory backend unless `--config distlock.toml`, `DISTLOCK_*`
 //! variables (e.g. `DISTLOCK_PROVIDER=mysql DISTLOCK_MYSQL__URL=mysql://...`) or `--provider`
 //! say otherwise.
 
 mod demo;
+mod exec;
 mod progress;
 mod serve;
 mod top;
@@ -86,6 +90,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Live terminal view of held locks, waits, deadlocks and contention.
     Top(top::TopArgs),
+    /// Run a command while holding a lock (exit 75: not acquired in time; 76: lease lost).
+    Exec(exec::ExecArgs),
 }
 
 fn parse_provider(s: &str) -> Result<LockProviderType, String> {
@@ -133,7 +139,7 @@ pub(crate) fn stop_signal() -> std::io::Result<impl std::future::Future<Output =
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exec::exit_on_parse_error(e));
     if let Some(filter) = &cli.log {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -150,14 +156,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> distlock::Result<ExitCode> {
-    let config = config(&cli)?;
+    let config = match config(&cli) {
+        Err(e) if matches!(cli.command, Command::Exec(_)) => return Ok(exec::failed(e)),
+        config => config?,
+    };
     let waiting = match &cli.command {
         Command::Inspect { .. } => Some("reading the locks"),
         Command::Release { .. } => Some("releasing the lock"),
         Command::Deadlocks { .. } => Some("reading the waits"),
         Command::Health => Some("probing the backend"),
         // These show their own progress, or run until stopped.
-        Command::Demo(_) | Command::Serve(_) | Command::Top(_) => None,
+        Command::Demo(_) | Command::Serve(_) | Command::Top(_) | Command::Exec(_) => None,
     };
     let work = command(config, cli.command);
     match waiting {
@@ -229,6 +238,7 @@ async fn command(config: LockConfig, command: Command) -> distlock::Result<ExitC
         }
         Command::Serve(args) => serve::run(config, args).await,
         Command::Top(args) => top::run(config, args).await,
+        Command::Exec(args) => Ok(exec::run(config, args).await),
     }
 }
 

@@ -18,6 +18,8 @@
 //! name the [`WorkflowLockProvider`] (one per process, normally) and `n` counts its
 //! acquisitions. Two tasks of one process therefore exclude each other like two processes
 //! do; reentrancy stays available through [`LockProvider`] with an explicit owner.
+//! [`WorkflowLockProvider::lock_with_options`] takes a key and owner as the caller names them
+//! (no prefix, no generated id) and still gives a handle, as `distlock exec` uses it.
 //!
 //! ## Handles
 //!
@@ -214,6 +216,17 @@ impl WorkflowLockProvider {
         self.acquire(Scope::Resource, resource_id, &self.config.wait).await
     }
 
+    /// Locks `opts.key` as `opts.owner`, both taken as given (no key prefix, no generated
+    /// owner id), with `opts.wait`, and returns a handle that refreshes with `opts.ttl`: for
+    /// tools whose user names the key (`distlock exec`). The handle behaves like any other
+    /// (auto-refresh as configured, `lost()`, release on drop). As with every acquisition of
+    /// this layer, a `lock` that fails with a system error is followed by an owner-checked
+    /// release of `opts.owner` in the background, so give each such call an owner id of its
+    /// own.
+    pub async fn lock_with_options(&self, opts: &LockOptions) -> Result<WorkflowLockHandle> {
+        self.acquire_as(opts.clone(), None).await
+    }
+
     /// Closes the underlying provider.
     pub async fn close(&self) -> Result<()> {
         self.provider.close().await
@@ -237,6 +250,15 @@ impl WorkflowLockProvider {
         let n = self.next_owner.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{}:{n}", self.config.owner_prefix);
         let opts = LockOptions::new(key, owner).ttl(self.config.ttl).wait(wait.clone());
+        self.acquire_as(opts, Some((scope, id))).await
+    }
+
+    /// Acquires `opts` and starts its handle; `scoped` names the workflow lock it is, if any.
+    async fn acquire_as(
+        &self,
+        opts: LockOptions,
+        scoped: Option<(Scope, &str)>,
+    ) -> Result<WorkflowLockHandle> {
         let started = Instant::now();
         let outcome = self.provider.lock(&opts).await;
         let waited = started.elapsed();
@@ -275,11 +297,18 @@ impl WorkflowLockProvider {
                 return Err(e);
             }
         };
-        let (execution_id, template_id) = match scope {
-            Scope::Execution => (Some(id.to_string()), None),
-            Scope::Template => (None, Some(id.to_string())),
-            Scope::Resource => (None, None),
+        let (execution_id, template_id) = match scoped {
+            Some((Scope::Execution, id)) => (Some(id.to_string()), None),
+            Some((Scope::Template, id)) => (None, Some(id.to_string())),
+            Some((Scope::Resource, _)) | None => (None, None),
         };
-        Ok(WorkflowLockHandle::start(self.provider.clone(), lease, &self.config, execution_id, template_id))
+        Ok(WorkflowLockHandle::start(
+            self.provider.clone(),
+            lease,
+            opts.ttl,
+            &self.config,
+            execution_id,
+            template_id,
+        ))
     }
 }

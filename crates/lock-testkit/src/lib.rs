@@ -269,6 +269,7 @@ macro_rules! conformance_suite {
             workflow_execution_lock_is_exclusive,
             workflow_auto_refresh_outlives_ttl,
             workflow_lost_signal_fires_when_lease_is_revoked,
+            workflow_handle_on_a_named_key_and_owner,
             workflow_lost_signal_fires_before_expiry_without_refresh,
             workflow_dropped_handle_is_released,
             workflow_template_limit_holds,

@@ -106,6 +106,7 @@ impl WorkflowLockHandle {
     pub(super) fn start(
         provider: Arc<dyn LockProvider>,
         lease: Lease,
+        ttl: Duration,
         config: &WorkflowConfig,
         execution_id: Option<String>,
         template_id: Option<String>,
@@ -115,7 +116,7 @@ impl WorkflowLockHandle {
             provider,
             key: lease.key.clone(),
             owner: lease.owner.clone(),
-            lease: Mutex::new((lease.valid_until, config.ttl)),
+            lease: Mutex::new((lease.valid_until, ttl)),
             lost_margin: config.lost_margin,
             lost: CancellationToken::new(),
             stop: CancellationToken::new(),

@@ -77,6 +77,34 @@ pub async fn workflow_lost_signal_fires_when_lease_is_revoked(ctx: &Ctx) {
     assert!(h.refresh(ttl).await.unwrap_err().is_lease_lost());
 }
 
+/// A handle on a key and owner the caller names (`lock_with_options`, as `distlock exec`
+/// takes its locks): held under exactly that key and owner, refreshed with the options' TTL
+/// (not the layer's), and its lost signal fires when the lock is taken away.
+pub async fn workflow_handle_on_a_named_key_and_owner(ctx: &Ctx) {
+    let ttl = (ctx.short_ttl() * 2).max(Duration::from_secs(1));
+    let wf = workflows(ctx.provider().await, ctx, Duration::from_secs(600), true);
+    let key = ctx.key("named");
+    let h = wf.lock_with_options(&opts(&key, "tool-1").ttl(ttl)).await.expect("free key");
+    assert_eq!((h.lock_key(), h.owner()), (key.as_str(), "tool-1"));
+    assert_eq!((h.execution_id(), h.template_id()), (None, None));
+    let info = wf.provider().is_locked(&key).await.unwrap().expect("held");
+    assert_eq!((info.owner.as_str(), info.token), ("tool-1", h.fencing_token()));
+    assert!(info.remaining_ttl <= ttl, "the options' TTL, not the layer's: {info:?}");
+    tokio::time::sleep(ttl * 3).await;
+    assert!(!h.is_lost(), "the watchdog refreshes with the options' TTL");
+    let info = wf.provider().is_locked(&key).await.unwrap().expect("still held");
+    assert!(info.remaining_ttl <= ttl, "refreshed with the options' TTL, not the layer's: {info:?}");
+    let busy =
+        ctx.provider().await.try_lock(&opts(&key, "intruder")).await.expect_err("still held after 3 TTLs");
+    assert!(busy.is_timeout(), "{busy:?}");
+    let bad = wf.lock_with_options(&opts("", "tool-1")).await.expect_err("empty key");
+    assert!(matches!(bad, LockError::InvalidArgument { what: "key", .. }), "{bad:?}");
+    ctx.provider().await.unlock(&key, "tool-1").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), h.lost().cancelled())
+        .await
+        .expect("lost signal after the lock was taken away");
+}
+
 /// Without auto-refresh the lost signal fires at the lease's safety margin: before its local
 /// deadline, while the server still counts the lease as held.
 pub async fn workflow_lost_signal_fires_before_expiry_without_refresh(ctx: &Ctx) {
