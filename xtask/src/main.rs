@@ -169,6 +169,7 @@ fn ci() -> Result {
     for (var, value) in &envs {
         let provider = match var.as_str() {
             "DISTLOCK_TEST_MYSQL_URL" => ("mysql", "DISTLOCK_MYSQL__URL"),
+            "DISTLOCK_TEST_POSTGRES_URL" => ("postgres", "DISTLOCK_POSTGRES__URL"),
             "DISTLOCK_TEST_REDIS_URL" => ("redis", "DISTLOCK_REDIS__URL"),
             "DISTLOCK_TEST_ETCD_ENDPOINTS" => ("etcd", "DISTLOCK_ETCD__ENDPOINTS"),
             _ => continue,
@@ -190,8 +191,13 @@ fn ci() -> Result {
 }
 
 /// Benches per backend crate; each prints a summary table after criterion's output.
-const BENCHES: &[(&str, &str)] =
-    &[("lock-memory", "memory"), ("lock-mysql", "mysql"), ("lock-redis", "redis"), ("lock-etcd", "etcd")];
+const BENCHES: &[(&str, &str)] = &[
+    ("lock-memory", "memory"),
+    ("lock-mysql", "mysql"),
+    ("lock-postgres", "postgres"),
+    ("lock-redis", "redis"),
+    ("lock-etcd", "etcd"),
+];
 
 fn bench() -> Result {
     let envs = services::up(&services::needed())?;

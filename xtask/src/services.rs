@@ -25,6 +25,10 @@ pub(crate) struct Service {
     binary: &'static str,
     /// Arguments to start it in the foreground (xtask detaches it).
     args: fn(&Path) -> Vec<String>,
+    /// Starts it some other way than running `binary` with `args` (its own service manager).
+    start: Option<fn() -> Result>,
+    /// Run once it is reachable, whoever started it: roles, databases.
+    prepare: Option<fn() -> Result>,
 }
 
 const ALL: &[Service] = &[
@@ -37,6 +41,19 @@ const ALL: &[Service] = &[
         binary: "/usr/sbin/mariadbd",
         // As the machine's own init does: mariadbd switches to the `mysql` user of my.cnf.
         args: |_| Vec::new(),
+        start: None,
+        prepare: None,
+    },
+    Service {
+        name: "postgres",
+        crate_dir: "crates/lock-postgres",
+        port: 5432,
+        env: &[("DISTLOCK_TEST_POSTGRES_URL", "postgres://distlock@127.0.0.1:5432/distlock")],
+        package: "postgresql",
+        binary: "/usr/bin/pg_ctlcluster",
+        args: |_| Vec::new(),
+        start: Some(start_postgres),
+        prepare: Some(prepare_postgres),
     },
     Service {
         name: "redis",
@@ -50,6 +67,8 @@ const ALL: &[Service] = &[
                 .map(String::from)
                 .to_vec()
         },
+        start: None,
+        prepare: None,
     },
     Service {
         name: "etcd",
@@ -70,6 +89,8 @@ const ALL: &[Service] = &[
                 "http://127.0.0.1:2380".into(),
             ]
         },
+        start: None,
+        prepare: None,
     },
 ];
 
@@ -115,9 +136,73 @@ fn install(package: &str, options: &[&str]) -> Result {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// The Debian cluster `main` of the installed PostgreSQL version, started by its own tool
+/// (it runs the server as the `postgres` user, with the cluster's configuration).
+fn start_postgres() -> Result {
+    let versions = std::fs::read_dir("/etc/postgresql").map_err(|e| format!("/etc/postgresql: {e}"))?;
+    let mut versions: Vec<String> =
+        versions.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    versions.sort_by_key(|v| v.parse::<u32>().unwrap_or(0));
+    let version = versions.pop().ok_or("no PostgreSQL cluster under /etc/postgresql")?;
+    run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &version, "main", "start"]))?;
+    // Recorded like the services xtask runs itself, so that `down` stops it (smart shutdown).
+    let pid = std::fs::read_to_string(format!("/var/run/postgresql/{version}-main.pid"))
+        .map_err(|e| format!("the cluster's pid file: {e}"))?;
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pid = pid.lines().next().unwrap_or_default().trim().to_string();
+    std::fs::write(dir.join("postgres.pid"), pid).map_err(|e| e.to_string())
+}
+
+/// The `distlock` role and database the tests use (trust authentication on 127.0.0.1 is
+/// Debian's default for local connections of the cluster's own tools; the role needs no
+/// password there). Runs `psql` as the `postgres` superuser over the local socket.
+fn prepare_postgres() -> Result {
+    let psql = |sql: &str| -> Result<String> {
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "psql"]);
+            c
+        } else {
+            let mut c = Command::new("psql");
+            c.args(["-h", "127.0.0.1", "-U", "postgres"]);
+            c
+        };
+        let out = cmd
+            .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", sql])
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("psql -c {sql:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    if psql("SELECT 1 FROM pg_roles WHERE rolname = 'distlock'")?.is_empty() {
+        psql("CREATE ROLE distlock LOGIN")?;
+        eprintln!("xtask: created PostgreSQL role distlock");
+    }
+    if psql("SELECT 1 FROM pg_database WHERE datname = 'distlock'")?.is_empty() {
+        psql("CREATE DATABASE distlock OWNER distlock")?;
+        eprintln!("xtask: created PostgreSQL database distlock");
+    }
+    Ok(())
+}
+
 fn start(s: &Service) -> Result {
     if !Path::new(s.binary).exists() {
         apt_install(s.package)?;
+    }
+    if let Some(start) = s.start {
+        start()?;
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if reachable(s.port) {
+                eprintln!("xtask: {} started on 127.0.0.1:{}", s.name, s.port);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        return Err(format!("{} did not open port {} within 60 s", s.name, s.port));
     }
     let dir = state_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -168,6 +253,9 @@ pub(crate) fn up(services: &[&Service]) -> Result<Vec<(String, String)>> {
             eprintln!("xtask: {} already up on 127.0.0.1:{}", s.name, s.port);
         } else {
             start(s)?;
+        }
+        if let Some(prepare) = s.prepare {
+            prepare()?;
         }
         for (k, v) in s.env {
             // A value the caller set wins (a remote server, another port).

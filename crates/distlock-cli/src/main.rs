@@ -41,7 +41,7 @@ struct Cli {
     /// TOML configuration file (also read: DISTLOCK_* environment variables).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Backend to use, overriding the configuration: memory, mysql, redis, etcd.
+    /// Backend to use, overriding the configuration: memory, mysql, postgres, redis, etcd.
     #[arg(long, global = true, value_parser = parse_provider)]
     provider: Option<LockProviderType>,
     /// Log lock operations (`RUST_LOG` syntax, e.g. `distlock=debug,lock_core=debug`).
@@ -98,9 +98,10 @@ fn parse_provider(s: &str) -> Result<LockProviderType, String> {
     match s {
         "memory" => Ok(LockProviderType::Memory),
         "mysql" => Ok(LockProviderType::Mysql),
+        "postgres" => Ok(LockProviderType::Postgres),
         "redis" => Ok(LockProviderType::Redis),
         "etcd" => Ok(LockProviderType::Etcd),
-        other => Err(format!("unknown provider `{other}` (memory, mysql, redis, etcd)")),
+        other => Err(format!("unknown provider `{other}` (memory, mysql, postgres, redis, etcd)")),
     }
 }
 

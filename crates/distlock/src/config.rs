@@ -2,7 +2,7 @@
 //! TOML file and `DISTLOCK_*` environment variables (later sources win).
 //!
 //! ```toml
-//! provider = "mysql"            # mysql | memory | redis | etcd
+//! provider = "mysql"            # mysql | postgres | memory | redis | etcd
 //! default_ttl = "5m"
 //! default_retry_count = 3
 //! default_retry_delay = "1s"
@@ -25,6 +25,14 @@
 //! command_timeout = "5s"
 //! reap_interval = "30s"
 //! reap_grace = "10m"
+//!
+//! [postgres]                   # lock_postgres::PgLockConfig
+//! url = "postgres://distlock@127.0.0.1:5432/distlock"  # or hand the application's PgPool to the factory
+//! schema = "public"
+//! table_name = "distributed_locks"
+//! statement_timeout = "5s"
+//! reap_interval = "30s"
+//! listen = true                # LISTEN/NOTIFY wake-ups across processes
 //!
 //! [redis]                      # lock_redis::RedisConfig
 //! addr = "127.0.0.1:6379"      # or url = "redis://..." / "redis-cluster://..."
@@ -63,6 +71,8 @@ use serde::{Deserialize, Serialize};
 pub enum LockProviderType {
     /// MySQL / MariaDB (feature `mysql`): the default.
     Mysql,
+    /// PostgreSQL (feature `postgres`).
+    Postgres,
     /// In-process (feature `memory`).
     Memory,
     /// Redis (feature `redis`).
@@ -76,6 +86,7 @@ impl LockProviderType {
     pub fn as_str(self) -> &'static str {
         match self {
             LockProviderType::Mysql => "mysql",
+            LockProviderType::Postgres => "postgres",
             LockProviderType::Memory => "memory",
             LockProviderType::Redis => "redis",
             LockProviderType::Etcd => "etcd",
@@ -91,6 +102,15 @@ pub type MySqlConfig = lock_mysql::MySqlLockConfig;
 /// feature `mysql` off, the table as written.
 #[cfg(not(feature = "mysql"))]
 pub type MySqlConfig = Disabled;
+
+/// PostgreSQL settings: `lock_postgres::PgLockConfig` (url, schema, table, statement timeout,
+/// reaper, LISTEN/NOTIFY), or, with feature `postgres` off, the table as written.
+#[cfg(feature = "postgres")]
+pub type PostgresConfig = lock_postgres::PgLockConfig;
+/// PostgreSQL settings: `lock_postgres::PgLockConfig` (url, schema, table, statement timeout,
+/// reaper, LISTEN/NOTIFY), or, with feature `postgres` off, the table as written.
+#[cfg(not(feature = "postgres"))]
+pub type PostgresConfig = Disabled;
 
 /// Redis settings: `lock_redis::RedisConfig` (mode single, cluster or Redlock with its nodes,
 /// key prefix, pool size, timeouts; a URL or the address, password and database), or, with
@@ -141,6 +161,8 @@ pub struct LockConfig {
     pub memory: MemoryConfig,
     /// MySQL settings.
     pub mysql: MySqlConfig,
+    /// PostgreSQL settings.
+    pub postgres: PostgresConfig,
     /// Redis settings.
     pub redis: RedisConfig,
     /// etcd settings.
@@ -179,6 +201,7 @@ impl Default for LockConfig {
             provider: LockProviderType::Mysql,
             memory: MemoryConfig::default(),
             mysql: MySqlConfig::default(),
+            postgres: PostgresConfig::default(),
             redis: RedisConfig::default(),
             etcd: EtcdConfig::default(),
             default_ttl: lock_core::DEFAULT_TTL,
@@ -286,11 +309,19 @@ impl LockConfig {
             LockProviderType::Memory => self.memory.validate(),
             #[cfg(feature = "mysql")]
             LockProviderType::Mysql => self.mysql.validate().map(drop),
+            #[cfg(feature = "postgres")]
+            LockProviderType::Postgres => self.postgres.validate().map(drop),
             #[cfg(feature = "redis")]
             LockProviderType::Redis => self.redis.validate(),
             #[cfg(feature = "etcd")]
             LockProviderType::Etcd => self.etcd.validate(),
-            #[cfg(not(all(feature = "memory", feature = "mysql", feature = "redis", feature = "etcd")))]
+            #[cfg(not(all(
+                feature = "memory",
+                feature = "mysql",
+                feature = "postgres",
+                feature = "redis",
+                feature = "etcd"
+            )))]
             _ => Ok(()),
         }
     }

@@ -28,9 +28,15 @@ pub enum Db {}
 pub struct LockProviderFactory {
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     db: Option<Db>,
+    /// The application's PostgreSQL pool, for the PostgreSQL provider.
+    #[cfg(feature = "postgres")]
+    pg: Option<lock_postgres::PgPool>,
 }
 
-#[cfg_attr(all(feature = "memory", feature = "mysql", feature = "redis", feature = "etcd"), allow(dead_code))]
+#[cfg_attr(
+    all(feature = "memory", feature = "mysql", feature = "postgres", feature = "redis", feature = "etcd"),
+    allow(dead_code)
+)]
 fn disabled(kind: LockProviderType) -> LockError {
     LockError::Config(format!(
         "provider `{0}` is not compiled in: enable feature `{0}` of distlock",
@@ -41,7 +47,16 @@ fn disabled(kind: LockProviderType) -> LockError {
 impl LockProviderFactory {
     /// A factory; `db` is used by the MySQL provider instead of connecting by URL.
     pub fn new(db: Option<Db>) -> Self {
-        LockProviderFactory { db }
+        LockProviderFactory { db, ..Self::default() }
+    }
+
+    /// Hands the application's PostgreSQL pool to the PostgreSQL provider, which then uses it
+    /// instead of connecting to `postgres.url` (its sessions must bound statements with
+    /// `statement_timeout`; see `lock_postgres::PgLockProvider::from_pool`).
+    #[cfg(feature = "postgres")]
+    pub fn with_postgres_pool(mut self, pool: lock_postgres::PgPool) -> Self {
+        self.pg = Some(pool);
+        self
     }
 
     /// Builds the provider `config.provider` names.
@@ -50,6 +65,7 @@ impl LockProviderFactory {
         let provider = match config.provider {
             LockProviderType::Memory => self.memory(config)?,
             LockProviderType::Mysql => self.mysql(config).await?,
+            LockProviderType::Postgres => self.postgres(config).await?,
             LockProviderType::Redis => self.redis(config).await?,
             LockProviderType::Etcd => self.etcd(config).await?,
         };
@@ -104,6 +120,22 @@ impl LockProviderFactory {
         Err(disabled(LockProviderType::Mysql))
     }
 
+    #[cfg(feature = "postgres")]
+    async fn postgres(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
+        use lock_postgres::PgLockProvider;
+        let settings = config.postgres.clone();
+        let provider = match &self.pg {
+            Some(pool) => PgLockProvider::from_pool(pool.clone(), settings).await?,
+            None => PgLockProvider::open(settings).await?,
+        };
+        Ok(Arc::new(provider))
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    async fn postgres(&self, _config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
+        Err(disabled(LockProviderType::Postgres))
+    }
+
     #[cfg(feature = "redis")]
     async fn redis(&self, config: &LockConfig) -> Result<Arc<dyn LockProvider>> {
         Ok(Arc::new(lock_redis::RedisLockProvider::connect(config.redis.clone()).await?))
@@ -132,12 +164,19 @@ mod tests {
     /// Runs without the backend features (`cargo test -p distlock --no-default-features --lib`,
     /// part of `cargo xtask ci`): every backend type is still configurable and fails at run
     /// time with the feature to enable.
-    #[cfg(not(any(feature = "memory", feature = "mysql", feature = "redis", feature = "etcd")))]
+    #[cfg(not(any(
+        feature = "memory",
+        feature = "mysql",
+        feature = "postgres",
+        feature = "redis",
+        feature = "etcd"
+    )))]
     #[tokio::test]
     async fn a_backend_whose_feature_is_off_names_the_feature() {
         for kind in [
             LockProviderType::Memory,
             LockProviderType::Mysql,
+            LockProviderType::Postgres,
             LockProviderType::Redis,
             LockProviderType::Etcd,
         ] {

@@ -38,7 +38,7 @@ pub mod config;
 pub mod factory;
 pub mod manager;
 
-pub use config::{EtcdConfig, LockConfig, LockProviderType, MySqlConfig, RedisConfig};
+pub use config::{EtcdConfig, LockConfig, LockProviderType, MySqlConfig, PostgresConfig, RedisConfig};
 pub use factory::{Db, LockProviderFactory};
 pub use manager::LockManager;
 
@@ -52,6 +52,12 @@ pub mod memory {
 #[cfg(feature = "mysql")]
 pub mod mysql {
     pub use lock_mysql::*;
+}
+
+/// The PostgreSQL backend (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use lock_postgres::*;
 }
 
 /// The etcd backend (feature `etcd`).

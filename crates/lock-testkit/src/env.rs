@@ -6,9 +6,11 @@
 //! | `DISTLOCK_TEST_MYSQL_URL` | [`mysql_url`] | `mysql://root@127.0.0.1:3306/test` |
 //! | `DISTLOCK_TEST_REDIS_URL` | [`redis_url`] | `redis://127.0.0.1:6379` |
 //! | `DISTLOCK_TEST_ETCD_ENDPOINTS` | [`etcd_endpoints`] | `http://127.0.0.1:2379` |
+//! | `DISTLOCK_TEST_POSTGRES_URL` | [`postgres_url`] | `postgres://distlock@127.0.0.1:5432/distlock` |
 //! | `DISTLOCK_TEST_REDIS_BIN` | [`redis_bin`] | `/usr/bin/redis-server`, else `PATH` |
 //! | `DISTLOCK_TEST_ETCD_BIN` | [`etcd_bin`] | `/usr/bin/etcd`, else `PATH` |
 //! | `DISTLOCK_TEST_MARIADB_BIN` | [`mariadb_bin`] | `/usr/sbin/mariadbd`, else `PATH` |
+//! | `DISTLOCK_TEST_POSTGRES_BIN` | [`postgres_bin`] | the newest `/usr/lib/postgresql/*/bin/postgres`, else `PATH` |
 //! | `DISTLOCK_REQUIRE_SERVICES` | [`services_required`] | unset: a missing service skips |
 //! | `DISTLOCK_TEST_LONG` | [`long_run`] | unset: the short rounds |
 //!
@@ -23,6 +25,11 @@ pub const MYSQL_URL_ENV: &str = "DISTLOCK_TEST_MYSQL_URL";
 pub const REDIS_URL_ENV: &str = "DISTLOCK_TEST_REDIS_URL";
 /// Variable naming the etcd endpoints of the tests (comma-separated).
 pub const ETCD_ENDPOINTS_ENV: &str = "DISTLOCK_TEST_ETCD_ENDPOINTS";
+/// Variable naming the PostgreSQL server of the tests.
+pub const POSTGRES_URL_ENV: &str = "DISTLOCK_TEST_POSTGRES_URL";
+/// Variable overriding the `postgres` binary of private servers (its tools are looked up
+/// beside it).
+pub const POSTGRES_BIN_ENV: &str = "DISTLOCK_TEST_POSTGRES_BIN";
 /// Variable overriding the `redis-server` binary of private servers.
 pub const REDIS_BIN_ENV: &str = "DISTLOCK_TEST_REDIS_BIN";
 /// Variable overriding the `etcd` binary of private servers and clusters.
@@ -45,6 +52,11 @@ fn flag(name: &str) -> bool {
 /// The MySQL/MariaDB URL of the shared test server (`DISTLOCK_TEST_MYSQL_URL`).
 pub fn mysql_url() -> String {
     var_or(MYSQL_URL_ENV, "mysql://root@127.0.0.1:3306/test")
+}
+
+/// The PostgreSQL URL of the shared test server (`DISTLOCK_TEST_POSTGRES_URL`).
+pub fn postgres_url() -> String {
+    var_or(POSTGRES_URL_ENV, "postgres://distlock@127.0.0.1:5432/distlock")
 }
 
 /// The URL of the shared Redis test server (`DISTLOCK_TEST_REDIS_URL`).
@@ -71,6 +83,24 @@ pub fn etcd_bin() -> Result<PathBuf, String> {
 /// The `mariadbd` binary (`DISTLOCK_TEST_MARIADB_BIN`, else the Debian path, else `PATH`).
 pub fn mariadb_bin() -> Result<PathBuf, String> {
     crate::servers::find_program("mariadbd", Some(MARIADB_BIN_ENV), &["/usr/sbin/mariadbd"])
+}
+
+/// The `postgres` server binary (`DISTLOCK_TEST_POSTGRES_BIN`, else the newest Debian
+/// `/usr/lib/postgresql/<version>/bin/postgres`, else `PATH`).
+pub fn postgres_bin() -> Result<PathBuf, String> {
+    let mut versions: Vec<(u32, String)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.parse().ok().map(|v| (v, format!("/usr/lib/postgresql/{name}/bin/postgres")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    let candidates: Vec<&str> = versions.iter().rev().map(|(_, p)| p.as_str()).collect();
+    crate::servers::find_program("postgres", Some(POSTGRES_BIN_ENV), &candidates)
 }
 
 /// `true` when `DISTLOCK_REQUIRE_SERVICES` is set to `1` or `true`.

@@ -1,11 +1,12 @@
-//! [`PrivateServer`]: a throwaway Redis (alone or as a cluster node), etcd or MariaDB server of a
-//! test's own, on a free
+//! [`PrivateServer`]: a throwaway Redis (alone or as a cluster node), etcd, MariaDB or
+//! PostgreSQL server of a test's own, on a free
 //! loopback port with its own data directory, for cases that restart, kill or pause the
 //! server. The shared services on the standard ports are never touched.
 //!
 //! Binaries are looked up at their Debian paths (`/usr/bin/redis-server`, `/usr/bin/etcd`,
-//! `/usr/sbin/mariadbd` and its tools) or on `PATH`; `DISTLOCK_TEST_REDIS_BIN`,
-//! `DISTLOCK_TEST_ETCD_BIN` and `DISTLOCK_TEST_MARIADB_BIN` override the server binaries
+//! `/usr/sbin/mariadbd` and its tools, `/usr/lib/postgresql/*/bin/postgres` and its tools) or on
+//! `PATH`; `DISTLOCK_TEST_REDIS_BIN`, `DISTLOCK_TEST_ETCD_BIN`, `DISTLOCK_TEST_MARIADB_BIN` and
+//! `DISTLOCK_TEST_POSTGRES_BIN` override the server binaries
 //! (see [`env`](mod@crate::env)). A
 //! missing binary makes [`PrivateServer::start`] return `Err`, which a test hands to
 //! [`require_or_skip`](crate::require_or_skip).
@@ -37,6 +38,11 @@ pub enum Kind {
     Etcd,
     /// `mariadbd` with a database `test`; user `root` without password.
     MariaDb,
+    /// PostgreSQL's `postgres` with its `postgres` database and superuser, trust
+    /// authentication. Run as the `postgres` user when the test runs as root (the server
+    /// refuses root), in a process group of its own, so that a kill or a freeze reaches every
+    /// backend process, as a machine's crash or stall would.
+    Postgres,
 }
 
 impl Kind {
@@ -46,6 +52,7 @@ impl Kind {
             Kind::RedisClusterNode => "redis-cluster-node",
             Kind::Etcd => "etcd",
             Kind::MariaDb => "mariadb",
+            Kind::Postgres => "postgres",
         }
     }
 }
@@ -98,6 +105,7 @@ impl PrivateServer {
             Kind::Redis | Kind::RedisClusterNode => crate::env::redis_bin(),
             Kind::Etcd => crate::env::etcd_bin(),
             Kind::MariaDb => crate::env::mariadb_bin(),
+            Kind::Postgres => crate::env::postgres_bin(),
         }?;
         let dir = std::env::temp_dir().join(format!(
             "distlock-{}-{}-{:08x}",
@@ -110,6 +118,9 @@ impl PrivateServer {
             PrivateServer { kind, bin, port: free_port()?, peer_port: free_port()?, dir, child: None };
         if kind == Kind::MariaDb {
             server.install_mariadb()?;
+        }
+        if kind == Kind::Postgres {
+            server.install_postgres()?;
         }
         server.launch()?;
         Ok(server)
@@ -131,12 +142,13 @@ impl PrivateServer {
     }
 
     /// The URL a backend connects to: `redis://127.0.0.1:P`, `http://127.0.0.1:P` (etcd) or
-    /// `mysql://root@127.0.0.1:P/test`.
+    /// `mysql://root@127.0.0.1:P/test` or `postgres://postgres@127.0.0.1:P/postgres`.
     pub fn url(&self) -> String {
         match self.kind {
             Kind::Redis | Kind::RedisClusterNode => format!("redis://127.0.0.1:{}", self.port),
             Kind::Etcd => format!("http://127.0.0.1:{}", self.port),
             Kind::MariaDb => format!("mysql://root@127.0.0.1:{}/test", self.port),
+            Kind::Postgres => format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
         }
     }
 
@@ -155,6 +167,10 @@ impl PrivateServer {
     /// directory stays. Stopping a stopped server does nothing.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.kind == Kind::Postgres {
+                // The postmaster's backends live on after it; the whole group goes.
+                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -183,7 +199,9 @@ impl PrivateServer {
 
     fn signal(&self, sig: &str) {
         let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.kind.name()));
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        // PostgreSQL: every process of its group (the postmaster and its backends).
+        let target = if self.kind == Kind::Postgres { format!("-{pid}") } else { pid.to_string() };
+        let status = Command::new("kill").arg(format!("-{sig}")).arg("--").arg(target).status();
         assert!(matches!(status, Ok(s) if s.success()), "kill -{sig} {pid} failed: {status:?}");
     }
 
@@ -233,6 +251,49 @@ impl PrivateServer {
         Ok(())
     }
 
+    /// `initdb` of a data directory owned by the `postgres` user (when running as root).
+    fn install_postgres(&self) -> Result<(), String> {
+        let initdb = self.bin.with_file_name("initdb");
+        let data = self.dir.join("data");
+        let mut cmd = Command::new(&initdb);
+        cmd.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
+        self.as_postgres_user(&mut cmd)?;
+        let status = cmd
+            .stdout(self.log()?)
+            .stderr(self.log()?)
+            .status()
+            .map_err(|e| format!("{}: {e}", initdb.display()))?;
+        if !status.success() {
+            return Err(format!("initdb failed ({status}):\n{}", self.log_tail()));
+        }
+        Ok(())
+    }
+
+    /// As root, `cmd` runs as the `postgres` user, which gets the data directory (PostgreSQL
+    /// refuses to run as root).
+    fn as_postgres_user(&self, cmd: &mut Command) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        if !running_as_root() {
+            return Ok(());
+        }
+        let id = |flag: &str| -> Result<u32, String> {
+            let out = Command::new("id").args([flag, "postgres"]).output().map_err(|e| format!("id: {e}"))?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map_err(|_| "no `postgres` user to run PostgreSQL as".to_string())
+        };
+        let (uid, gid) = (id("-u")?, id("-g")?);
+        for path in [self.dir.clone(), self.dir.join("server.log")] {
+            if path.exists() {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            }
+        }
+        cmd.uid(uid).gid(gid);
+        Ok(())
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         let p = self.port;
@@ -276,6 +337,17 @@ impl PrivateServer {
                     cmd.arg("--user=root");
                 }
             }
+            Kind::Postgres => {
+                use std::os::unix::process::CommandExt;
+                cmd.arg("-D")
+                    .arg(self.dir.join("data"))
+                    .args(["-p", &p.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                    .args(["-c", "shared_buffers=16MB", "-c", "max_connections=60", "-k"])
+                    .arg(&self.dir);
+                cmd.process_group(0);
+                // Checked in `install_postgres`, which ran first.
+                let _ = self.as_postgres_user(&mut cmd);
+            }
         }
         cmd
     }
@@ -317,6 +389,24 @@ impl PrivateServer {
         }
         if self.kind == Kind::MariaDb {
             self.mariadb_sql("CREATE DATABASE IF NOT EXISTS test")?;
+        }
+        if self.kind == Kind::Postgres {
+            // The postmaster answers before the database accepts sessions (recovery).
+            let ready = self.bin.with_file_name("pg_isready");
+            loop {
+                let ok = Command::new(&ready)
+                    .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    self.stop();
+                    return Err(format!("postgres not accepting sessions within {READY_WITHIN:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Ok(())
     }
@@ -360,6 +450,8 @@ fn probe(kind: Kind, addr: SocketAddr, within: Duration) -> Result<(), String> {
         Kind::Redis | Kind::RedisClusterNode => b"PING\r\n",
         Kind::Etcd => b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         Kind::MariaDb => b"",
+        // SSLRequest: length 8, code 80877103; answered with one byte, `S` or `N`.
+        Kind::Postgres => &[0, 0, 0, 8, 4, 210, 22, 47],
     };
     s.write_all(request).map_err(|e| format!("send: {e}"))?;
     let mut answer = Vec::new();
@@ -374,12 +466,14 @@ fn probe(kind: Kind, addr: SocketAddr, within: Duration) -> Result<(), String> {
             Kind::Etcd => text.contains("\"health\""),
             // A handshake packet: 3-byte length, sequence 0, protocol version 10.
             Kind::MariaDb => answer.len() >= 5,
+            Kind::Postgres => !answer.is_empty(),
         };
         if done || n == 0 {
             let ok = match kind {
                 Kind::Redis | Kind::RedisClusterNode => text.starts_with("+PONG"),
                 Kind::Etcd => text.contains("\"health\":\"true\""),
                 Kind::MariaDb => answer.len() >= 5 && answer[3] == 0 && answer[4] == 10,
+                Kind::Postgres => matches!(answer.first(), Some(b'S' | b'N')),
             };
             return if ok { Ok(()) } else { Err(format!("unexpected answer {text:?}")) };
         }

@@ -1,0 +1,219 @@
+//! PostgreSQL backend against the raw SQL doing the minimal equivalent, same server, same run:
+//! - raw INSERT + DELETE on a table of the same shape (busy = unique violation, retried with
+//!   the same backoff schedule the provider uses);
+//! - `pg_advisory_lock` / `pg_advisory_unlock` (connection-bound; the connection is held while
+//!   locked).
+//!
+//! The summary adds the hot key taken by two providers at once (separate pools and listeners:
+//! two processes as far as the lock is concerned), with the acquire attempts each acquisition
+//! cost and how many wake-ups came by NOTIFY.
+//!
+//! `cargo bench -p lock-postgres --bench postgres` (or `cargo xtask bench`); server from
+//! `DISTLOCK_TEST_POSTGRES_URL` (default `postgres://distlock@127.0.0.1:5432/distlock`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lock_core::raw::Backoff;
+use lock_core::{LockProvider, WaitPolicy};
+use lock_postgres::{PgLockConfig, PgLockProvider};
+use lock_testkit::bench::{
+    self, fmt_dur, rate, BoxFut, Contender, Cycle, ProviderCycle, Spec, DISTINCT_TASKS, HOT_TASKS,
+};
+use lock_testkit::env::postgres_url;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Postgres;
+
+const TABLE: &str = "distlock_bench";
+const RAW_TABLE: &str = "distlock_bench_raw";
+const POOL: u32 = 34;
+
+/// INSERT to acquire (a unique violation means busy), DELETE to release.
+struct RawInsertDelete {
+    pool: PgPool,
+}
+
+impl Cycle for RawInsertDelete {
+    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let sql = format!(
+                "INSERT INTO \"{RAW_TABLE}\" (lock_key, id, owner, depth, last_op, acquired_at, expires_at)
+                 VALUES ($1, 1, $2, 1, 4, clock_timestamp(), clock_timestamp() + INTERVAL '30 seconds')"
+            );
+            let mut backoff = Backoff::new(&WaitPolicy::deadline(Duration::from_secs(60)));
+            loop {
+                match sqlx::query(&sql).bind(key).bind(owner).execute(&self.pool).await {
+                    Ok(_) => return,
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        tokio::time::sleep(backoff.next_delay().expect("raw lock timed out")).await;
+                    }
+                    Err(e) => panic!("raw insert: {e}"),
+                }
+            }
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(&format!("DELETE FROM \"{RAW_TABLE}\" WHERE lock_key = $1 AND owner = $2"))
+                .bind(key)
+                .bind(owner)
+                .execute(&self.pool)
+                .await
+                .expect("raw delete");
+        })
+    }
+}
+
+/// `pg_advisory_lock` holds the lock on a connection, which stays checked out until
+/// `pg_advisory_unlock`.
+struct AdvisoryLock {
+    pool: PgPool,
+    held: Mutex<HashMap<String, PoolConnection<Postgres>>>,
+}
+
+impl Cycle for AdvisoryLock {
+    fn acquire<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.expect("connection");
+            sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .expect("pg_advisory_lock");
+            self.held.lock().unwrap().insert(key.to_owned(), conn);
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.held.lock().unwrap().remove(key).expect("held connection");
+            let done: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await
+                .expect("pg_advisory_unlock");
+            assert!(done, "pg_advisory_unlock of a lock not held");
+        })
+    }
+}
+
+/// Two providers on one table; task `owner-N` goes through provider N % 2.
+struct TwoProviders([Arc<PgLockProvider>; 2]);
+
+impl TwoProviders {
+    fn of(&self, owner: &str) -> &PgLockProvider {
+        let n: usize = owner.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        &self.0[n % 2]
+    }
+}
+
+impl Cycle for TwoProviders {
+    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let o = lock_core::LockOptions::new(key, owner)
+                .ttl(Duration::from_secs(30))
+                .wait(WaitPolicy::deadline(Duration::from_secs(60)));
+            self.of(owner).lock(&o).await.expect("bench lock");
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move { self.of(owner).unlock(key, owner).await.expect("bench unlock") })
+    }
+}
+
+async fn provider(max_connections: u32) -> PgLockProvider {
+    let config = PgLockConfig::default().table_name(TABLE).max_connections(max_connections);
+    PgLockProvider::connect(&postgres_url(), config).await.expect("provider")
+}
+
+/// The provider counts the statements it sends; every contender's keys are under `bench/`.
+async fn contenders() -> Option<Vec<Contender>> {
+    let pool = PgPoolOptions::new().max_connections(POOL).connect(&postgres_url()).await.expect("connect");
+    // Both tables fresh, in the provider's current schema.
+    for sql in [
+        format!("DROP TABLE IF EXISTS \"{TABLE}\""),
+        format!("DROP TABLE IF EXISTS \"{TABLE}_waits\""),
+        format!("DROP SEQUENCE IF EXISTS \"{TABLE}_ids\""),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.expect("drop table");
+    }
+    let provider = Arc::new(provider(POOL).await);
+    // The raw table has exactly the provider's shape.
+    for sql in [
+        format!("DROP TABLE IF EXISTS \"{RAW_TABLE}\""),
+        format!("CREATE TABLE \"{RAW_TABLE}\" (LIKE \"{TABLE}\" INCLUDING ALL)"),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.expect("raw table");
+    }
+    let al_pool = PgPoolOptions::new().max_connections(POOL).connect(&postgres_url()).await.expect("connect");
+    let counted = provider.clone();
+    Some(vec![
+        Contender::new("distlock postgres", Arc::new(ProviderCycle::new(provider as Arc<dyn LockProvider>)))
+            .prefix("bench/")
+            .counted(move || counted.acquire_attempts()),
+        Contender::new("raw INSERT+DELETE", Arc::new(RawInsertDelete { pool })).prefix("bench/"),
+        Contender::new(
+            "pg_advisory_lock/unlock",
+            Arc::new(AdvisoryLock { pool: al_pool, held: Mutex::default() }),
+        )
+        .prefix("bench/"),
+    ])
+}
+
+/// Throughput, latency percentiles and attempts per acquisition, for docs/benchmarks.md.
+async fn summary(all: Vec<Contender>) {
+    println!("\n## summary (2 worker threads, pools of {POOL})");
+    println!("| contender | acquire p50 | release p50 | uncontended cycles/s | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over p99 |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut per_acq = None;
+    for ct in &all {
+        let (cy, u) = (&ct.cycle, ct.uncontended_key());
+        bench::uncontended(&**cy, &u, 200).await; // warm-up
+        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, 2_000).await;
+        let un = bench::uncontended(&**cy, &u, 2_000).await;
+        let dk = bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, 200).await;
+        let before = ct.count();
+        let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, 40).await;
+        if let (Some(before), Some(after)) = (before, ct.count()) {
+            per_acq = Some((after - before) as f64 / hk.acquisitions as f64);
+        }
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            ct.name,
+            fmt_dur(acq.quantile(0.5)),
+            fmt_dur(rel.quantile(0.5)),
+            rate(2_000, un),
+            rate(DISTINCT_TASKS as u64 * 200, dk),
+            rate(hk.acquisitions, hk.elapsed),
+            fmt_dur(hk.handoff.quantile(0.5)),
+            fmt_dur(hk.handoff.quantile(0.99)),
+        );
+    }
+    if let Some(s) = per_acq {
+        println!("\ndistlock postgres, 16 tasks on one hot key, one provider: {s:.2} acquire attempts per acquisition");
+    }
+    // The hot key across two providers: releases in one wake the other's waiters by NOTIFY.
+    let two = TwoProviders([Arc::new(provider(POOL / 2).await), Arc::new(provider(POOL / 2).await)]);
+    let attempts = |t: &TwoProviders| t.0.iter().map(|p| p.acquire_attempts()).sum::<u64>();
+    let notified = |t: &TwoProviders| t.0.iter().map(|p| p.wake_notifications()).sum::<u64>();
+    let two = Arc::new(two);
+    bench::hot_key(two.clone(), "bench/two/hot", HOT_TASKS, 5).await; // warm-up
+    let (a0, n0) = (attempts(&two), notified(&two));
+    let hk = bench::hot_key(two.clone(), "bench/two/hot", HOT_TASKS, 40).await;
+    let (a, n) = (attempts(&two) - a0, notified(&two) - n0);
+    println!(
+        "distlock postgres, 16 tasks on one hot key, two providers (8 tasks each): {:.2} acquire attempts per \
+         acquisition, {:.0} cycles/s, hand-over p50 {} p99 {}, {n} wake-ups by NOTIFY for {} acquisitions",
+        a as f64 / hk.acquisitions as f64,
+        rate(hk.acquisitions, hk.elapsed),
+        fmt_dur(hk.handoff.quantile(0.5)),
+        fmt_dur(hk.handoff.quantile(0.99)),
+        hk.acquisitions,
+    );
+}
+
+fn main() {
+    let spec = Spec::new("postgres").measurement_time(Duration::from_secs(4)).without_hot_key_group();
+    bench::main(spec, contenders(), summary);
+}

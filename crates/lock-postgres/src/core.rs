@@ -1,0 +1,250 @@
+//! The protocol on the lock table: one attempt, one release, one refresh, the holder read,
+//! the reaper's pass and the migration, each one bounded statement on the pool.
+//!
+//! Every acquire is one `INSERT ... ON CONFLICT ... DO UPDATE ... RETURNING` whose returned
+//! `last_op` tells the outcome (new row, taken over, re-entered, busy); the fencing token is
+//! computed inside the statement from the key's previous token, so it grows per key by
+//! construction.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::raw::{Attempt, Gate, Wakers};
+use lock_core::{FencingToken, Lease, LockError, LockInfo, Result};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::Row;
+use tokio::time::Instant;
+
+use crate::config::PgLockConfig;
+use crate::error::{map_err, with_contention_retry, NAME};
+use crate::table::{op, Statements, TableName};
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) owns_pool: bool,
+    pub(crate) sql: Statements,
+    pub(crate) table: TableName,
+    pub(crate) config: PgLockConfig,
+    /// This provider's tag in wake-up payloads: which provider's waiters a release wakes.
+    pub(crate) tag: String,
+    /// The shortest grace the reaper may use: no statement can still be running on a key
+    /// whose row has been free that long.
+    pub(crate) min_grace: Duration,
+    /// How long the client waits for one statement before it gives up.
+    pub(crate) client_timeout: Duration,
+    pub(crate) gate: Gate,
+    /// Waiters of this process, woken by this provider's releases and by the notifications of
+    /// other providers' releases.
+    pub(crate) wakers: Wakers,
+    pub(crate) expired_taken_over: AtomicU64,
+    pub(crate) rows_reaped: AtomicU64,
+    pub(crate) expired_reaped: AtomicU64,
+    pub(crate) statements: AtomicU64,
+    pub(crate) attempts: AtomicU64,
+    pub(crate) notifications: AtomicU64,
+}
+
+/// Runs `fut`, answering a retryable `Unavailable` if it takes longer than `limit`.
+pub(crate) async fn bounded<T>(limit: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => Err(LockError::unavailable(NAME, format!("no answer from the server within {limit:?}"))),
+    }
+}
+
+pub(crate) fn micros(d: Duration) -> i64 {
+    // Round up: a lease never ends before the requested TTL.
+    d.as_nanos().div_ceil(1000).min(i64::MAX as u128) as i64
+}
+
+pub(crate) fn remaining(us: i64) -> Duration {
+    Duration::from_micros(us.max(0) as u64)
+}
+
+pub(crate) fn row_to_info(row: &PgRow) -> std::result::Result<LockInfo, sqlx::Error> {
+    Ok(LockInfo {
+        key: row.try_get::<String, _>(0)?,
+        owner: row.try_get::<String, _>(1)?,
+        token: FencingToken(row.try_get::<i64, _>(2)? as u64),
+        depth: row.try_get::<i32, _>(3)?.max(0) as u32,
+        remaining_ttl: remaining(row.try_get::<i64, _>(4)?),
+        held_for: remaining(row.try_get::<i64, _>(5)?),
+    })
+}
+
+/// What one release statement did.
+pub(crate) enum Released {
+    /// The lock is free now.
+    Free,
+    /// A nested level was released; the owner still holds the lock.
+    Nested,
+    /// The caller held nothing (or not that acquisition).
+    Nothing,
+}
+
+impl Inner {
+    pub(crate) fn count(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs `fut` within the client's timeout.
+    pub(crate) async fn bounded<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        bounded(self.client_timeout, fut).await
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        for stmt in self.sql.create.iter().chain([&self.sql.create_waits]) {
+            self.count();
+            let run = async { sqlx::query(stmt).execute(&self.pool).await.map_err(map_err) };
+            match self.bounded(run).await {
+                Ok(_) => {}
+                // Two providers creating the same table at once: one of them loses the race
+                // on the catalog's unique index; the table is there either way.
+                Err(LockError::Backend { source, .. }) if is_unique_violation(source.as_ref()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One acquisition attempt: the `INSERT ... ON CONFLICT DO UPDATE` decides every outcome
+    /// in one statement. `more_waiters`: this provider has other waiters on the key, so the row
+    /// keeps naming it as the provider to wake on release.
+    ///
+    /// Runs detached (see `acquire`), so it is not bounded by the client's timeout here, only
+    /// by the server's statement timeout and, as a last resort, a much longer one.
+    pub(crate) async fn attempt(
+        &self,
+        key: &Arc<str>,
+        owner: &Arc<str>,
+        ttl: Duration,
+        more_waiters: bool,
+    ) -> Result<Attempt> {
+        self.gate.check()?;
+        let sent = Instant::now();
+        let backstop = self.client_timeout * 4;
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let row = bounded(
+            backstop,
+            with_contention_retry(|| async {
+                self.count();
+                sqlx::query(&self.sql.acquire)
+                    .bind(&**key)
+                    .bind(&**owner)
+                    .bind(micros(ttl))
+                    .bind(&self.tag)
+                    .bind(more_waiters)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err)
+            }),
+        )
+        .await?;
+        let decode = || -> std::result::Result<_, sqlx::Error> {
+            Ok((
+                row.try_get::<i64, _>(0)? as u64,
+                row.try_get::<i32, _>(1)?.max(0) as u32,
+                row.try_get::<i16, _>(2)?,
+                row.try_get::<String, _>(3)?,
+                remaining(row.try_get::<i64, _>(4)?),
+            ))
+        };
+        let (token, depth, outcome, holder, left) = decode().map_err(map_err)?;
+        let lease = |ttl: Duration| {
+            Lease::counted_from(sent, key.clone(), owner.clone(), FencingToken(token), ttl, depth)
+        };
+        match outcome {
+            op::INSERTED | op::TOOK_RELEASED => Ok(Attempt::Acquired(lease(ttl))),
+            op::TOOK_EXPIRED => {
+                self.expired_taken_over.fetch_add(1, Ordering::Relaxed);
+                lock_core::raw::report_expired_cleaned(NAME, 1);
+                tracing::debug!(backend = NAME, key = &**key, "expired lease taken over");
+                Ok(Attempt::Acquired(lease(ttl)))
+            }
+            // The TTL left is at least `ttl` (the expiry moved to the later of the two).
+            op::REENTERED => Ok(Attempt::Acquired(lease(left.max(ttl)))),
+            op::BUSY => Ok(Attempt::Busy { holder: Some(holder), expires_in: Some(left) }),
+            other => Err(LockError::backend(NAME, format!("unexpected acquire outcome {other}"))),
+        }
+    }
+
+    /// Releases one level in one owner-checked statement; `token` restricts it to one
+    /// acquisition (the undo of an abandoned one). A release that frees the lock wakes the
+    /// next waiter: here when it waits in this provider, by NOTIFY (in the same statement)
+    /// when it waits elsewhere.
+    pub(crate) async fn release(&self, key: &str, owner: &str, token: Option<u64>) -> Result<Released> {
+        let row = self
+            .bounded(with_contention_retry(|| async {
+                self.count();
+                let q = match token {
+                    Some(t) => {
+                        sqlx::query(&self.sql.undo).bind(key).bind(owner).bind(&self.tag).bind(t as i64)
+                    }
+                    None => sqlx::query(&self.sql.unlock).bind(key).bind(owner).bind(&self.tag),
+                };
+                q.fetch_optional(&self.pool).await.map_err(map_err)
+            }))
+            .await?;
+        let Some(row) = row else { return Ok(Released::Nothing) };
+        let depth: i32 = row.try_get(0).map_err(map_err)?;
+        if depth > 0 {
+            return Ok(Released::Nested);
+        }
+        let waiter: String = row.try_get(1).map_err(map_err)?;
+        if waiter.is_empty() || waiter == self.tag {
+            self.wakers.wake_one(key);
+        }
+        Ok(Released::Free)
+    }
+
+    /// Who holds `key`, when an acquisition gave up or a release found nothing.
+    pub(crate) async fn holder(&self, key: &str) -> Result<Option<(String, bool)>> {
+        self.count();
+        let row = self
+            .bounded(async {
+                sqlx::query(&self.sql.holder).bind(key).fetch_optional(&self.pool).await.map_err(map_err)
+            })
+            .await?;
+        row.map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<bool, _>(1)?))).transpose().map_err(map_err)
+    }
+
+    /// Deletes rows free for longer than `grace` (never less than `min_grace`); returns how
+    /// many.
+    pub(crate) async fn reap(&self, grace: Duration) -> Result<u64> {
+        let grace = grace.max(self.min_grace);
+        let mut total = 0;
+        loop {
+            self.count();
+            let rows: Vec<bool> = self
+                .bounded(async {
+                    sqlx::query_scalar(&self.sql.reap)
+                        .bind(micros(grace))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(map_err)
+                })
+                .await?;
+            let n = rows.len() as u64;
+            let expired = rows.iter().filter(|e| **e).count() as u64;
+            total += n;
+            self.rows_reaped.fetch_add(n, Ordering::Relaxed);
+            self.expired_reaped.fetch_add(expired, Ordering::Relaxed);
+            lock_core::raw::report_expired_cleaned(NAME, expired);
+            if n < 1000 {
+                break;
+            }
+        }
+        self.reap_waits().await?;
+        Ok(total)
+    }
+}
+
+fn is_unique_violation(e: &(dyn std::error::Error + 'static)) -> bool {
+    match e.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => db.code().is_some_and(|c| c == "23505" || c == "42P07"),
+        _ => false,
+    }
+}
