@@ -17,10 +17,13 @@
 //!   headless Chromium (see [`serve_check`]); part of `ci`.
 //! - `bare-check`: the README's main command built and run where `protoc` cannot be found, in
 //!   its own target directory (see [`bare_check`]); part of `ci`.
+//! - `deny-check`: `cargo deny check licenses bans sources` with the policy of `deny.toml`,
+//!   installing cargo-deny when missing (see [`deny`]); part of `ci`.
 //! - `package-check`: every published crate has the metadata crates.io and docs.rs need and
 //!   packages without a warning (see [`package`]); part of `ci`.
 
 mod bare_check;
+mod deny;
 mod deploy;
 mod package;
 mod serve_check;
@@ -33,7 +36,7 @@ use std::process::{exit, Command};
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
 const USAGE: &str =
-    "usage: cargo xtask <test [--long] | ci | deploy-check | serve-check | bare-check | package-check | services up|down|status | bench> [-- extra cargo test args]";
+    "usage: cargo xtask <test [--long] | ci | deploy-check | serve-check | bare-check | deny-check | package-check | services up|down|status | bench> [-- extra cargo test args]";
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -59,6 +62,7 @@ fn main() {
         Some("serve-check") => serve_check::serve_check(),
         Some("bare-check") => bare_check::bare_check(),
         Some("package-check") => package::check(),
+        Some("deny-check") => deny::check(),
         _ => Err(USAGE.to_string()),
     };
     if let Err(e) = result {
@@ -164,6 +168,7 @@ fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
     deploy::check()?;
+    deny::check()?;
     package::check()?;
     let mut counts = test(&[])?;
     // The facade without any backend: configuration still parses, backends fail with the
