@@ -4,8 +4,8 @@
 //!   suite with `DISTLOCK_REQUIRE_SERVICES=1` (a missing service fails the run, never skips
 //!   it); `--long` runs the stress and fault cases with more rounds.
 //! - `ci`: `cargo fmt --check`, clippy with `-D warnings` on every target and feature,
-//!   `deploy-check`, `test`, the examples (the README's main job among them), `serve-check`
-//!   and the docs with warnings denied.
+//!   `deploy-check`, `test`, the examples (the README's main job among them), `bare-check`,
+//!   `serve-check` and the docs with warnings denied.
 //! - `deploy-check`: the Prometheus alert rules and the Grafana dashboard under `deploy/`:
 //!   `promtool check rules` and `promtool test rules` (installing Debian's `prometheus` when
 //!   running as root), the dashboard's panels and queries, and every metric name they use
@@ -15,8 +15,17 @@
 //! - `bench`: the criterion benches of every backend, with their summaries.
 //! - `serve-check`: `distlock serve` end to end: its endpoints over HTTP and its page in
 //!   headless Chromium (see [`serve_check`]); part of `ci`.
+//! - `bare-check`: the README's main command built and run where `protoc` cannot be found, in
+//!   its own target directory (see [`bare_check`]); part of `ci`.
+//! - `deny-check`: `cargo deny check licenses bans sources` with the policy of `deny.toml`,
+//!   installing cargo-deny when missing (see [`deny`]); part of `ci`.
+//! - `package-check`: every published crate has the metadata crates.io and docs.rs need and
+//!   packages without a warning (see [`package`]); part of `ci`.
 
+mod bare_check;
+mod deny;
 mod deploy;
+mod package;
 mod serve_check;
 mod services;
 
@@ -27,7 +36,7 @@ use std::process::{exit, Command};
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
 const USAGE: &str =
-    "usage: cargo xtask <test [--long] | ci | deploy-check | serve-check | services up|down|status | bench> [-- extra cargo test args]";
+    "usage: cargo xtask <test [--long] | ci | deploy-check | serve-check | bare-check | deny-check | package-check | services up|down|status | bench> [-- extra cargo test args]";
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -51,6 +60,9 @@ fn main() {
         },
         Some("bench") => bench(),
         Some("serve-check") => serve_check::serve_check(),
+        Some("bare-check") => bare_check::bare_check(),
+        Some("package-check") => package::check(),
+        Some("deny-check") => deny::check(),
         _ => Err(USAGE.to_string()),
     };
     if let Err(e) = result {
@@ -156,6 +168,8 @@ fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
     deploy::check()?;
+    deny::check()?;
+    package::check()?;
     let mut counts = test(&[])?;
     // The facade without any backend: configuration still parses, backends fail with the
     // feature to enable.
@@ -166,6 +180,8 @@ fn ci() -> Result {
     }
     // The README's main job, on the embedded default and on every server backend.
     run(cargo().args(["run", "--quiet", "--bin", "distlock", "--", "demo"]))?;
+    // The same on a machine without protoc, the way a fresh clone builds it.
+    bare_check::bare_check()?;
     for (var, value) in &envs {
         let provider = match var.as_str() {
             "DISTLOCK_TEST_MYSQL_URL" => ("mysql", "DISTLOCK_MYSQL__URL"),
@@ -175,8 +191,10 @@ fn ci() -> Result {
             _ => continue,
         };
         let value = if provider.0 == "etcd" { format!("[{value}]") } else { value.clone() };
+        // etcd is an opt-in feature of the CLI (its client's build needs protoc).
         run(cargo()
-            .args(["run", "--quiet", "--bin", "distlock", "--", "demo", "--provider", provider.0])
+            .args(["run", "--quiet", "--features", provider.0, "--bin", "distlock", "--"])
+            .args(["demo", "--provider", provider.0])
             .env(provider.1, value))?;
     }
     // The operator's HTTP view, as a scraper, a script and a browser see it.

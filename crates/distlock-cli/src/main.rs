@@ -17,6 +17,10 @@
 //!   holding a lock, refreshed as long as it runs; the command is stopped when the lease is
 //!   lost (see [`exec`] for its exit statuses).
 //!
+//! The backends built in are memory, MySQL and Redis, plus etcd with feature `etcd` (off by
+//! default: etcd-client's build needs `protoc`); a configuration naming a backend the binary
+//! lacks fails with the command that builds it in.
+//!
 //! Every command uses the memory backend unless `--config distlock.toml`, `DISTLOCK_*`
 //! variables (e.g. `DISTLOCK_PROVIDER=mysql DISTLOCK_MYSQL__URL=mysql://...`) or `--provider`
 //! say otherwise.
@@ -41,7 +45,8 @@ struct Cli {
     /// TOML configuration file (also read: DISTLOCK_* environment variables).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Backend to use, overriding the configuration: memory, mysql, postgres, redis, etcd.
+    /// Backend to use, overriding the configuration: memory, mysql, postgres, redis, etcd (etcd
+    /// only in a binary built with `--features etcd`).
     #[arg(long, global = true, value_parser = parse_provider)]
     provider: Option<LockProviderType>,
     /// Log lock operations (`RUST_LOG` syntax, e.g. `distlock=debug,lock_core=debug`).
@@ -113,7 +118,39 @@ fn config(cli: &Cli) -> distlock::Result<LockConfig> {
         config.provider = p;
         config.validate()?;
     }
+    if !built_in(config.provider) {
+        return Err(not_built_in(config.provider));
+    }
     Ok(config)
+}
+
+/// Whether this binary was built with the backend `kind`. etcd is off by default (its client's
+/// build needs `protoc`); a backend this list does not name is left to the facade, which
+/// names the feature to enable.
+fn built_in(kind: LockProviderType) -> bool {
+    match kind {
+        LockProviderType::Mysql => cfg!(feature = "mysql"),
+        LockProviderType::Redis => cfg!(feature = "redis"),
+        LockProviderType::Etcd => cfg!(feature = "etcd"),
+        _ => true,
+    }
+}
+
+/// The error for a backend this binary was built without: the command that builds it in.
+fn not_built_in(kind: LockProviderType) -> distlock::LockError {
+    let name = kind.as_str();
+    let mut msg = format!(
+        "this distlock binary was built without the {name} backend; run it with \
+         `cargo run --features {name} --bin distlock -- ...` (installed: \
+         `cargo install distlock-cli --features {name}`)"
+    );
+    if kind == LockProviderType::Etcd {
+        msg.push_str(
+            " (etcd-client's build compiles etcd's protobuf files and needs protoc: \
+             `apt-get install protobuf-compiler`, or set PROTOC to a protoc binary)",
+        );
+    }
+    distlock::LockError::Config(msg)
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM; the handlers are installed when this is called.
@@ -304,6 +341,18 @@ mod tests {
             depth: 1,
             held_for: Duration::from_secs(held_secs),
         }
+    }
+
+    #[test]
+    fn a_backend_built_out_names_the_command_that_builds_it_in() {
+        let msg = not_built_in(LockProviderType::Etcd).to_string();
+        assert!(msg.contains("`cargo run --features etcd --bin distlock -- ...`"), "{msg}");
+        assert!(msg.contains("protobuf-compiler") && msg.contains("PROTOC"), "{msg}");
+        let msg = not_built_in(LockProviderType::Redis).to_string();
+        assert!(msg.contains("`cargo run --features redis --bin distlock -- ...`"), "{msg}");
+        assert!(!msg.contains("protoc"), "{msg}");
+        assert!(built_in(LockProviderType::Memory));
+        assert_eq!(built_in(LockProviderType::Etcd), cfg!(feature = "etcd"));
     }
 
     #[test]

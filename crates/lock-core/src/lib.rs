@@ -16,6 +16,22 @@
 //!
 //! This crate has no server clients and starts no runtime. Applications use the `distlock`
 //! facade, which re-exports it together with the backends enabled by features.
+//!
+//! ```
+//! use std::time::Duration;
+//! use lock_core::{validate, LockError, LockOptions, WaitPolicy};
+//!
+//! // What a caller asks for: a lease of 60 s, waiting up to 5 s for a busy lock.
+//! let opts = LockOptions::new("workflow:execution:42", "worker-1")
+//!     .ttl(Duration::from_secs(60))
+//!     .wait(WaitPolicy::deadline(Duration::from_secs(5)));
+//! assert_eq!(&*opts.key, "workflow:execution:42");
+//!
+//! // Bad input is refused before any backend sees it, and is not worth retrying.
+//! let err = validate::key("").unwrap_err();
+//! assert!(matches!(err, LockError::InvalidArgument { .. }));
+//! assert!(!err.is_retryable() && !err.is_timeout());
+//! ```
 
 #![deny(unsafe_code)]
 

@@ -75,10 +75,12 @@ pub struct EtcdConfig {
     pub keep_alive_interval: Duration,
     /// TLS from PEM files (feature `tls`), read when connecting.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub tls_files: Option<TlsFiles>,
     /// TLS settings built in code (feature `tls`); not part of a configuration file. Set
     /// either this or [`tls_files`](Self::tls_files), not both.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     #[serde(skip)]
     pub tls: Option<etcd_client::TlsOptions>,
 }
@@ -93,6 +95,7 @@ pub struct EtcdConfig {
 /// domain = "etcd.internal"           # name to verify instead of the endpoint's host
 /// ```
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -224,6 +227,7 @@ impl EtcdConfig {
 
     /// Sets the TLS options (feature `tls`).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, tls: etcd_client::TlsOptions) -> Self {
         self.tls = Some(tls);
         self
@@ -231,6 +235,7 @@ impl EtcdConfig {
 
     /// Sets TLS from PEM files (feature `tls`).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_files(mut self, files: TlsFiles) -> Self {
         self.tls_files = Some(files);
         self

@@ -52,6 +52,19 @@
 //!   time of that request plus the TTL.
 //!
 //! See `docs/etcd.md` in the repository for failover behaviour and measurements.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> lock_core::Result<()> {
+//! use std::time::Duration;
+//! use lock_core::{LockOptions, LockProvider};
+//! use lock_etcd::{EtcdConfig, EtcdLockProvider};
+//!
+//! let locks = EtcdLockProvider::connect(EtcdConfig::new(["http://127.0.0.1:2379"])).await?;
+//! let lease = locks.lock(&LockOptions::new("jobs:nightly", "worker-1").ttl(Duration::from_secs(30))).await?;
+//! // The token is the entry's create revision: pass it to the storage the lock protects.
+//! locks.unlock(&lease.key, &lease.owner).await?;
+//! # Ok(()) }
+//! ```
 
 //!
 //! ## Modules
@@ -72,6 +85,8 @@
 //! | `inspect` | `is_locked`, `list`, `health` |
 //! | `backend` | the [`LockBackend`](lock_core::raw::LockBackend) impl, delegating to the above |
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod acquire;
 mod backend;
 mod config;
@@ -88,6 +103,7 @@ mod takeback;
 mod waits;
 
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use config::TlsFiles;
 pub use config::{
     EtcdConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ENDPOINT, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_PREFIX,
