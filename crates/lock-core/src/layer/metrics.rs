@@ -238,7 +238,7 @@ impl Holds {
     /// Adds a hold of `class` started at `at`; `true` when that changed the class's oldest.
     fn add_start(&mut self, class: &Arc<str>, at: Duration) -> bool {
         let starts = self.starts.entry(class.clone()).or_default();
-        let changed = starts.first_key_value().map_or(true, |(&oldest, _)| at < oldest);
+        let changed = starts.first_key_value().is_none_or(|(&oldest, _)| at < oldest);
         *starts.entry(at).or_default() += 1;
         changed
     }
