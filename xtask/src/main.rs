@@ -19,6 +19,9 @@
 //!   its own target directory (see [`bare_check`]); part of `ci`.
 //! - `deny-check`: `cargo deny check licenses bans sources` with the policy of `deny.toml`,
 //!   installing cargo-deny when missing (see [`deny`]); part of `ci`.
+//! - `rust-version-check`: the workspace's `rust-version` is at least the highest one its
+//!   dependency graph declares, on Linux, Windows and macOS (see [`rust_version`]); part of
+//!   `ci`.
 //! - `package-check`: every published crate has the metadata crates.io and docs.rs need and
 //!   packages without a warning (see [`package`]); part of `ci`.
 
@@ -26,6 +29,7 @@ mod bare_check;
 mod deny;
 mod deploy;
 mod package;
+mod rust_version;
 mod serve_check;
 mod services;
 
@@ -36,7 +40,7 @@ use std::process::{exit, Command};
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
 const USAGE: &str =
-    "usage: cargo xtask <test [--long] | ci | deploy-check | serve-check | bare-check | deny-check | package-check | services up|down|status | bench> [-- extra cargo test args]";
+    "usage: cargo xtask <test [--long] | ci | deploy-check | serve-check | bare-check | deny-check | package-check | rust-version-check | services up|down|status | bench> [-- extra cargo test args]";
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -63,6 +67,7 @@ fn main() {
         Some("bare-check") => bare_check::bare_check(),
         Some("package-check") => package::check(),
         Some("deny-check") => deny::check(),
+        Some("rust-version-check") => rust_version::check(),
         _ => Err(USAGE.to_string()),
     };
     if let Err(e) = result {
@@ -168,6 +173,7 @@ fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
     deploy::check()?;
+    rust_version::check()?;
     deny::check()?;
     package::check()?;
     let mut counts = test(&[])?;

@@ -39,7 +39,7 @@ fn manifests() -> Result {
         }
         published.push(name);
         for field in ["description", "license", "repository", "rust_version"] {
-            if !package[field].as_str().is_some_and(|v| !v.trim().is_empty()) {
+            if package[field].as_str().is_none_or(|v| v.trim().is_empty()) {
                 missing.push(format!("{name}: {}", field.replace('_', "-")));
             }
         }

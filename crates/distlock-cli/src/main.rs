@@ -130,6 +130,7 @@ fn config(cli: &Cli) -> distlock::Result<LockConfig> {
 fn built_in(kind: LockProviderType) -> bool {
     match kind {
         LockProviderType::Mysql => cfg!(feature = "mysql"),
+        LockProviderType::Postgres => cfg!(feature = "postgres"),
         LockProviderType::Redis => cfg!(feature = "redis"),
         LockProviderType::Etcd => cfg!(feature = "etcd"),
         _ => true,
@@ -296,7 +297,7 @@ fn waits_table(waits: &[distlock::WaitInfo], locks: &[LockInfo], provider: &str)
 
 fn inspect_table(locks: &[LockInfo], older_than: Option<Duration>, provider: &str) -> String {
     let shown: Vec<&LockInfo> =
-        locks.iter().filter(|l| older_than.map_or(true, |d| l.held_longer_than(d))).collect();
+        locks.iter().filter(|l| older_than.is_none_or(|d| l.held_longer_than(d))).collect();
     let mut out = format!(
         "{:<60} {:<40} {:>20} {:>10} {:>10} {:>5}\n",
         "KEY", "OWNER", "TOKEN", "TTL LEFT", "HELD", "DEPTH"

@@ -327,7 +327,7 @@ fn execs_never_overlap(b: &Backend) {
         let start = pair[0].strip_prefix("start ").unwrap_or_else(|| panic!("a start line: {text}"));
         assert_eq!(pair[1], format!("end {start}"), "a command ran inside another's hold:\n{text}");
         let token: u64 = start.parse().expect("token");
-        assert!(last.map_or(true, |l| token > l), "tokens must strictly increase:\n{text}");
+        assert!(last.is_none_or(|l| token > l), "tokens must strictly increase:\n{text}");
         last = Some(token);
     }
 }

@@ -42,7 +42,7 @@ impl Inner {
         // Fast path: the entry exactly as this provider last wrote it, released in one round
         // trip; if it changed, the same transaction reads who holds the lock now.
         let mut seen = None;
-        if let Some(c) = self.recall(key, owner).filter(|c| token.map_or(true, |t| t == c.token)) {
+        if let Some(c) = self.recall(key, owner).filter(|c| token.is_none_or(|t| t == c.token)) {
             let resp = self
                 .txn(
                     Txn::new()

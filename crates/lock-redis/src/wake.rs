@@ -109,13 +109,14 @@ impl Registry {
     fn released(&self, channel: &str, owner: Option<&str>, token: Option<u64>) {
         let token = token.filter(|_| self.match_tokens);
         if let Some(e) = self.entries().get_mut(channel) {
-            let ended = e.holder.as_ref().is_some_and(|h| {
-                owner.map_or(true, |o| *h.owner == *o) && token.map_or(true, |t| t == h.token)
-            });
+            let ended = e
+                .holder
+                .as_ref()
+                .is_some_and(|h| owner.is_none_or(|o| *h.owner == *o) && token.is_none_or(|t| t == h.token));
             if ended {
                 e.holder = None;
             }
-            if e.seen.as_ref().is_some_and(|s| owner.map_or(true, |o| s.holder == o)) {
+            if e.seen.as_ref().is_some_and(|s| owner.is_none_or(|o| s.holder == o)) {
                 e.seen = None;
             }
         }

@@ -107,11 +107,11 @@ pub async fn owners_with_spaces_round_trip(ctx: &Ctx) {
     assert_eq!(p.is_locked(&key).await.unwrap().unwrap().owner, owner);
     assert_eq!(p.list(ctx.prefix()).await.unwrap()[0].owner, owner);
     match p.try_lock(&opts(&key, "bob")).await {
-        Err(LockError::Timeout { holder, .. }) => assert!(holder.map_or(true, |h| h == owner)),
+        Err(LockError::Timeout { holder, .. }) => assert!(holder.is_none_or(|h| h == owner)),
         other => panic!("{other:?}"),
     }
     match p.unlock(&key, "bob").await {
-        Err(LockError::NotOwner { holder, .. }) => assert!(holder.map_or(true, |h| h == owner)),
+        Err(LockError::NotOwner { holder, .. }) => assert!(holder.is_none_or(|h| h == owner)),
         other => panic!("{other:?}"),
     }
     p.unlock(&key, owner).await.unwrap();
@@ -366,7 +366,7 @@ pub async fn keys_extending_each_other_are_independent(ctx: &Ctx) {
     let expected = [(&jobs, "alice"), (&slash, "bob"), (&colon, "carol")];
     assert_eq!(listed, expected.map(|(k, o)| (k.clone(), o.to_string())), "sorted by key");
     match p.try_lock(&opts(&jobs, "dave")).await {
-        Err(LockError::Timeout { holder, .. }) => assert!(holder.map_or(true, |h| h == "alice")),
+        Err(LockError::Timeout { holder, .. }) => assert!(holder.is_none_or(|h| h == "alice")),
         other => panic!("jobs is alice's: {other:?}"),
     }
     assert!(matches!(p.unlock(&jobs, "bob").await, Err(LockError::NotOwner { .. })));

@@ -174,7 +174,7 @@ pub async fn dropped_acquisition_keeps_the_owners_other_level(ctx: &Ctx) {
         let until = Instant::now() + Duration::from_secs(5);
         let info = loop {
             let info = p.is_locked(&key).await.unwrap();
-            if info.as_ref().map_or(true, |i| i.depth <= received) || Instant::now() >= until {
+            if info.as_ref().is_none_or(|i| i.depth <= received) || Instant::now() >= until {
                 break info;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
