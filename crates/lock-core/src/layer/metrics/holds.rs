@@ -140,13 +140,17 @@ impl Holds {
         };
         let Some(h) = holders.get_mut(owner) else {
             let held = start(lists, class, depth, now);
-            let Holders::One(first, first_held) = std::mem::replace(holders, Holders::Many(Vec::new()))
-            else {
-                let Holders::Many(v) = holders else { unreachable!("no other shape") };
-                v.push((owner.clone(), held));
-                return;
-            };
-            *holders = Holders::Many(vec![(first, first_held), (owner.clone(), held)]);
+            match holders {
+                Holders::Many(v) => v.push((owner.clone(), held)),
+                Holders::One(..) => {
+                    let Holders::One(first, first_held) =
+                        std::mem::replace(holders, Holders::Many(Vec::new()))
+                    else {
+                        unreachable!("matched as One")
+                    };
+                    *holders = Holders::Many(vec![(first, first_held), (owner.clone(), held)]);
+                }
+            }
             return;
         };
         h.depth = depth;

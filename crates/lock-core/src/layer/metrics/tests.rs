@@ -293,11 +293,15 @@ mod layer {
                 .map(|(_, v)| v)
         };
 
+        p.lock(&opts("d:1", "o0")).await.unwrap();
+        let _ = p.inner().unlock("d:1", "o0").await; // "expired"
         p.lock(&opts("d:1", "o1")).await.unwrap();
-        let _ = p.inner().unlock("d:1", "o1").await; // "expired"
+        let _ = p.inner().unlock("d:1", "o1").await; // "expired" too: three owners tracked
         p.lock(&opts("d:1", "o2")).await.unwrap();
         p.lock(&opts("d:1", "o2")).await.unwrap();
-        assert_eq!(held(&s).as_deref(), Some("2"));
+        assert_eq!(held(&s).as_deref(), Some("3"));
+        assert!(matches!(p.unlock("d:1", "o0").await, Err(LockError::NotHeld { .. })));
+        assert_eq!(held(&s).as_deref(), Some("-1"), "o0's hold was still tracked");
         p.unlock("d:1", "o2").await.unwrap();
         assert_eq!(held(&s).as_deref(), Some("0"), "o2 still holds one level");
         p.unlock("d:1", "o2").await.unwrap();
