@@ -28,7 +28,11 @@ use sqlx::Postgres;
 
 const TABLE: &str = "distlock_bench";
 const RAW_TABLE: &str = "distlock_bench_raw";
-const POOL: u32 = 34;
+/// Pool of the provider and the raw client. The server's `max_connections` (100 by default)
+/// must hold every pool of the run at once.
+const POOL: u32 = 16;
+/// Pool of `pg_advisory_lock`, which holds a connection per held lock: one per task.
+const ADVISORY_POOL: u32 = 34;
 
 /// INSERT to acquire (a unique violation means busy), DELETE to release.
 struct RawInsertDelete {
@@ -142,11 +146,12 @@ async fn contenders() -> Option<Vec<Contender>> {
     // The raw table has exactly the provider's shape.
     for sql in [
         format!("DROP TABLE IF EXISTS \"{RAW_TABLE}\""),
-        format!("CREATE TABLE \"{RAW_TABLE}\" (LIKE \"{TABLE}\" INCLUDING ALL)"),
+        format!("CREATE TABLE \"{RAW_TABLE}\" (LIKE \"{TABLE}\" INCLUDING ALL) WITH (fillfactor = 50)"),
     ] {
         sqlx::query(&sql).execute(&pool).await.expect("raw table");
     }
-    let al_pool = PgPoolOptions::new().max_connections(POOL).connect(&postgres_url()).await.expect("connect");
+    let al_pool =
+        PgPoolOptions::new().max_connections(ADVISORY_POOL).connect(&postgres_url()).await.expect("connect");
     let counted = provider.clone();
     Some(vec![
         Contender::new("distlock postgres", Arc::new(ProviderCycle::new(provider as Arc<dyn LockProvider>)))
@@ -163,7 +168,7 @@ async fn contenders() -> Option<Vec<Contender>> {
 
 /// Throughput, latency percentiles and attempts per acquisition, for docs/benchmarks.md.
 async fn summary(all: Vec<Contender>) {
-    println!("\n## summary (2 worker threads, pools of {POOL})");
+    println!("\n## summary (2 worker threads, pools of {POOL}, {ADVISORY_POOL} for advisory locks)");
     println!("| contender | acquire p50 | release p50 | uncontended cycles/s | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over p99 |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut per_acq = None;
@@ -194,6 +199,8 @@ async fn summary(all: Vec<Contender>) {
         println!("\ndistlock postgres, 16 tasks on one hot key, one provider: {s:.2} acquire attempts per acquisition");
     }
     // The hot key across two providers: releases in one wake the other's waiters by NOTIFY.
+    // The contenders' pools go first: the server's connections are limited.
+    drop(all);
     let two = TwoProviders([Arc::new(provider(POOL / 2).await), Arc::new(provider(POOL / 2).await)]);
     let attempts = |t: &TwoProviders| t.0.iter().map(|p| p.acquire_attempts()).sum::<u64>();
     let notified = |t: &TwoProviders| t.0.iter().map(|p| p.wake_notifications()).sum::<u64>();

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_core::raw::{acquire_with_backoff, attempt_detached, Gate, LockBackend, Undo};
+use std::sync::atomic::Ordering;
+
+use lock_core::raw::{acquire_with_backoff, attempt_detached, Attempt, Gate, LockBackend, Undo};
 use lock_core::{
     Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result, WaitInfo,
 };
@@ -53,23 +55,45 @@ impl LockBackend for PgLockProvider {
                 }
             })
         });
-        let signal = inner.wakers.signal(&opts.key);
-        let result = acquire_with_backoff(opts, &inner.gate, Some(&signal), || {
+        let me = inner.waiters.join(&opts.key);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        // A call that tries once always asks the server.
+        let may_wait = !opts.wait.budget().is_zero();
+        let result = acquire_with_backoff(opts, &inner.gate, Some(&me.waiter.notify), || {
             let (inner, key, owner, ttl) = (inner.clone(), opts.key.clone(), opts.owner.clone(), opts.ttl);
-            // Other waiters of this provider on the key: the row keeps naming this provider
-            // as the one to wake on release.
-            let more_waiters = Arc::strong_count(&signal) > 1;
+            // Between wake-ups (the wait loop's fallback timer) a fresh "held by someone else"
+            // from the server answers here; so does it for the first attempt of a call that
+            // queues behind other waiters of this provider (which keep the provider in line
+            // for a wake-up). Woken attempts always ask the server.
+            let woken = me.waiter.take_wake();
+            let first = first.swap(false, Ordering::Relaxed);
+            let known = (may_wait && !woken)
+                .then(|| inner.waiters.known_held(&key))
+                .flatten()
+                .filter(|(holder, _)| *holder != *owner)
+                .filter(|_| !first || inner.waiters.count(&key) > 1);
+            // Other waiters of this provider on the key: the row keeps this provider in line.
+            let more_waiters = inner.waiters.count(&key) > 1;
             let limit = inner.client_timeout;
-            // The attempt runs detached: if the client gives up waiting for it, it still runs
-            // to its end, and an acquisition nobody will use is undone by owner and token.
-            let attempt = attempt_detached(
-                async move { inner.attempt(&key, &owner, ttl, more_waiters).await },
-                undo.clone(),
-            );
-            bounded(limit, attempt)
+            let undo = undo.clone();
+            async move {
+                if let Some((holder, left)) = known {
+                    // An empty holder: the lock is being handed to a waiter of this provider.
+                    let holder = (!holder.is_empty()).then_some(holder);
+                    return Ok(Attempt::Busy { holder, expires_in: Some(left) });
+                }
+                // The attempt runs detached: if the client gives up waiting for it, it still
+                // runs to its end, and an acquisition nobody will use is undone by owner and
+                // token.
+                let attempt = attempt_detached(
+                    async move { inner.attempt(&key, &owner, ttl, more_waiters).await },
+                    undo,
+                );
+                bounded(limit, attempt).await
+            }
         })
         .await;
-        drop(signal);
+        drop(me);
         match result {
             Err(LockError::Timeout { key, holder: None, waited }) => {
                 // One read to name the holder in the error; the wait itself never needed it.
@@ -173,7 +197,7 @@ impl LockBackend for PgLockProvider {
 
     async fn shutdown(&self) -> Result<()> {
         self.stop_tasks();
-        self.inner.wakers.wake_all();
+        self.inner.waiters.wake_all();
         if let Some(pool) = &self.listener_pool {
             pool.close().await;
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::raw::{Attempt, Gate, Wakers};
+use lock_core::raw::{Attempt, Gate};
 use lock_core::{FencingToken, Lease, LockError, LockInfo, Result};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::config::PgLockConfig;
 use crate::error::{map_err, with_contention_retry, NAME};
 use crate::table::{op, Statements, TableName};
+use crate::waiters::Waiters;
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -36,9 +37,9 @@ pub(crate) struct Inner {
     /// How long the client waits for one statement before it gives up.
     pub(crate) client_timeout: Duration,
     pub(crate) gate: Gate,
-    /// Waiters of this process, woken by this provider's releases and by the notifications of
-    /// other providers' releases.
-    pub(crate) wakers: Wakers,
+    /// Waiters of this provider, woken by its releases and by the notifications of other
+    /// providers' releases.
+    pub(crate) waiters: Waiters,
     pub(crate) expired_taken_over: AtomicU64,
     pub(crate) rows_reaped: AtomicU64,
     pub(crate) expired_reaped: AtomicU64,
@@ -156,6 +157,10 @@ impl Inner {
         let lease = |ttl: Duration| {
             Lease::counted_from(sent, key.clone(), owner.clone(), FencingToken(token), ttl, depth)
         };
+        if outcome != op::BUSY {
+            // Held now, by this caller: what this provider's other waiters of the key may assume.
+            self.waiters.saw_held(key, owner, left);
+        }
         match outcome {
             op::INSERTED | op::TOOK_RELEASED => Ok(Attempt::Acquired(lease(ttl))),
             op::TOOK_EXPIRED => {
@@ -166,7 +171,10 @@ impl Inner {
             }
             // The TTL left is at least `ttl` (the expiry moved to the later of the two).
             op::REENTERED => Ok(Attempt::Acquired(lease(left.max(ttl)))),
-            op::BUSY => Ok(Attempt::Busy { holder: Some(holder), expires_in: Some(left) }),
+            op::BUSY => {
+                self.waiters.saw_held(key, &holder, left);
+                Ok(Attempt::Busy { holder: Some(holder), expires_in: Some(left) })
+            }
             other => Err(LockError::backend(NAME, format!("unexpected acquire outcome {other}"))),
         }
     }
@@ -194,8 +202,14 @@ impl Inner {
             return Ok(Released::Nested);
         }
         let waiter: String = row.try_get(1).map_err(map_err)?;
-        if waiter.is_empty() || waiter == self.tag {
-            self.wakers.wake_one(key);
+        if !waiter.is_empty() {
+            // Handed to the next waiter (of this provider or, by the statement's NOTIFY, of
+            // another): a call of this provider that arrives now queues behind it instead of
+            // racing it to the server.
+            self.waiters.saw_held(key, "", crate::waiters::FRESH);
+        }
+        if waiter == self.tag {
+            self.waiters.wake_one(key);
         }
         Ok(Released::Free)
     }

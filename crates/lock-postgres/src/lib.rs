@@ -30,9 +30,10 @@
 //!   depth       INTEGER NOT NULL,            -- reentry depth; 0 = released
 //!   last_op     SMALLINT NOT NULL,           -- what the last acquire statement did
 //!   waiter      TEXT NOT NULL DEFAULT '',    -- tag of the provider to wake on release
+//!   other_waiter TEXT NOT NULL DEFAULT '',   -- a second provider known to wait
 //!   acquired_at TIMESTAMPTZ NOT NULL,        -- when the holder took it, server clock
 //!   expires_at  TIMESTAMPTZ NOT NULL         -- lease end (or release time), server clock
-//! );
+//! ) WITH (fillfactor = 50);
 //! ```
 //!
 //! ## How it works
@@ -56,10 +57,12 @@
 //!   while `generation < 65536`. A statement that drew its id before the old row was created
 //!   cannot still be running then, so the next row of the key has a larger id, and its first
 //!   token is above every token of the old row.
-//! - **Waiting**: the shared wait loop, woken by releases. A release in this provider wakes
-//!   its local waiter at once; a release elsewhere reaches this provider through
-//!   LISTEN/NOTIFY on a connection of its own (see the `listen` module docs: one wake-up per
-//!   release, addressed to the provider whose caller was last refused the key). Lost
+//! - **Waiting**: the shared wait loop, woken by releases. A release through this provider
+//!   wakes its next local waiter at once; a release elsewhere reaches this provider through
+//!   LISTEN/NOTIFY on a connection of its own, addressed to the provider whose turn it is (the
+//!   row names up to two waiting providers, which take turns; see the `listen` and `waiters`
+//!   modules). Between wake-ups, a waiter's attempts are answered from what this provider heard
+//!   from the server less than 100 ms ago, so only woken waiters go to the server. Lost
 //!   notifications cost latency only: the loop falls back to jittered backoff.
 //! - **Cancel safety**: each attempt runs detached; if the caller is gone when it acquired,
 //!   the acquisition is undone by owner and fencing token.
@@ -74,6 +77,7 @@ mod error;
 mod listen;
 mod provider;
 mod table;
+mod waiters;
 mod waits;
 
 pub use config::{CleanupStats, PgLockConfig, REAP_GRACE_FACTOR};

@@ -2,11 +2,12 @@
 //! every notification of a release wakes one local waiter of its key.
 //!
 //! A release that frees a lock sends, in the same statement, `pg_notify(channel, payload)` with
-//! the payload `target || sender || key`: `target` is the tag of the provider whose caller was
-//! last refused the key (recorded in the row by that busy attempt), or `*` x 16 when the row
-//! names nobody; `sender` is the releasing provider's tag. A provider wakes one local waiter of
-//! the key when it is the target (or anyone is), and ignores its own releases (it woke its
-//! waiter itself). So one release wakes one waiter in one process, not one in every process.
+//! the payload `target || sender || key`: `target` is the tag of the provider whose turn it is
+//! (recorded in the row by busy attempts and handed on by acquisitions, see the acquire
+//! statement in `table.rs`), `sender` the releasing provider's tag. Only the target wakes one
+//! local waiter of the key; a release whose next waiter waits in the releasing provider sends
+//! nothing and wakes it directly. So one release wakes one waiter in one process, not one in
+//! every process.
 //!
 //! Notifications are best effort: PostgreSQL delivers them only to connections that listen at
 //! commit time, so a notification sent while the listener reconnects is lost. The listener
@@ -31,14 +32,14 @@ const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// Longest pause between attempts to reconnect the listener.
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
-/// Whom a notification's payload is for, and the key it names; `None` for a payload this
-/// provider should ignore (its own release, another provider's target, a foreign format).
+/// The key a notification's payload names, if it is addressed to the provider tagged `tag`;
+/// `None` for a payload this provider ignores (its own release, another provider's turn, a
+/// foreign format).
 pub(crate) fn addressed<'p>(payload: &'p str, tag: &str) -> Option<&'p str> {
     let target = payload.get(..TAG_LEN)?;
     let sender = payload.get(TAG_LEN..2 * TAG_LEN)?;
     let key = payload.get(2 * TAG_LEN..)?;
-    let for_us = target == tag || target.bytes().all(|b| b == b'*');
-    (for_us && sender != tag && !key.is_empty()).then_some(key)
+    (target == tag && sender != tag && !key.is_empty()).then_some(key)
 }
 
 /// Starts the listener task of `inner`: it lives until the provider is dropped or closed.
@@ -49,6 +50,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>, pool: PgPool) -> tokio::task::JoinHandle
     let check_within = inner.client_timeout;
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(20);
+        let mut reconnecting = false;
         loop {
             if !alive(&weak) {
                 return;
@@ -72,14 +74,21 @@ pub(crate) fn spawn(inner: &Arc<Inner>, pool: PgPool) -> tokio::task::JoinHandle
                 }
             };
             pause = Duration::from_millis(20);
-            // Releases may have gone unnoticed while the listener was away.
             if let Some(inner) = weak.upgrade() {
-                inner.wakers.wake_all();
+                inner.waiters.listening.store(true, Ordering::Release);
+                // Releases may have gone unnoticed while the listener was away. (Before the
+                // first connection no waiter relied on it: their attempts all went to the
+                // server.)
+                if reconnecting {
+                    inner.waiters.wake_all();
+                }
             }
+            reconnecting = true;
             let why = serve(&mut listener, &weak, &tag, check_within).await;
             tracing::debug!(backend = NAME, why, "wake-up listener lost its connection; reconnecting");
             if let Some(inner) = weak.upgrade() {
-                inner.wakers.wake_all();
+                inner.waiters.listening.store(false, Ordering::Release);
+                inner.waiters.wake_all();
             }
         }
     })
@@ -102,13 +111,13 @@ async fn serve(
                 let Some(inner) = weak.upgrade() else { return "provider dropped" };
                 if let Some(key) = addressed(n.payload(), tag) {
                     inner.notifications.fetch_add(1, Ordering::Relaxed);
-                    inner.wakers.wake_one(key);
+                    inner.waiters.wake_one(key);
                 }
             }
             // Reconnected by sqlx: notifications in between are lost.
             Ok(Ok(None)) => {
                 if let Some(inner) = weak.upgrade() {
-                    inner.wakers.wake_all();
+                    inner.waiters.wake_all();
                 }
             }
             Ok(Err(_)) => return "receive failed",
@@ -132,10 +141,8 @@ mod tests {
     #[test]
     fn payloads_are_addressed_by_tag_and_skip_the_sender() {
         let (me, other) = ("00000000000000aa", "00000000000000bb");
-        let anyone = "*".repeat(TAG_LEN);
         assert_eq!(addressed(&format!("{me}{other}k:1"), me), Some("k:1"));
-        assert_eq!(addressed(&format!("{anyone}{other}k"), me), Some("k"));
-        assert_eq!(addressed(&format!("{anyone}{me}k"), me), None, "own release");
+        assert_eq!(addressed(&format!("{me}{me}k"), me), None, "own release");
         assert_eq!(addressed(&format!("{other}{me}k"), me), None, "someone else's waiter");
         assert_eq!(addressed(&format!("{other}{other}k"), me), None);
         assert_eq!(addressed("short", me), None);

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_core::raw::{spawn_reaper, Gate, Wakers};
+use lock_core::raw::{spawn_reaper, Gate};
 use lock_core::{LockError, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
@@ -125,7 +125,7 @@ impl PgLockProvider {
             config,
             min_grace,
             gate: Gate::new(),
-            wakers: Wakers::new(),
+            waiters: Default::default(),
             expired_taken_over: AtomicU64::new(0),
             rows_reaped: AtomicU64::new(0),
             expired_reaped: AtomicU64::new(0),
@@ -220,6 +220,12 @@ impl PgLockProvider {
     /// Acquire attempts (acquire statements) sent so far: the cost of waiting.
     pub fn acquire_attempts(&self) -> u64 {
         self.inner.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Whether the wake-up listener is connected now (releases in other processes then wake
+    /// this provider's waiters).
+    pub fn listening(&self) -> bool {
+        self.inner.waiters.listening.load(Ordering::Acquire)
     }
 
     /// Release notifications of other providers that woke a waiter of this one so far.

@@ -145,20 +145,25 @@ impl Statements {
         // Whether the row, as it was, holds a live lock; `excluded.acquired_at` is the
         // statement's one reading of the server clock.
         let live = "l.depth > 0 AND l.expires_at > excluded.acquired_at";
-        // A release's wake-up: on the channel, a payload of the waiter's provider tag (or
-        // `*` x 16: anyone), the releasing provider's tag ($3) and the key. Only when the lock
-        // became free and somebody other than the releasing provider waits (or nobody knows).
+        // A release's wake-up: on the channel, a payload of the next waiter's provider tag,
+        // the releasing provider's tag ($3) and the key. Only when the lock became free and
+        // the next waiter waits in another provider (the releasing one wakes its own).
         let notify = |depth: &str| {
             format!(
-                "CASE WHEN {depth} = 0 AND waiter <> $3 THEN pg_notify('{chan}',
-                     CASE WHEN waiter = '' THEN repeat('*', {TAG_LEN}) ELSE waiter END || $3 || lock_key) END IS NULL",
+                "CASE WHEN {depth} = 0 AND waiter NOT IN ('', $3)
+                     THEN pg_notify('{chan}', waiter || $3 || lock_key) END IS NULL",
                 chan = table.channel()
             )
         };
+        // Another provider the row knows to wait for the key, besides the acquiring one ($4).
+        let other = "CASE WHEN l.waiter NOT IN ('', $4) THEN l.waiter \
+                          WHEN l.other_waiter NOT IN ('', $4) THEN l.other_waiter ELSE '' END";
         Statements {
             // One row per key in use. A release keeps the row (free: depth 0, no owner), so
             // that the key's last fencing token stays; the reaper deletes rows that have been
-            // free for the grace period. Keys and owners compare byte for byte (`C`).
+            // free for the grace period. Keys and owners compare byte for byte (`C`). Pages
+            // are filled to half, so that the new version of an updated row finds room on its
+            // own page (a HOT update: no index entry, less WAL).
             create: vec![
                 format!("CREATE SEQUENCE IF NOT EXISTS {ids}"),
                 format!(
@@ -170,22 +175,27 @@ impl Statements {
                         depth INTEGER NOT NULL,
                         last_op SMALLINT NOT NULL,
                         waiter TEXT NOT NULL DEFAULT '',
+                        other_waiter TEXT NOT NULL DEFAULT '',
                         acquired_at TIMESTAMPTZ NOT NULL,
                         expires_at TIMESTAMPTZ NOT NULL
-                    )"
+                    ) WITH (fillfactor = 50)"
                 ),
             ],
             // One statement decides and acts, for every acquisition. A key without a row gets
             // one (token `id << 16`, the id drawn from the sequence). Otherwise, under the row
             // lock, the row as it was (`l`, every SET reads the old values) decides: re-entry
             // of the owner's live lock, take-over of a released or expired row (generation + 1:
-            // the token follows the key's previous token), or busy. A busy attempt records its
-            // provider's tag in `waiter`, so the release wakes that provider's waiters; an
-            // acquisition clears it unless its provider has more waiters on the key ($5).
+            // the token follows the key's previous token), or busy.
+            //
+            // `waiter` names the provider whose waiter the next release wakes, `other_waiter`
+            // a second provider known to wait. A busy attempt enters its provider ($4); a
+            // take-over hands the turn to the other provider if one waits (so two processes
+            // take turns), keeping its own provider in line if it has more waiters ($5).
             // Parameters: key, owner, ttl µs, tag, more local waiters (bool).
             acquire: format!(
-                "INSERT INTO {t} AS l (lock_key, id, generation, owner, depth, last_op, waiter, acquired_at, expires_at)
-                 VALUES ($1, nextval('{ids_lit}'), 0, $2, 1, {inserted}, CASE WHEN $5 THEN $4 ELSE '' END,
+                "INSERT INTO {t} AS l (lock_key, id, generation, owner, depth, last_op, waiter, other_waiter,
+                                        acquired_at, expires_at)
+                 VALUES ($1, nextval('{ids_lit}'), 0, $2, 1, {inserted}, CASE WHEN $5 THEN $4 ELSE '' END, '',
                          clock_timestamp(), clock_timestamp() + $3 * INTERVAL '1 microsecond')
                  ON CONFLICT (lock_key) DO UPDATE SET
                    last_op = CASE WHEN {live} AND l.owner = excluded.owner THEN {reentered}
@@ -199,9 +209,19 @@ impl Statements {
                    expires_at = CASE WHEN {live} AND l.owner = excluded.owner
                                          THEN GREATEST(l.expires_at, excluded.expires_at)
                                      WHEN {live} THEN l.expires_at ELSE excluded.expires_at END,
-                   waiter = CASE WHEN {live} AND l.owner <> excluded.owner THEN $4
-                                 WHEN $5 THEN $4
-                                 WHEN l.waiter = $4 THEN '' ELSE l.waiter END
+                   waiter = CASE WHEN {live} AND l.owner = excluded.owner THEN l.waiter
+                                 WHEN {live} AND l.waiter IN ('', $4) THEN $4
+                                 WHEN {live} THEN l.waiter
+                                 WHEN ({other}) <> '' THEN ({other})
+                                 WHEN $5 THEN $4 ELSE '' END,
+                   other_waiter = CASE WHEN {live} AND l.owner = excluded.owner THEN l.other_waiter
+                                       WHEN {live} AND l.waiter IN ('', $4)
+                                           THEN CASE WHEN l.other_waiter = $4 THEN '' ELSE l.other_waiter END
+                                       WHEN {live} THEN $4
+                                       WHEN ({other}) <> '' AND $5 THEN $4
+                                       WHEN ({other}) = l.waiter AND l.other_waiter NOT IN ('', $4)
+                                           THEN l.other_waiter
+                                       ELSE '' END
                  RETURNING {TOKEN}, depth, last_op, owner, {left}",
                 ids_lit = ids.replace('\'', "''"),
                 inserted = op::INSERTED,

@@ -322,6 +322,11 @@ async fn a_release_in_another_provider_wakes_the_waiter() {
     let waiter = Arc::new(PgLockProvider::connect(&postgres_url(), config(holder.table(), 2)).await.unwrap());
     // The holder's lease outlasts the test: the wait loop would otherwise retry when it ends.
     holder.lock(&opts("k", "alice").ttl(Duration::from_secs(300))).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !waiter.listening() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(waiter.listening(), "the listener did not connect");
     let patient =
         opts("k", "bob").wait(WaitPolicy::Retry { retries: 1, delay: Duration::from_secs(100), jitter: 0.0 });
     let task = tokio::spawn({
