@@ -4,7 +4,6 @@
 //! that frees it; `shutdown` drains the queues under the same shard locks under which
 //! `acquire` re-checks the gate, so no waiter is queued after a close.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use lock_core::{
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::table::{info, lock, try_acquire, Entry, Inner, TryOutcome, Waiter};
+use crate::table::{info, lock, try_acquire, Inner, KeyHash, TryOutcome, Waiter};
 use crate::MemoryLockProvider;
 
 /// Keeps a queued caller's place; dropping it (a cancelled `lock` future) leaves the queue
@@ -25,6 +24,7 @@ use crate::MemoryLockProvider;
 struct QueuedWait<'a> {
     inner: &'a Inner,
     key: Arc<str>,
+    hash: KeyHash,
     id: u64,
     rx: oneshot::Receiver<Result<Lease>>,
     done: bool,
@@ -35,8 +35,8 @@ impl Drop for QueuedWait<'_> {
         if self.done {
             return;
         }
-        let mut shard = lock(self.inner.shard(&self.key));
-        if let Some(entry) = shard.get_mut(&self.key) {
+        let mut shard = lock(self.inner.shard_of(self.hash));
+        if let Some(entry) = shard.get_mut(self.hash, &self.key) {
             if let Some(pos) = entry.waiters.iter().position(|w| w.id == self.id) {
                 entry.waiters.remove(pos);
                 return;
@@ -51,7 +51,7 @@ impl Drop for QueuedWait<'_> {
                 key = &*self.key,
                 "cancelled waiter passes on its grant"
             );
-            self.inner.release_token(&self.key, &mut shard, lease.token.0);
+            self.inner.release_token(self.hash, &self.key, &mut shard, lease.token.0);
         }
     }
 }
@@ -83,15 +83,12 @@ impl LockBackend for MemoryLockProvider {
         // The whole wait budget of the policy (no clock read, no loop); zero (`NoWait`, no
         // retries) means one attempt.
         let deadline = started + opts.wait.budget();
+        let (hash, shard) = inner.shard(&opts.key);
         let (id, rx, mut holder, mut holder_expires) = {
-            let mut shard = lock(inner.shard(&opts.key));
+            let mut shard = lock(shard);
             // Re-check under the shard lock: `shutdown` drains queues under the same locks.
             inner.gate.check()?;
-            let entry = shard.entry(opts.key.clone()).or_insert_with(|| Entry {
-                key: opts.key.clone(),
-                holder: None,
-                waiters: VecDeque::new(),
-            });
+            let entry = shard.get_or_insert(hash, &opts.key);
             inner.settle(entry, started);
             match try_acquire(inner, entry, opts, started) {
                 TryOutcome::Acquired(lease) => return Ok(lease),
@@ -110,7 +107,7 @@ impl LockBackend for MemoryLockProvider {
                 }
             }
         };
-        let mut wait = QueuedWait { inner, key: opts.key.clone(), id, rx, done: false };
+        let mut wait = QueuedWait { inner, key: opts.key.clone(), hash, id, rx, done: false };
         loop {
             tokio::select! {
                 granted = &mut wait.rx => {
@@ -121,8 +118,8 @@ impl LockBackend for MemoryLockProvider {
             }
             // The holder's lease may have run out (nobody released it) or our time is up.
             let now = Instant::now();
-            let mut shard = lock(inner.shard(&opts.key));
-            if let Some(entry) = shard.get_mut(&*opts.key) {
+            let mut shard = lock(inner.shard_of(hash));
+            if let Some(entry) = shard.get_mut(hash, &opts.key) {
                 inner.settle(entry, now);
                 if let Some(h) = &entry.holder {
                     holder = h.owner.clone();
@@ -134,7 +131,7 @@ impl LockBackend for MemoryLockProvider {
                 return granted;
             }
             if now >= deadline {
-                if let Some(entry) = shard.get_mut(&*opts.key) {
+                if let Some(entry) = shard.get_mut(hash, &opts.key) {
                     entry.waiters.retain(|w| w.id != wait.id);
                 }
                 wait.done = true;
@@ -149,8 +146,9 @@ impl LockBackend for MemoryLockProvider {
 
     async fn release(&self, key: &str, owner: &str) -> Result<()> {
         let inner = &*self.inner;
-        let mut shard = lock(inner.shard(key));
-        let Some(entry) = shard.get_mut(key) else {
+        let (hash, shard) = inner.shard(key);
+        let mut shard = lock(shard);
+        let Some(entry) = shard.get_mut(hash, key) else {
             return Err(LockError::NotHeld { key: key.to_owned() });
         };
         let now = Instant::now();
@@ -171,16 +169,17 @@ impl LockBackend for MemoryLockProvider {
             }
         };
         if entry.holder.is_none() && entry.waiters.is_empty() {
-            shard.remove(key);
+            shard.remove(hash, key);
         }
         result
     }
 
     async fn extend(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease> {
         let inner = &*self.inner;
-        let mut shard = lock(inner.shard(key));
+        let (hash, shard) = inner.shard(key);
+        let mut shard = lock(shard);
         let lost = || LockError::LeaseLost { key: key.to_owned() };
-        let Some(entry) = shard.get_mut(key) else { return Err(lost()) };
+        let Some(entry) = shard.get_mut(hash, key) else { return Err(lost()) };
         let now = Instant::now();
         inner.settle(entry, now);
         match &mut entry.holder {
@@ -202,13 +201,14 @@ impl LockBackend for MemoryLockProvider {
 
     async fn holder(&self, key: &str) -> Result<Option<LockInfo>> {
         let inner = &*self.inner;
-        let mut shard = lock(inner.shard(key));
-        let Some(entry) = shard.get_mut(key) else { return Ok(None) };
+        let (hash, shard) = inner.shard(key);
+        let mut shard = lock(shard);
+        let Some(entry) = shard.get_mut(hash, key) else { return Ok(None) };
         let now = Instant::now();
         inner.settle(entry, now);
         let found = entry.holder.as_ref().map(|h| info(key, h, now));
         if found.is_none() && entry.waiters.is_empty() {
-            shard.remove(key);
+            shard.remove(hash, key);
         }
         Ok(found)
     }
@@ -218,8 +218,8 @@ impl LockBackend for MemoryLockProvider {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
             let shard = lock(shard);
-            out.extend(shard.iter().filter(|(k, _)| k.starts_with(prefix)).filter_map(|(k, e)| {
-                e.holder.as_ref().filter(|h| h.expires_at > now).map(|h| info(k, h, now))
+            out.extend(shard.iter().filter(|e| e.key.starts_with(prefix)).filter_map(|e| {
+                e.holder.as_ref().filter(|h| h.expires_at > now).map(|h| info(&e.key, h, now))
             }));
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -252,7 +252,7 @@ impl LockBackend for MemoryLockProvider {
     async fn shutdown(&self) -> Result<()> {
         for shard in self.inner.shards.iter() {
             let mut shard = lock(shard);
-            for (_, entry) in shard.drain() {
+            for entry in shard.drain() {
                 for w in entry.waiters {
                     let _ = w.tx.send(Err(LockError::Closed));
                 }

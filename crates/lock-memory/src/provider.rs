@@ -1,7 +1,5 @@
 //! [`MemoryLockProvider`]: the public type, its builder and constructors.
 
-use std::collections::HashMap;
-use std::hash::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,8 +34,8 @@ impl MemoryLockProviderBuilder {
     pub fn build(self) -> MemoryLockProvider {
         let config = self.config;
         let inner = Arc::new(Inner {
-            shards: (0..config.shards).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..config.shards).map(|_| Mutex::default()).collect(),
+            hasher: foldhash::quality::RandomState::default(),
             next_token: AtomicU64::new(0),
             next_waiter: AtomicU64::new(0),
             expired_cleaned: AtomicU64::new(0),

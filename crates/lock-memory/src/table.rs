@@ -4,12 +4,13 @@
 //! Every function here runs under one shard's mutex and never awaits: a shard lock is never
 //! held across an `.await`, and no operation takes two shard locks.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use lock_core::raw::{Gate, LockBackend};
 use lock_core::{FencingToken, Lease, LockInfo, LockOptions, Result};
 use tokio::sync::oneshot;
@@ -44,16 +45,69 @@ pub(crate) struct Waiter {
 pub(crate) struct Entry {
     /// The key again, shared with every lease handed out for it.
     pub(crate) key: Arc<str>,
+    /// The key's hash under the provider's seeded hasher, kept for the table to grow by.
+    pub(crate) hash: u64,
     pub(crate) holder: Option<Holder>,
     pub(crate) waiters: VecDeque<Waiter>,
 }
 
-pub(crate) type Shard = HashMap<Arc<str>, Entry>;
+/// A key's hash, computed once per operation; it picks the shard and finds the entry in it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyHash(u64);
+
+/// One shard's entries, found by the key's hash (computed once per operation, not once for
+/// the shard and again for the map) and compared by key.
+#[derive(Debug, Default)]
+pub(crate) struct Shard {
+    entries: HashTable<Entry>,
+}
+
+impl Shard {
+    pub(crate) fn get_mut(&mut self, hash: KeyHash, key: &str) -> Option<&mut Entry> {
+        self.entries.find_mut(hash.0, |e| *e.key == *key)
+    }
+
+    /// The entry of `key`, created empty if there is none.
+    pub(crate) fn get_or_insert(&mut self, hash: KeyHash, key: &Arc<str>) -> &mut Entry {
+        self.entries
+            .entry(hash.0, |e| *e.key == **key, |e| e.hash)
+            .or_insert_with(|| Entry {
+                key: key.clone(),
+                hash: hash.0,
+                holder: None,
+                waiters: VecDeque::new(),
+            })
+            .into_mut()
+    }
+
+    pub(crate) fn remove(&mut self, hash: KeyHash, key: &str) {
+        if let Ok(found) = self.entries.find_entry(hash.0, |e| *e.key == *key) {
+            found.remove();
+        }
+    }
+
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&mut Entry) -> bool) {
+        self.entries.retain(keep);
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
+        self.entries.drain()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) shards: Box<[Mutex<Shard>]>,
-    pub(crate) hasher: RandomState,
+    /// Seeded per provider: the keys are the users', so their spread must not be predictable.
+    pub(crate) hasher: foldhash::quality::RandomState,
     pub(crate) next_token: AtomicU64,
     pub(crate) next_waiter: AtomicU64,
     pub(crate) expired_cleaned: AtomicU64,
@@ -69,9 +123,17 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    pub(crate) fn shard(&self, key: &str) -> &Mutex<Shard> {
-        let h = self.hasher.hash_one(key) as usize;
-        &self.shards[h & (self.shards.len() - 1)]
+    /// The key's hash and its shard. The shard is picked by bits 32 and up (at most 16 of
+    /// them, the most shards a config allows), which the table in the shard uses for neither
+    /// its bucket (the low bits) nor its tag (the top 7), so keys of one shard still spread.
+    pub(crate) fn shard(&self, key: &str) -> (KeyHash, &Mutex<Shard>) {
+        let hash = KeyHash(self.hasher.hash_one(key));
+        (hash, self.shard_of(hash))
+    }
+
+    /// The shard of a key already hashed.
+    pub(crate) fn shard_of(&self, hash: KeyHash) -> &Mutex<Shard> {
+        &self.shards[(hash.0 >> 32) as usize & (self.shards.len() - 1)]
     }
 
     pub(crate) fn token(&self) -> u64 {
@@ -108,8 +170,8 @@ impl Inner {
     /// Gives back one level of the lease `token` on `key` if it is still the current one (used
     /// when a grant reached a waiter that was cancelled before it could read it). Only that one
     /// level: the same owner may have re-entered meanwhile, and those levels are still in use.
-    pub(crate) fn release_token(&self, key: &str, shard: &mut Shard, token: u64) {
-        let Some(entry) = shard.get_mut(key) else { return };
+    pub(crate) fn release_token(&self, hash: KeyHash, key: &str, shard: &mut Shard, token: u64) {
+        let Some(entry) = shard.get_mut(hash, key) else { return };
         if let Some(h) = entry.holder.as_mut().filter(|h| h.token == token) {
             if h.depth > 1 {
                 h.depth -= 1;
@@ -119,7 +181,7 @@ impl Inner {
             self.hand_over(entry, Instant::now());
         }
         if entry.holder.is_none() && entry.waiters.is_empty() {
-            shard.remove(key);
+            shard.remove(hash, key);
         }
     }
 
@@ -128,7 +190,7 @@ impl Inner {
         let now = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            shard.retain(|_, entry| {
+            shard.retain(|entry| {
                 self.settle(entry, now);
                 entry.holder.is_some() || !entry.waiters.is_empty()
             });
