@@ -161,6 +161,10 @@ impl Backend {
                 let url = lock_testkit::env::mysql_url();
                 (LockProviderType::Mysql, format!("[mysql]\nurl = {url:?}\n"))
             }
+            "postgres" => {
+                let url = lock_testkit::env::postgres_url();
+                (LockProviderType::Postgres, format!("[postgres]\nurl = {url:?}\n"))
+            }
             "redis" => {
                 let url = lock_testkit::env::redis_url();
                 (LockProviderType::Redis, format!("[redis]\nurl = {url:?}\n"))
@@ -495,4 +499,4 @@ macro_rules! server_backend {
     )*};
 }
 
-server_backend!(mysql, redis, etcd);
+server_backend!(mysql, postgres, redis, etcd);
