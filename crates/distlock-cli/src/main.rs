@@ -17,7 +17,7 @@
 //!   holding a lock, refreshed as long as it runs; the command is stopped when the lease is
 //!   lost (see [`exec`] for its exit statuses).
 //!
-//! The backends built in are memory, MySQL and Redis, plus etcd with feature `etcd` (off by
+//! The backends built in are memory, MySQL, PostgreSQL and Redis, plus etcd with feature `etcd` (off by
 //! default: etcd-client's build needs `protoc`); a configuration naming a backend the binary
 //! lacks fails with the command that builds it in.
 //!
