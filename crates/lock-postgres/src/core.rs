@@ -50,10 +50,7 @@ pub(crate) struct Inner {
 
 /// Runs `fut`, answering a retryable `Unavailable` if it takes longer than `limit`.
 pub(crate) async fn bounded<T>(limit: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(out) => out,
-        Err(_) => Err(LockError::unavailable(NAME, format!("no answer from the server within {limit:?}"))),
-    }
+    lock_core::raw::bounded(NAME, limit, fut).await
 }
 
 pub(crate) fn micros(d: Duration) -> i64 {

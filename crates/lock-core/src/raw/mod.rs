@@ -9,6 +9,7 @@
 //! - [`wait`]: the attempt schedule ([`Backoff`]) and the wait loop
 //!   ([`acquire_with_backoff`]) that retries on a wake-up or on the timer;
 //! - [`wake`]: per-key wake-up signals ([`Wakers`]) for the waiters of one process;
+//! - [`bounded`](bounded()): a round trip with a time limit, past which it is `Unavailable`;
 //! - [`detach`]: cancel safety for server round trips ([`finish_on_drop`],
 //!   [`attempt_detached`] and its [`Undo`]);
 //! - [`reaper`]: the periodic clean-up loop ([`spawn_reaper`]) and the count of what it
@@ -18,6 +19,7 @@
 //! example.
 
 pub mod backend;
+pub mod bounded;
 pub mod detach;
 pub mod gate;
 pub mod reaper;
@@ -25,6 +27,7 @@ pub mod wait;
 pub mod wake;
 
 pub use backend::LockBackend;
+pub use bounded::bounded;
 pub use detach::{attempt_detached, finish_on_drop, FinishOnDrop, Undo};
 pub use gate::Gate;
 pub use reaper::{report_expired_cleaned, spawn_reaper};
