@@ -6,14 +6,18 @@
 //!
 //! The summary adds the hot key taken by two providers at once (separate pools and listeners:
 //! two processes as far as the lock is concerned), with the acquire attempts each acquisition
-//! cost and how many wake-ups came by NOTIFY.
+//! cost and how many wake-ups came by NOTIFY, and then the same across two real processes: the
+//! bench runs itself twice as a child (`DISTLOCK_BENCH_HOT_CHILD`), each child with a provider
+//! and half the tasks, started together, and adds up the attempts they counted.
 //!
 //! `cargo bench -p lock-postgres --bench postgres` (or `cargo xtask bench`); server from
 //! `DISTLOCK_TEST_POSTGRES_URL` (default `postgres://distlock@127.0.0.1:5432/distlock`).
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lock_core::raw::Backoff;
 use lock_core::{LockProvider, WaitPolicy};
@@ -218,9 +222,105 @@ async fn summary(all: Vec<Contender>) {
         fmt_dur(hk.handoff.quantile(0.99)),
         hk.acquisitions,
     );
+    drop(two);
+    tokio::task::spawn_blocking(two_processes).await.expect("two processes");
+}
+
+/// Set in a child of the two-process case to its number; the child runs [`hot_child`].
+const HOT_CHILD_ENV: &str = "DISTLOCK_BENCH_HOT_CHILD";
+/// The key of the two-process case.
+const PROCESS_HOT_KEY: &str = "bench/processes/hot";
+/// Cycles per task in the two-process case.
+const PROCESS_ITERS: u64 = 40;
+
+/// Gives each process's tasks owners of their own (`hot_key` names its tasks `owner-N` in
+/// every process).
+struct OwnerPrefix {
+    inner: ProviderCycle,
+    prefix: String,
+}
+
+impl Cycle for OwnerPrefix {
+    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move { self.inner.acquire(key, &format!("{}{owner}", self.prefix)).await })
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move { self.inner.release(key, &format!("{}{owner}", self.prefix)).await })
+    }
+}
+
+/// A child of the two-process case: connects, says `ready`, waits for `go` on stdin, cycles
+/// `HOT_TASKS / 2` tasks on the hot key and prints `attempts acquisitions notified elapsed_ns`.
+fn hot_child(n: &str) {
+    let rt = bench::runtime();
+    let provider = Arc::new(rt.block_on(provider(POOL / 2)));
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("go");
+    let cycle = Arc::new(OwnerPrefix {
+        inner: ProviderCycle::new(provider.clone() as Arc<dyn LockProvider>),
+        prefix: format!("p{n}-"),
+    });
+    let (a0, n0) = (provider.acquire_attempts(), provider.wake_notifications());
+    let hk = rt.block_on(bench::hot_key(cycle, PROCESS_HOT_KEY, HOT_TASKS / 2, PROCESS_ITERS));
+    println!(
+        "{} {} {} {}",
+        provider.acquire_attempts() - a0,
+        hk.acquisitions,
+        provider.wake_notifications() - n0,
+        hk.elapsed.as_nanos()
+    );
+    rt.block_on(provider.close()).expect("close");
+}
+
+/// The hot key across two real processes: attempts per acquisition, cycles/s, NOTIFY wake-ups.
+fn two_processes() {
+    let exe = std::env::current_exe().expect("bench binary");
+    let mut children: Vec<_> = (0..2)
+        .map(|n| {
+            Command::new(&exe)
+                .env(HOT_CHILD_ENV, n.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    let mut outs: Vec<_> =
+        children.iter_mut().map(|c| BufReader::new(c.stdout.take().expect("stdout"))).collect();
+    for out in &mut outs {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("child ready");
+        assert_eq!(line.trim(), "ready", "child did not start");
+    }
+    let start = Instant::now();
+    for child in &mut children {
+        writeln!(child.stdin.as_mut().expect("stdin"), "go").expect("go");
+    }
+    let (mut attempts, mut acquisitions, mut notified) = (0u64, 0u64, 0u64);
+    for out in &mut outs {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("child result");
+        let f: Vec<u64> = line.split_whitespace().map(|v| v.parse().expect("child figure")).collect();
+        assert_eq!(f.len(), 4, "child result: {line:?}");
+        (attempts, acquisitions, notified) = (attempts + f[0], acquisitions + f[1], notified + f[2]);
+    }
+    let elapsed = start.elapsed();
+    for mut child in children {
+        assert!(child.wait().expect("child exit").success(), "child failed");
+    }
+    println!(
+        "distlock postgres, 16 tasks on one hot key, two processes (8 tasks each): {:.2} acquire attempts per \
+         acquisition, {:.0} cycles/s, {notified} wake-ups by NOTIFY for {acquisitions} acquisitions",
+        attempts as f64 / acquisitions as f64,
+        rate(acquisitions, elapsed),
+    );
 }
 
 fn main() {
+    if let Ok(n) = std::env::var(HOT_CHILD_ENV) {
+        return hot_child(&n);
+    }
     let spec = Spec::new("postgres").measurement_time(Duration::from_secs(4)).without_hot_key_group();
     bench::main(spec, contenders(), summary);
 }
