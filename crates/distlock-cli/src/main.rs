@@ -16,6 +16,9 @@
 //! - `distlock exec --key KEY [--ttl 30s] [--wait 10s] -- CMD ARGS...`: run a command while
 //!   holding a lock, refreshed as long as it runs; the command is stopped when the lease is
 //!   lost (see [`exec`] for its exit statuses).
+//! - `distlock bench [--workloads uncontended,distinct,hot] [--duration 5s] [--json]`: the
+//!   standard lock workloads against the configured backend: throughput, acquire and hand-over
+//!   percentiles (see [`bench`]).
 //!
 //! The backends built in are memory, MySQL, PostgreSQL and Redis, plus etcd with feature `etcd` (off by
 //! default: etcd-client's build needs `protoc`); a configuration naming a backend the binary
@@ -25,6 +28,7 @@
 //! variables (e.g. `DISTLOCK_PROVIDER=mysql DISTLOCK_MYSQL__URL=mysql://...`) or `--provider`
 //! say otherwise.
 
+mod bench;
 mod demo;
 mod exec;
 mod progress;
@@ -97,6 +101,8 @@ enum Command {
     Top(top::TopArgs),
     /// Run a command while holding a lock (exit 75: not acquired in time; 76: lease lost).
     Exec(exec::ExecArgs),
+    /// Measure the backend: uncontended, distinct-key and hot-key lock cycles.
+    Bench(bench::BenchArgs),
 }
 
 fn parse_provider(s: &str) -> Result<LockProviderType, String> {
@@ -205,7 +211,7 @@ async fn run(cli: Cli) -> distlock::Result<ExitCode> {
         Command::Deadlocks { .. } => Some("reading the waits"),
         Command::Health => Some("probing the backend"),
         // These show their own progress, or run until stopped.
-        Command::Demo(_) | Command::Serve(_) | Command::Top(_) | Command::Exec(_) => None,
+        Command::Demo(_) | Command::Serve(_) | Command::Top(_) | Command::Exec(_) | Command::Bench(_) => None,
     };
     let work = command(config, cli.command);
     match waiting {
@@ -278,6 +284,7 @@ async fn command(config: LockConfig, command: Command) -> distlock::Result<ExitC
         Command::Serve(args) => serve::run(config, args).await,
         Command::Top(args) => top::run(config, args).await,
         Command::Exec(args) => Ok(exec::run(config, args).await),
+        Command::Bench(args) => bench::run(config, args).await,
     }
 }
 

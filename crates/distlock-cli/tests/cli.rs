@@ -1,23 +1,15 @@
 //! The `distlock` binary's `serve` and `top` commands, run as a separate process.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::distlock;
 use distlock::redis::RedisConfig;
 use distlock::{LockConfig, LockManager, LockOptions, LockProviderType};
-
-fn distlock() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlock"));
-    // Only what each test sets: no configuration from the environment running the tests.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DISTLOCK_") && !k.starts_with("DISTLOCK_TEST_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
 
 /// `GET path` on `addr`: status and body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {

@@ -7,12 +7,15 @@
 //! (75), two execs on one key never overlap, and a lease taken away from a running exec stops
 //! its command (76).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distlock::{LockConfig, LockOptions, LockProvider, LockProviderFactory, LockProviderType};
+use common::distlock;
+use distlock::{LockConfig, LockOptions, LockProvider, LockProviderFactory};
 
 const EX_USAGE: i32 = 64;
 const EX_UNAVAILABLE: i32 = 69;
@@ -21,17 +24,6 @@ const LEASE_LOST: i32 = 76;
 
 /// Longest any case waits for a process to reach a point; only a hang gets there.
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn distlock() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlock"));
-    // Only what each test sets: no configuration from the environment running the tests.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DISTLOCK_") && !k.starts_with("DISTLOCK_TEST_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
 
 /// A directory of its own for one case's files, removed at the end.
 struct Scratch(PathBuf);
@@ -155,29 +147,8 @@ impl Backend {
     /// with `DISTLOCK_REQUIRE_SERVICES=1`.
     fn connect(name: &'static str, case: &str) -> Option<Backend> {
         let scratch = Scratch::new(&format!("{name}-config"));
-        let (provider, toml) = match name {
-            "memory" => (LockProviderType::Memory, String::new()),
-            "mysql" => {
-                let url = lock_testkit::env::mysql_url();
-                (LockProviderType::Mysql, format!("[mysql]\nurl = {url:?}\n"))
-            }
-            "postgres" => {
-                let url = lock_testkit::env::postgres_url();
-                (LockProviderType::Postgres, format!("[postgres]\nurl = {url:?}\n"))
-            }
-            "redis" => {
-                let url = lock_testkit::env::redis_url();
-                (LockProviderType::Redis, format!("[redis]\nurl = {url:?}\n"))
-            }
-            "etcd" => {
-                let list: Vec<String> =
-                    lock_testkit::env::etcd_endpoints().split(',').map(|e| format!("{e:?}")).collect();
-                (LockProviderType::Etcd, format!("[etcd]\nendpoints = [{}]\n", list.join(", ")))
-            }
-            other => panic!("no backend {other}"),
-        };
         let config_file = scratch.path("distlock.toml");
-        std::fs::write(&config_file, format!("provider = {:?}\n{toml}", provider.as_str())).unwrap();
+        std::fs::write(&config_file, common::config_toml(name)).unwrap();
         let config =
             LockConfig::load_over(LockConfig::memory(), Some(&config_file)).expect("test configuration");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
