@@ -51,6 +51,15 @@ pub(crate) struct Entry {
     pub(crate) waiters: VecDeque<Waiter>,
 }
 
+/// The reaper's pass shrinks a shard's table whose entries fill less than one slot in this many
+/// (to twice its entries: room to grow again without rehashing at once), so that a burst of
+/// keys, released or expired, does not keep its peak memory for the provider's life. Between
+/// passes the table keeps its room: shrinking on every release would rehash over and over.
+pub(crate) const SHRINK_BELOW: usize = 4;
+
+/// Tables this small are left as they are.
+pub(crate) const MIN_SHRINK_CAPACITY: usize = 64;
+
 /// A key's hash, computed once per operation; it picks the shard and finds the entry in it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KeyHash(u64);
@@ -86,8 +95,19 @@ impl Shard {
         }
     }
 
+    /// Keeps the entries `keep` accepts, then gives back the room of a table that has become
+    /// mostly empty (see [`SHRINK_BELOW`]).
     pub(crate) fn retain(&mut self, keep: impl FnMut(&mut Entry) -> bool) {
         self.entries.retain(keep);
+        let (len, capacity) = (self.entries.len(), self.entries.capacity());
+        if capacity > MIN_SHRINK_CAPACITY && len < capacity / SHRINK_BELOW {
+            self.entries.shrink_to(len * 2, |e| e.hash);
+        }
+    }
+
+    /// How many entries the table has room for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
@@ -258,5 +278,52 @@ pub(crate) fn try_acquire(inner: &Inner, entry: &mut Entry, opts: &LockOptions, 
             ))
         }
         Some(h) => TryOutcome::Busy { holder: h.owner.clone(), expires_at: h.expires_at },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &Arc<str>, hash: KeyHash) -> Entry {
+        Entry { key: key.clone(), hash: hash.0, holder: None, waiters: VecDeque::new() }
+    }
+
+    #[test]
+    fn a_pass_over_a_mostly_empty_table_gives_its_room_back_and_keeps_every_entry() {
+        let hasher = foldhash::quality::RandomState::default();
+        let mut shard = Shard::default();
+        let keys: Vec<Arc<str>> = (0..10_000).map(|i| Arc::from(format!("key-{i}"))).collect();
+        for key in &keys {
+            let hash = KeyHash(hasher.hash_one(&**key));
+            *shard.get_or_insert(hash, key) = entry(key, hash);
+        }
+        let peak = shard.capacity();
+        assert!(peak >= 10_000);
+        // Nine keys in ten go (released or expired); the table is left with a tenth of its room.
+        shard.retain(|e| e.key.ends_with('0'));
+        assert_eq!(shard.len(), 1_000);
+        assert!(shard.capacity() < peak / 2, "{} of {peak}", shard.capacity());
+        assert!(shard.capacity() >= 2_000, "room to grow again: {}", shard.capacity());
+        for key in &keys {
+            let hash = KeyHash(hasher.hash_one(&**key));
+            assert_eq!(shard.get_mut(hash, key).is_some(), key.ends_with('0'), "{key}");
+        }
+        // A table still a quarter full or more keeps its room.
+        let room = shard.capacity();
+        shard.retain(|e| !e.key.ends_with("00"));
+        assert_eq!((shard.len(), shard.capacity()), (901, room));
+    }
+
+    #[test]
+    fn small_tables_are_left_alone() {
+        let hasher = foldhash::quality::RandomState::default();
+        let mut shard = Shard::default();
+        let key: Arc<str> = Arc::from("only");
+        let hash = KeyHash(hasher.hash_one(&*key));
+        *shard.get_or_insert(hash, &key) = entry(&key, hash);
+        let room = shard.capacity();
+        shard.retain(|_| false);
+        assert_eq!((shard.len(), shard.capacity()), (0, room));
     }
 }
