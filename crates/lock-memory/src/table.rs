@@ -106,6 +106,7 @@ impl Shard {
     }
 
     /// How many entries the table has room for.
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.entries.capacity()
     }
