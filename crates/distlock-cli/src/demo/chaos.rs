@@ -10,7 +10,7 @@
 //! fencing tokens, and when it resumes, its writes are rejected by the fenced store. A killed
 //! worker's executions are taken over once its leases expire.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
@@ -166,14 +166,15 @@ pub(crate) fn effect(
 ) -> Effect {
     let worker = format!("worker-{}", fault.worker);
     let mine = |r: &Record| r.writer == worker;
-    // Claimed before the fault, with no accepted completion of its own before it.
-    let mut in_flight: HashSet<usize> = records
-        .iter()
-        .filter(|(_, r)| {
-            mine(r) && r.accepted && r.kind == Kind::Claim && (since_us..fault.at_us).contains(&r.at_us)
-        })
-        .map(|(e, _)| *e)
-        .collect();
+    // Claimed before the fault (and after the previous one), with no accepted completion of
+    // its own before the fault; taken over if another worker's completion was accepted after
+    // the claim (one accepted before it means the claim found the execution done).
+    let mut in_flight: HashMap<usize, u64> = HashMap::new();
+    for (e, r) in records {
+        if mine(r) && r.accepted && r.kind == Kind::Claim && (since_us..fault.at_us).contains(&r.at_us) {
+            in_flight.insert(*e, r.at_us);
+        }
+    }
     for (e, r) in records {
         if mine(r) && r.accepted && r.kind == Kind::Complete && r.at_us < fault.at_us {
             in_flight.remove(e);
@@ -181,8 +182,10 @@ pub(crate) fn effect(
     }
     let taken_over = in_flight
         .iter()
-        .filter(|&&e| {
-            records.iter().any(|(x, r)| *x == e && r.accepted && r.kind == Kind::Complete && !mine(r))
+        .filter(|&(&e, &claimed)| {
+            records.iter().any(|(x, r)| {
+                *x == e && r.accepted && r.kind == Kind::Complete && !mine(r) && r.at_us > claimed
+            })
         })
         .count();
     // A rejected result belongs to the fault its claim was in flight at; a rejected claim to
@@ -235,6 +238,9 @@ mod tests {
             // Claimed before the worker's previous fault: charged to that one.
             (4, record(2, Kind::Claim, "worker-1", 5, true)),
             (4, record(3, Kind::Complete, "worker-2", 8, true)),
+            // Claimed when it was done already: nothing to take over.
+            (5, record(1, Kind::Complete, "worker-2", 30, true)),
+            (5, record(2, Kind::Claim, "worker-1", 40, true)),
         ];
         let held = |lost, got_us, end_us| Held {
             key: "k".into(),
