@@ -2,10 +2,10 @@
 //! binary, each with its own provider, sharing a [fenced store](crate::fenced_store); the
 //! parent then checks the same guarantees across processes.
 //!
-//! The parent makes a run directory (the store and one [journal](super::journal) per
-//! worker), starts the workers (see [`worker`](super::worker)) with the same configuration
+//! The parent makes a run directory (the store and one [journal] per
+//! worker), starts the workers (see [`worker`](mod@super::worker)) with the same configuration
 //! (its `--config`/`--provider` flags and the environment they inherit), shows progress from
-//! the store, injects faults with `--chaos` (see [`chaos`](super::chaos)), and once every
+//! the store, injects faults with `--chaos` (see [`chaos`]), and once every
 //! execution is done (or the time limit passed) checks:
 //!
 //! - every execution has exactly one accepted completion in the store;
