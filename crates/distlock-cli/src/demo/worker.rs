@@ -157,7 +157,7 @@ impl Task {
     async fn run_once(&self, e: usize, exec: &WorkflowLockHandle) {
         let template = e % self.spec.templates;
         let asked_us = now_us();
-        let slot = match self.slot_for(template).await {
+        let slot = match super::slot_for(&self.manager, template, self.spec.template_limit).await {
             Ok(h) => h,
             Err(err) => {
                 self.error(format!("template slot of exec-{e}: {err}"));
@@ -172,21 +172,6 @@ impl Task {
             self.error(format!("write the result of exec-{e}: {err}"));
         }
         self.release(slot, Some(template), asked_us, got_us).await;
-    }
-
-    /// A slot of the template, waiting (up to two minutes) as a scheduler would.
-    async fn slot_for(&self, template: usize) -> distlock::Result<WorkflowLockHandle> {
-        let workflows = self.manager.workflow_lock_provider();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            match workflows
-                .lock_workflow_template_slot(&format!("tpl-{template}"), self.spec.template_limit)
-                .await
-            {
-                Err(e) if e.is_timeout() && Instant::now() < deadline => continue,
-                other => return other,
-            }
-        }
     }
 
     /// Journals the hold and unlocks. A lock found gone or somebody else's at unlock was
