@@ -146,6 +146,9 @@ pub(crate) async fn run(
             "workers, executions, templates and template limit must be > 0",
         ));
     }
+    if args.ttl.is_some() && args.processes.is_none() && args.worker_id.is_none() {
+        return Err(LockError::invalid("--ttl", "applies to --processes runs only"));
+    }
     if args.processes == Some(0) {
         return Err(LockError::invalid("--processes", "needs at least 1 worker process"));
     }

@@ -121,7 +121,7 @@ fn the_memory_backend_refuses_processes() {
 }
 
 #[test]
-fn chaos_needs_processes() {
+fn chaos_and_ttl_need_processes() {
     let out = distlock().args(["demo", "--chaos"]).output().unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -131,6 +131,10 @@ fn chaos_needs_processes() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
     assert!(stderr.contains("at least 2 worker processes"), "{stderr}");
+    let out = distlock().args(["demo", "--ttl", "2s"]).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--ttl") && stderr.contains("--processes"), "{stderr}");
 }
 
 macro_rules! server_backend {
@@ -153,4 +157,18 @@ fn redis_chaos() {
     if let Some(b) = Backend::connect("redis", "chaos") {
         chaos(&b);
     }
+}
+
+#[test]
+fn an_unreachable_backend_fails_before_any_worker_starts() {
+    let out = distlock()
+        .args(["--provider", "redis", "demo", "--processes", "2"])
+        .env("DISTLOCK_REDIS__URL", "redis://127.0.0.1:1")
+        .env("DISTLOCK_REDIS__CONNECT_TIMEOUT", "2s")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("unavailable"), "{stderr}");
+    assert!(stdout.is_empty(), "no run started: {stdout}");
 }

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use distlock::{LockConfig, LockError, LockProviderType};
+use distlock::{LockConfig, LockError, LockManager, LockProviderType};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::chaos::{self, Action, Chaos, Todo};
@@ -85,6 +85,11 @@ pub(crate) fn check(config: &LockConfig, plan: &Plan) -> distlock::Result<()> {
 
 pub(crate) async fn run(mut config: LockConfig, plan: Plan) -> distlock::Result<ExitCode> {
     check(&config, &plan)?;
+    // An unreachable backend fails here, once, rather than in every worker.
+    let probe = LockManager::new(None, config.clone()).await?;
+    let health = probe.lock_provider().health().await;
+    probe.close().await?;
+    health?;
     let prefix = format!("distlock:demo:{:08x}:", fastrand::u32(..));
     config.key_prefix = prefix.clone();
     let run_dir =
@@ -178,7 +183,8 @@ pub(crate) async fn run(mut config: LockConfig, plan: Plan) -> distlock::Result<
     for w in &workers {
         if !w.killed && !w.exit.is_some_and(|s| s.success()) {
             let stderr = std::fs::read_to_string(stderr_path(&run_dir, w.id)).unwrap_or_default();
-            errors.push(format!("worker {} ended with {:?}: {}", w.id, w.exit, stderr.trim()));
+            let exit = w.exit.map_or("no exit status".to_string(), |s| s.to_string());
+            errors.push(format!("worker {} ended with {exit}: {}", w.id, stderr.trim()));
         }
     }
     if timed_out {
