@@ -201,7 +201,12 @@ fn ci() -> Result {
         run(cargo()
             .args(["run", "--quiet", "--features", provider.0, "--bin", "distlock", "--"])
             .args(["demo", "--provider", provider.0])
-            .env(provider.1, value))?;
+            .env(provider.1, &value))?;
+        // The same across worker processes, paused past their TTL and killed meanwhile.
+        run(cargo()
+            .args(["run", "--quiet", "--features", provider.0, "--bin", "distlock", "--"])
+            .args(["demo", "--provider", provider.0, "--processes", "4", "--chaos"])
+            .env(provider.1, &value))?;
     }
     // The operator's HTTP view, as a scraper, a script and a browser see it.
     serve_check::serve_check()?;

@@ -14,8 +14,18 @@
 //! workers at once, no template exceeded its limit, fencing tokens strictly increased per key
 //! in the order the lock was held, and no lock operation failed. Any violation makes the exit
 //! code non-zero.
+//!
+//! With `--processes N` the race runs across N worker processes instead, sharing a fenced
+//! store, and `--chaos` pauses and kills them meanwhile (see [`processes`]).
+
+mod chaos;
+mod journal;
+mod processes;
+mod worker;
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,7 +46,8 @@ pub(crate) struct DemoArgs {
     /// Workflow executions to run.
     #[arg(long, default_value_t = 300)]
     executions: usize,
-    /// Workers each execution is offered to.
+    /// Workers each execution is offered to (in one process; across processes every worker
+    /// offers itself every execution not yet done).
     #[arg(long, default_value_t = 3)]
     replicas: usize,
     /// Workflow templates the executions belong to.
@@ -45,9 +56,43 @@ pub(crate) struct DemoArgs {
     /// Concurrent runs allowed per template.
     #[arg(long, default_value_t = 2)]
     template_limit: u32,
-    /// Longest simulated work per execution, in milliseconds (each run takes 0 to this).
-    #[arg(long, default_value_t = 4)]
-    work_ms: u64,
+    /// Longest simulated work per execution, in milliseconds (each run takes 0 to this;
+    /// default 4, with `--chaos` 200).
+    #[arg(long)]
+    work_ms: Option<u64>,
+    /// Run the race in N worker processes of this binary, each with its own provider and
+    /// `--workers` tasks, sharing a fenced store (server backends only).
+    #[arg(long, value_name = "N")]
+    processes: Option<usize>,
+    /// With `--processes`: pause random workers (SIGSTOP) past the lock TTL, then resume them,
+    /// and kill others (SIGKILL), replacing them, while the run goes on.
+    #[arg(long, requires = "processes")]
+    chaos: bool,
+    /// With `--processes`: the lease TTL of every lock (default 30s; with `--chaos` 2s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// With `--processes`: give up (and fail) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    time_limit: Duration,
+    /// A worker process of `--processes`: its id.
+    #[arg(long, hide = true, requires_all = ["run_dir", "key_prefix"])]
+    worker_id: Option<usize>,
+    /// A worker process of `--processes`: the run directory.
+    #[arg(long, hide = true)]
+    run_dir: Option<PathBuf>,
+    /// A worker process of `--processes`: the run's key prefix.
+    #[arg(long, hide = true)]
+    key_prefix: Option<String>,
+}
+
+impl DemoArgs {
+    fn work_ms(&self) -> u64 {
+        self.work_ms.unwrap_or(if self.chaos { 200 } else { 4 })
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl.unwrap_or(if self.chaos { Duration::from_secs(2) } else { Duration::from_secs(30) })
+    }
 }
 
 /// What the workers observed, checked at the end.
@@ -88,20 +133,65 @@ impl Observed {
     }
 }
 
-pub(crate) async fn run(mut config: LockConfig, args: DemoArgs) -> distlock::Result<ExitCode> {
+/// Runs the demo: in this process, across `--processes` (the `globals` flags are passed on
+/// to the worker processes), or as one of those workers.
+pub(crate) async fn run(
+    mut config: LockConfig,
+    args: DemoArgs,
+    globals: Vec<OsString>,
+) -> distlock::Result<ExitCode> {
     if args.workers == 0 || args.executions == 0 || args.templates == 0 || args.template_limit == 0 {
         return Err(LockError::invalid(
             "demo sizes",
             "workers, executions, templates and template limit must be > 0",
         ));
     }
-    let replicas = args.replicas.clamp(1, args.workers);
-    // A fresh key space per run, so runs against shared servers never meet.
-    config.key_prefix = format!("distlock:demo:{:08x}:", fastrand::u32(..));
+    if args.ttl.is_some() && args.processes.is_none() && args.worker_id.is_none() {
+        return Err(LockError::invalid("--ttl", "applies to --processes runs only"));
+    }
+    if args.processes == Some(0) {
+        return Err(LockError::invalid("--processes", "needs at least 1 worker process"));
+    }
     // Busy template slots are retried every couple of milliseconds (executions are never
     // waited for: see `worker`).
     config.default_retry_count = 50;
     config.default_retry_delay = Duration::from_millis(2);
+    if let (Some(id), Some(run_dir), Some(prefix)) = (args.worker_id, &args.run_dir, &args.key_prefix) {
+        config.key_prefix = prefix.clone();
+        config.default_ttl = args.ttl();
+        config.validate()?;
+        let spec = worker::WorkerSpec {
+            id,
+            run_dir: run_dir.clone(),
+            tasks: args.workers,
+            executions: args.executions,
+            templates: args.templates,
+            template_limit: args.template_limit,
+            work: Duration::from_millis(args.work_ms()),
+            time_limit: args.time_limit,
+        };
+        return worker::run(config, spec).await;
+    }
+    if let Some(processes) = args.processes {
+        config.default_ttl = args.ttl();
+        config.validate()?;
+        let plan = processes::Plan {
+            processes,
+            chaos: args.chaos,
+            tasks: args.workers,
+            executions: args.executions,
+            templates: args.templates,
+            template_limit: args.template_limit,
+            work_ms: args.work_ms(),
+            ttl: args.ttl(),
+            time_limit: args.time_limit,
+            globals,
+        };
+        return processes::run(config, plan).await;
+    }
+    let replicas = args.replicas.clamp(1, args.workers);
+    // A fresh key space per run, so runs against shared servers never meet.
+    config.key_prefix = format!("distlock:demo:{:08x}:", fastrand::u32(..));
     let manager = Arc::new(LockManager::new(None, config).await?);
     let backend = manager.lock_provider().name();
     println!(
@@ -212,7 +302,7 @@ async fn run_once(
     }
 
     // The work. A lost lease means stop: never finish work the lock no longer protects.
-    let work = Duration::from_micros(fastrand::u64(..=args.work_ms * 1000));
+    let work = Duration::from_micros(fastrand::u64(..=args.work_ms() * 1000));
     tokio::select! {
         _ = exec.lost().cancelled() => observed.error(format!("worker {worker}: lease of exec-{e} lost")),
         _ = tokio::time::sleep(work) => {

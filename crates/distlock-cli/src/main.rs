@@ -31,6 +31,7 @@
 mod bench;
 mod demo;
 mod exec;
+mod fenced_store;
 mod progress;
 mod serve;
 mod top;
@@ -213,17 +214,37 @@ async fn run(cli: Cli) -> distlock::Result<ExitCode> {
         // These show their own progress, or run until stopped.
         Command::Demo(_) | Command::Serve(_) | Command::Top(_) | Command::Exec(_) | Command::Bench(_) => None,
     };
-    let work = command(config, cli.command);
+    let globals = globals(&cli);
+    let work = command(config, cli.command, globals);
     match waiting {
         Some(what) => progress::while_waiting(what, work).await,
         None => work.await,
     }
 }
 
+/// The global flags given, to start another `distlock` process with the same configuration.
+fn globals(cli: &Cli) -> Vec<std::ffi::OsString> {
+    let mut flags = Vec::new();
+    if let Some(path) = &cli.config {
+        flags.extend(["--config".into(), path.clone().into_os_string()]);
+    }
+    if let Some(provider) = cli.provider {
+        flags.extend(["--provider".into(), provider.as_str().into()]);
+    }
+    if let Some(filter) = &cli.log {
+        flags.extend(["--log".into(), filter.into()]);
+    }
+    flags
+}
+
 /// Runs one command.
-async fn command(config: LockConfig, command: Command) -> distlock::Result<ExitCode> {
+async fn command(
+    config: LockConfig,
+    command: Command,
+    globals: Vec<std::ffi::OsString>,
+) -> distlock::Result<ExitCode> {
     match command {
-        Command::Demo(args) => demo::run(config, args).await,
+        Command::Demo(args) => demo::run(config, args, globals).await,
         Command::Inspect { prefix, older_than, waiters } => {
             let manager = LockManager::new(None, config).await?;
             let provider = manager.lock_provider();
