@@ -1,21 +1,13 @@
 //! `distlock demo --processes`: the race across worker processes on every server backend, and
 //! with `--chaos` (paused and killed workers) on one of them; the memory backend refuses it.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::distlock;
 use distlock::{LockConfig, LockProviderFactory};
-
-fn distlock() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlock"));
-    // Only what each test sets: no configuration from the environment running the tests.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DISTLOCK_") && !k.starts_with("DISTLOCK_TEST_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
 
 /// A configuration file for `name`'s test server, removed at the end.
 struct Backend {
@@ -26,23 +18,12 @@ impl Backend {
     /// `name`'s test server; `None` (a loud skip) when it is missing, a failure with
     /// `DISTLOCK_REQUIRE_SERVICES=1`.
     fn connect(name: &str, case: &str) -> Option<Backend> {
-        let section = match name {
-            "mysql" => format!("[mysql]\nurl = {:?}\n", lock_testkit::env::mysql_url()),
-            "postgres" => format!("[postgres]\nurl = {:?}\n", lock_testkit::env::postgres_url()),
-            "redis" => format!("[redis]\nurl = {:?}\n", lock_testkit::env::redis_url()),
-            "etcd" => {
-                let list: Vec<String> =
-                    lock_testkit::env::etcd_endpoints().split(',').map(|e| format!("{e:?}")).collect();
-                format!("[etcd]\nendpoints = [{}]\n", list.join(", "))
-            }
-            other => panic!("no server backend {other}"),
-        };
         let config_file = std::env::temp_dir().join(format!(
             "distlock-demo-{name}-{}-{:016x}.toml",
             std::process::id(),
             fastrand::u64(..)
         ));
-        std::fs::write(&config_file, format!("provider = {name:?}\n{section}")).unwrap();
+        std::fs::write(&config_file, common::config_toml(name)).unwrap();
         let backend = Backend { config_file };
         let config =
             LockConfig::load_over(LockConfig::memory(), Some(&backend.config_file)).expect("configuration");
