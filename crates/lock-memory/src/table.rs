@@ -209,6 +209,7 @@ impl Inner {
     pub(crate) fn reap(&self) -> u64 {
         let before = self.expired_cleaned.load(Ordering::Relaxed);
         let now = Instant::now();
+        self.waits.reap(now);
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             shard.retain(|entry| {

@@ -20,13 +20,19 @@ pub(crate) struct Waits {
 }
 
 impl Waits {
-    /// Stores or renews `wait`; drops expired records on the way.
+    /// Stores or renews `wait`.
     pub(crate) fn post(&self, wait: &WaitInfo) {
-        let now = Instant::now();
+        let until = Instant::now() + wait.remaining_ttl;
+        lock(&self.records).insert((wait.key.clone(), wait.owner.clone(), wait.id), (wait.since, until));
+    }
+
+    /// Drops the records that expired by `now` (waits their waiter stopped renewing without
+    /// withdrawing them); the reaper's pass calls it. Returns how many it dropped.
+    pub(crate) fn reap(&self, now: Instant) -> usize {
         let mut records = lock(&self.records);
+        let before = records.len();
         records.retain(|_, (_, until)| *until > now);
-        records
-            .insert((wait.key.clone(), wait.owner.clone(), wait.id), (wait.since, now + wait.remaining_ttl));
+        before - records.len()
     }
 
     /// Deletes the record, if present.
@@ -52,5 +58,32 @@ impl Waits {
             .collect();
         out.sort_by(|a, b| (&a.key, a.since).cmp(&(&b.key, b.since)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn wait(key: &str, id: u64, ttl: Duration) -> WaitInfo {
+        WaitInfo { key: key.into(), owner: "o".into(), id, since: SystemTime::now(), remaining_ttl: ttl }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_records_are_hidden_at_once_and_dropped_by_the_reaper() {
+        let waits = Waits::default();
+        waits.post(&wait("a", 1, Duration::from_secs(1)));
+        waits.post(&wait("b", 2, Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let listed: Vec<String> = waits.list("").into_iter().map(|w| w.key).collect();
+        assert_eq!(listed, ["b"], "an expired wait is never listed");
+        // Posting does not walk the map; the reaper's pass does.
+        waits.post(&wait("c", 3, Duration::from_secs(10)));
+        assert_eq!(lock(&waits.records).len(), 3);
+        assert_eq!(waits.reap(Instant::now()), 1);
+        assert_eq!(lock(&waits.records).len(), 2);
+        assert_eq!(waits.reap(Instant::now()), 0);
     }
 }
