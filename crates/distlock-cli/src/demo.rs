@@ -401,11 +401,16 @@ fn report(o: &Observed, args: &DemoArgs, wall: Duration) -> ExitCode {
         o.done_skips.load(Ordering::Relaxed)
     );
     println!("  hold time p50 {:?}, p99 {:?}; wall time {:?}", pct(&hold, 0.5), pct(&hold, 0.99), wall);
+    verdict(&violations)
+}
+
+/// Prints PASS, or every violation and FAIL, and gives the exit code to match.
+fn verdict(violations: &[String]) -> ExitCode {
     if violations.is_empty() {
         println!("PASS: 0 violations");
         ExitCode::SUCCESS
     } else {
-        for v in &violations {
+        for v in violations {
             println!("VIOLATION: {v}");
         }
         println!("FAIL: {} violations", violations.len());

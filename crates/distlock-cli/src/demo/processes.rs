@@ -497,16 +497,7 @@ fn report(
          already done (workers that ended normally)"
     );
     println!("  wall time {wall:?}");
-    if violations.is_empty() {
-        println!("PASS: 0 violations");
-        ExitCode::SUCCESS
-    } else {
-        for v in &violations {
-            println!("VIOLATION: {v}");
-        }
-        println!("FAIL: {} violations", violations.len());
-        ExitCode::FAILURE
-    }
+    super::verdict(&violations)
 }
 
 #[cfg(test)]
