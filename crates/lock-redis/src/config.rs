@@ -20,6 +20,13 @@ pub const DEFAULT_CLOCK_DRIFT_FACTOR: f64 = 0.01;
 /// Longest accepted key prefix, in bytes.
 pub const MAX_PREFIX_LEN: usize = 64;
 
+/// Default of [`RedisConfig::fence_idle`].
+pub const DEFAULT_FENCE_IDLE: Duration = Duration::from_secs(3_600);
+
+/// Shortest and longest [`RedisConfig::fence_idle`] accepted.
+pub const FENCE_IDLE_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30 * 24 * 3_600));
+
 /// Which Redis deployment the locks live on.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -96,6 +103,12 @@ pub struct RedisConfig {
     /// Names not in the map are resolved as usual. Empty by default; see
     /// [`connect_to`](RedisConfig::connect_to).
     pub connect_to: BTreeMap<(String, u16), SocketAddr>,
+    /// How long a key's fencing counter outlives the lease of its last acquisition (default
+    /// an hour). Tokens are raised to at least the server's time in microseconds, so a
+    /// counter is needed only while the server's clock could step back past the last token;
+    /// keeping it forever would keep one counter per key ever locked (a workflow engine locks
+    /// millions of distinct keys a day). After this idle time the server deletes it.
+    pub fence_idle: Duration,
 }
 
 impl Default for RedisConfig {
@@ -115,6 +128,7 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             mode: RedisMode::Single,
             connect_to: BTreeMap::new(),
+            fence_idle: DEFAULT_FENCE_IDLE,
         }
     }
 
@@ -185,6 +199,12 @@ impl RedisConfig {
         self
     }
 
+    /// Sets [`fence_idle`](Self::fence_idle).
+    pub fn fence_idle(mut self, idle: Duration) -> Self {
+        self.fence_idle = idle;
+        self
+    }
+
     /// Sets the Redlock clock drift factor (no effect in single mode).
     pub fn clock_drift_factor(mut self, f: f64) -> Self {
         if let RedisMode::Redlock { clock_drift_factor, .. } = &mut self.mode {
@@ -207,6 +227,10 @@ impl RedisConfig {
         }
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts must be greater than zero".into());
+        }
+        let (min, max) = FENCE_IDLE_RANGE;
+        if self.fence_idle < min || self.fence_idle > max {
+            return bad(format!("fence_idle {:?} is outside {min:?}..={max:?}", self.fence_idle));
         }
         match &self.mode {
             RedisMode::Single if self.url.is_empty() => bad("url is empty".into()),
@@ -244,6 +268,8 @@ struct RedisSettings {
     connect_timeout: Duration,
     /// `"host:port"` → the address to dial instead.
     connect_to: BTreeMap<String, SocketAddr>,
+    #[serde(with = "humantime_serde")]
+    fence_idle: Duration,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -283,6 +309,7 @@ impl From<RedisConfig> for RedisSettings {
                 .into_iter()
                 .map(|((host, port), to)| (format!("{host}:{port}"), to))
                 .collect(),
+            fence_idle: c.fence_idle,
         }
     }
 }
@@ -330,6 +357,7 @@ impl TryFrom<RedisSettings> for RedisConfig {
             connect_timeout: s.connect_timeout,
             mode,
             connect_to,
+            fence_idle: s.fence_idle,
         })
     }
 }

@@ -5,7 +5,7 @@
 //! | what | Redis name | type |
 //! |---|---|---|
 //! | the lock | `p{enc(k)}` | string `"<token> <depth> <owner>\0<start>"` (see `scripts`); expires with the lease |
-//! | its fencing counter | `p{enc(k)}:fence` | string (integer); never expires |
+//! | its fencing counter | `p{enc(k)}:fence` | string (integer); expires `fence_idle` after the last acquisition's lease |
 //! | its release channel | `p{enc(k)}:released` | pub/sub channel |
 //! | a published wait for it | `p{enc(k)}:wait:<id>` | string `"<since ms> <owner>"`; expires unless renewed |
 //! | the index of the waits under `p` | `pwaits` | sorted set of wait names, scored by when each expires |

@@ -77,6 +77,8 @@ pub(crate) struct Settings {
     pub(crate) pool_size: usize,
     pub(crate) command_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    /// How long a fencing counter outlives its last acquisition's lease.
+    pub(crate) fence_idle: Duration,
     /// `None`: every name resolved as usual.
     pub(crate) resolver: Option<Arc<ConnectTo>>,
 }
@@ -90,6 +92,8 @@ pub(crate) struct Node {
     builder: Builder,
     resolver: Option<Arc<ConnectTo>>,
     scripts: Scripts,
+    /// [`Settings::fence_idle`] in milliseconds, as the acquire script takes it.
+    fence_idle_ms: String,
     /// Acquire script calls made (each is one round trip).
     pub(crate) attempts: AtomicU64,
     /// Fail at once while disconnected instead of queueing until the connection is back.
@@ -173,6 +177,7 @@ impl Node {
             builder,
             resolver,
             scripts: Scripts::default(),
+            fence_idle_ms: ms(settings.fence_idle),
             attempts: AtomicU64::new(0),
             fail_fast,
         })
@@ -211,7 +216,8 @@ impl Node {
     pub(crate) async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Grant, Error> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         let keys = [names.lock.as_str(), names.fence.as_str()];
-        let text = scripts::call(self.client()?, &self.scripts.acquire, &keys, &[owner, &ms(ttl)]).await?;
+        let args = [owner, &ms(ttl), &self.fence_idle_ms];
+        let text = scripts::call(self.client()?, &self.scripts.acquire, &keys, &args).await?;
         // The holder in "0 <pttl> <holder>" may contain spaces: split off the status first.
         let mut r = Reply::new(&text, 2, "acquire");
         let granted = r.text()? == "1";

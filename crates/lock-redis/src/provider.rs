@@ -121,6 +121,7 @@ impl RedisLockProvider {
             pool_size: config.pool_size,
             command_timeout: config.command_timeout,
             connect_timeout: config.connect_timeout,
+            fence_idle: config.fence_idle,
             resolver: (!config.connect_to.is_empty()).then(|| Arc::new(ConnectTo(config.connect_to.clone()))),
         };
         let connect = |url: String, fail_fast: bool| Node::connect(url, &settings, fail_fast);

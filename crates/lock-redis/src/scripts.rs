@@ -26,14 +26,17 @@ use fred::types::Value;
 
 /// Acquires or re-enters a lock.
 ///
-/// `KEYS`: lock, fencing counter. `ARGV`: owner, TTL in ms.
+/// `KEYS`: lock, fencing counter. `ARGV`: owner, TTL in ms, the counter's idle time in ms.
 ///
 /// Replies `"1 <token> <depth> <ttl_ms>"` when granted, `"0 <pttl_ms> <holder>"` when busy.
 ///
 /// A new acquisition takes the next token from the counter, raised to at least the server's
 /// time in microseconds: tokens then keep increasing even if the counter is lost (a restart
 /// without persistence, a failover that lost the last writes, an eviction), as long as the
-/// server's clock does not step back. The same time is the hold's start. Re-entry keeps the
+/// server's clock does not step back. The same time is the hold's start. The counter expires
+/// the idle time after the new lease would: by then the time floor alone is above every token
+/// the key had, unless the clock stepped back by more than that, and a key locked once does
+/// not keep a counter for ever. Re-entry keeps the
 /// token and the start, and extends the lease to the longer of what is left and the TTL asked
 /// for.
 pub(crate) const ACQUIRE: &str = r#"
@@ -44,7 +47,7 @@ if not v then
   local t = (tonumber(redis.call('GET', KEYS[2])) or 0) + 1
   if t < floor then t = floor end
   local ts = string.format('%d', t)
-  redis.call('SET', KEYS[2], ts)
+  redis.call('SET', KEYS[2], ts, 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
   redis.call('SET', KEYS[1], ts .. ' 1 ' .. ARGV[1] .. '\0' .. string.format('%d', floor), 'PX', ARGV[2])
   return '1 ' .. ts .. ' 1 ' .. ARGV[2]
 end

@@ -119,24 +119,49 @@ async fn operations_recover_from_a_flushed_script_cache() {
 }
 
 #[tokio::test]
-async fn the_fencing_counter_outlives_its_lock_and_never_expires() {
-    let Some(p) = shared("the_fencing_counter_outlives_its_lock_and_never_expires").await else { return };
-    let raw = raw_client(&lock_testkit::env::redis_url()).await;
+async fn the_fencing_counter_outlives_its_lock_by_the_idle_time_and_then_goes() {
+    let test = "the_fencing_counter_outlives_its_lock_by_the_idle_time_and_then_goes";
+    let url = lock_testkit::env::redis_url();
+    let idle = Duration::from_secs(1);
+    let connected = RedisLockProvider::connect(RedisConfig::new(url.as_str()).pool_size(2).fence_idle(idle))
+        .await
+        .map_err(|e| format!("{url}: {e}"));
+    let Some(p) = lock_testkit::require_or_skip(test, connected) else { return };
+    let raw = raw_client(&url).await;
     let key = format!("{}k", run_prefix());
-    let lease = p.lock(&opts(&key, "alice").ttl(Duration::from_millis(50))).await.unwrap();
+    let fence = format!("distlock:{{{key}}}:fence");
+    let ttl = Duration::from_millis(50);
+    let lease = p.lock(&opts(&key, "alice").ttl(ttl)).await.unwrap();
+    let pttl: i64 = raw.pttl(&fence).await.unwrap();
+    // More than the lease alone (50 ms) proves the idle time was added.
+    assert!((51..=1_050).contains(&pttl), "the counter lives the lease plus the idle time: {pttl} ms");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(p.is_locked(&key).await.unwrap(), None, "the lock expired");
-    let fence = format!("distlock:{{{key}}}:fence");
     let counter: Option<u64> = raw.get(&fence).await.unwrap();
-    assert_eq!(counter, Some(lease.token.0), "the counter keeps the last token");
-    let ttl: i64 = raw.pttl(&fence).await.unwrap();
-    assert_eq!(ttl, -1, "the counter has no expiry");
-    // Deleting the counter (eviction, a restart without persistence) never lets tokens go back.
-    let _: i64 = raw.del(&fence).await.unwrap();
+    assert_eq!(counter, Some(lease.token.0), "the counter keeps the last token past the lock");
+    // Idle long enough, the counter goes, and tokens still never go back: the next one is
+    // raised to the server's time.
+    tokio::time::sleep(idle).await;
+    let gone: i64 = raw.exists(&fence).await.unwrap();
+    assert_eq!(gone, 0, "an idle key's counter is deleted by the server");
     let next = p.lock(&opts(&key, "bob")).await.unwrap();
     assert!(next.token > lease.token, "{} after {}", next.token, lease.token);
+    // Deleting a live counter (eviction, a restart without persistence) does not either.
+    let _: i64 = raw.del(&fence).await.unwrap();
     p.unlock(&key, "bob").await.unwrap();
+    let third = p.lock(&opts(&key, "carol")).await.unwrap();
+    assert!(third.token > next.token, "{} after {}", third.token, next.token);
+    p.unlock(&key, "carol").await.unwrap();
     let _: () = raw.quit().await.unwrap();
+}
+
+#[test]
+fn fence_idle_outside_its_range_is_refused() {
+    for idle in [Duration::from_millis(999), Duration::from_secs(31 * 24 * 3_600)] {
+        let err = RedisConfig::default().fence_idle(idle).validate().unwrap_err();
+        assert!(matches!(&err, LockError::Config(m) if m.contains("fence_idle")), "{err}");
+    }
+    RedisConfig::default().fence_idle(Duration::from_secs(1)).validate().unwrap();
 }
 
 /// Refreshes until the server answers (the client reconnects after the restart).

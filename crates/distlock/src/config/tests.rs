@@ -74,6 +74,7 @@ fn every_backend_setting_round_trips_from_toml_and_env() {
             pool_size = 9
             command_timeout = "700ms"
             connect_timeout = "2s"
+            fence_idle = "30m"
             [redis.connect_to]
             "a:1" = "127.0.0.1:17001"
             "#,
@@ -106,6 +107,7 @@ fn every_backend_setting_round_trips_from_toml_and_env() {
             (r.command_timeout, r.connect_timeout),
             (Duration::from_millis(700), Duration::from_secs(2))
         );
+        assert_eq!(r.fence_idle, Duration::from_secs(1800));
 
         // The same through the environment, over the file.
         jail.set_env("DISTLOCK_MEMORY__SHARDS", "16");
