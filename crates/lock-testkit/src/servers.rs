@@ -84,10 +84,68 @@ fn free_port() -> Result<u16, String> {
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
+/// TLS and authentication of a [`PrivateServer`] ([`PrivateServer::start_secured`]).
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// Serve TLS only, with the server certificate of these files; the CA verifies client
+    /// certificates. Redis listens with `--tls-port` (no plain port), etcd on `https://`,
+    /// MariaDB with `--ssl-cert`/`--ssl-key`/`--ssl-ca` (plain connections stay possible
+    /// unless a user `REQUIRE SSL`).
+    pub tls: Option<ServerTls>,
+    /// Ask every client for a certificate signed by the CA (Redis `--tls-auth-clients yes`,
+    /// etcd `--client-cert-auth`); otherwise none is needed.
+    pub client_certs: bool,
+    /// Redis: `--requirepass`. etcd: the `root` user's password, with authentication
+    /// enabled once the member is up.
+    pub password: Option<String>,
+}
+
+/// The files a TLS server serves with.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// CA certificate (verifies client certificates).
+    pub ca: PathBuf,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server certificate's key.
+    pub key: PathBuf,
+    /// A client certificate and key for the server's own tools (`etcdctl` when client
+    /// certificates are asked for).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl Security {
+    /// TLS with the server certificate of `certs`, no client certificate needed, no password.
+    pub fn tls(certs: &crate::tls::TestCerts) -> Security {
+        Security {
+            tls: Some(ServerTls {
+                ca: certs.ca(),
+                cert: certs.server_cert(),
+                key: certs.server_key(),
+                client: Some((certs.client_cert(), certs.client_key())),
+            }),
+            ..Security::default()
+        }
+    }
+
+    /// Sets [`password`](Self::password).
+    pub fn password(mut self, password: impl Into<String>) -> Security {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets [`client_certs`](Self::client_certs).
+    pub fn client_certs(mut self, on: bool) -> Security {
+        self.client_certs = on;
+        self
+    }
+}
+
 /// A server process of a test's own. Dropping it kills the process and removes its data.
 #[derive(Debug)]
 pub struct PrivateServer {
     kind: Kind,
+    security: Security,
     bin: PathBuf,
     port: u16,
     /// etcd's peer port; a Redis cluster node's bus port.
@@ -101,6 +159,12 @@ impl PrivateServer {
     /// under the system's temporary directory, and waits (up to 60 s) until it answers.
     /// `Err` when a binary is missing or the server does not come up.
     pub fn start(kind: Kind) -> Result<PrivateServer, String> {
+        PrivateServer::start_secured(kind, Security::default())
+    }
+
+    /// [`start`](Self::start) with TLS and authentication as `security` says (Redis, etcd and
+    /// MariaDB; a cluster node or PostgreSQL ignores it).
+    pub fn start_secured(kind: Kind, security: Security) -> Result<PrivateServer, String> {
         let bin = match kind {
             Kind::Redis | Kind::RedisClusterNode => crate::env::redis_bin(),
             Kind::Etcd => crate::env::etcd_bin(),
@@ -115,7 +179,7 @@ impl PrivateServer {
         ));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut server =
-            PrivateServer { kind, bin, port: free_port()?, peer_port: free_port()?, dir, child: None };
+            PrivateServer { kind, security, bin, port: free_port()?, peer_port: free_port()?, dir, child: None };
         if kind == Kind::MariaDb {
             server.install_mariadb()?;
         }
@@ -142,10 +206,14 @@ impl PrivateServer {
     }
 
     /// The URL a backend connects to: `redis://127.0.0.1:P`, `http://127.0.0.1:P` (etcd) or
-    /// `mysql://root@127.0.0.1:P/test` or `postgres://postgres@127.0.0.1:P/postgres`.
+    /// `mysql://root@127.0.0.1:P/test` or `postgres://postgres@127.0.0.1:P/postgres`; with
+    /// TLS `rediss://` and `https://`. Never with a password.
     pub fn url(&self) -> String {
+        let tls = self.security.tls.is_some();
         match self.kind {
+            Kind::Redis if tls => format!("rediss://127.0.0.1:{}", self.port),
             Kind::Redis | Kind::RedisClusterNode => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Etcd if tls => format!("https://127.0.0.1:{}", self.port),
             Kind::Etcd => format!("http://127.0.0.1:{}", self.port),
             Kind::MariaDb => format!("mysql://root@127.0.0.1:{}/test", self.port),
             Kind::Postgres => format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
@@ -299,9 +367,11 @@ impl PrivateServer {
         let p = self.port;
         match self.kind {
             Kind::Redis | Kind::RedisClusterNode => {
+                let tls = self.security.tls.as_ref().filter(|_| self.kind == Kind::Redis);
+                let plain_port = if tls.is_some() { 0 } else { p };
                 cmd.args([
                     "--port",
-                    &p.to_string(),
+                    &plain_port.to_string(),
                     "--bind",
                     "127.0.0.1",
                     "--save",
@@ -311,13 +381,26 @@ impl PrivateServer {
                 ])
                 .arg("--dir")
                 .arg(&self.dir);
+                if let Some(tls) = tls {
+                    let auth_clients = if self.security.client_certs { "yes" } else { "no" };
+                    cmd.args(["--tls-port", &p.to_string(), "--tls-auth-clients", auth_clients])
+                        .arg("--tls-cert-file")
+                        .arg(&tls.cert)
+                        .arg("--tls-key-file")
+                        .arg(&tls.key)
+                        .arg("--tls-ca-cert-file")
+                        .arg(&tls.ca);
+                }
+                if let Some(password) = self.security.password.as_ref().filter(|_| self.kind == Kind::Redis) {
+                    cmd.args(["--requirepass", password]);
+                }
                 if self.kind == Kind::RedisClusterNode {
                     cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
                         .args(["--cluster-port", &self.peer_port.to_string()]);
                 }
             }
             Kind::Etcd => {
-                let client = format!("http://127.0.0.1:{p}");
+                let client = self.url();
                 let peer = format!("http://127.0.0.1:{}", self.peer_port);
                 cmd.arg("--data-dir")
                     .arg(self.dir.join("etcd"))
@@ -325,6 +408,13 @@ impl PrivateServer {
                     .args(["--advertise-client-urls", &client, "--listen-peer-urls", &peer])
                     .args(["--initial-advertise-peer-urls", &peer])
                     .arg(format!("--initial-cluster=default={peer}"));
+                if let Some(tls) = &self.security.tls {
+                    cmd.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+                    cmd.arg("--trusted-ca-file").arg(&tls.ca);
+                    if self.security.client_certs {
+                        cmd.arg("--client-cert-auth");
+                    }
+                }
             }
             Kind::MariaDb => {
                 cmd.arg("--no-defaults")
@@ -333,6 +423,11 @@ impl PrivateServer {
                     .arg(format!("--pid-file={}", self.dir.join("mariadbd.pid").display()))
                     .arg(format!("--port={p}"))
                     .args(["--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-buffer-pool-size=32M"]);
+                if let Some(tls) = &self.security.tls {
+                    cmd.arg(format!("--ssl-cert={}", tls.cert.display()))
+                        .arg(format!("--ssl-key={}", tls.key.display()))
+                        .arg(format!("--ssl-ca={}", tls.ca.display()));
+                }
                 if running_as_root() {
                     cmd.arg("--user=root");
                 }
@@ -373,7 +468,16 @@ impl PrivateServer {
                     self.log_tail()
                 ));
             }
-            match probe(self.kind, self.addr(), Duration::from_millis(500)) {
+            // A TLS server (MariaDB's greeting is plain either way) answers once it listens.
+            let tls_only = self.security.tls.is_some() && matches!(self.kind, Kind::Redis | Kind::Etcd);
+            let probed = if tls_only {
+                TcpStream::connect_timeout(&self.addr(), Duration::from_millis(500))
+                    .map(drop)
+                    .map_err(|e| format!("connect: {e}"))
+            } else {
+                probe(self.kind, self.addr(), Duration::from_millis(500))
+            };
+            match probed {
                 Ok(()) => break,
                 Err(e) => last = e,
             }
@@ -389,6 +493,9 @@ impl PrivateServer {
         }
         if self.kind == Kind::MariaDb {
             self.mariadb_sql("CREATE DATABASE IF NOT EXISTS test")?;
+        }
+        if self.kind == Kind::Etcd && self.security.password.is_some() {
+            self.enable_etcd_auth(deadline)?;
         }
         if self.kind == Kind::Postgres {
             // The postmaster answers before the database accepts sessions (recovery).
@@ -409,6 +516,44 @@ impl PrivateServer {
             }
         }
         Ok(())
+    }
+
+    /// Creates etcd's `root` user with the password of [`Security::password`] and enables
+    /// authentication, with `etcdctl` (retried until `deadline`: the member has just started).
+    /// After a restart, when authentication is on already, nothing is changed.
+    fn enable_etcd_auth(&self, deadline: Instant) -> Result<(), String> {
+        let etcdctl = find_program("etcdctl", None, &["/usr/bin/etcdctl"])?;
+        let root = format!("root:{}", self.security.password.clone().unwrap_or_default());
+        let run = |user: Option<&str>, args: &[&str]| -> Result<(), String> {
+            let mut cmd = Command::new(&etcdctl);
+            cmd.env("ETCDCTL_API", "3").args(["--endpoints", &self.url(), "--dial-timeout", "2s"]);
+            if let Some(tls) = &self.security.tls {
+                cmd.arg("--cacert").arg(&tls.ca);
+                if let Some((cert, key)) = &tls.client {
+                    cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+                }
+            }
+            if let Some(user) = user {
+                cmd.args(["--user", user]);
+            }
+            let out = cmd.args(args).stdin(Stdio::null()).output().map_err(|e| format!("etcdctl: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        };
+        loop {
+            let tried = run(Some(&root), &["auth", "enable"]).or_else(|_| {
+                run(None, &["user", "add", &root, "--interactive=false"])?;
+                run(None, &["auth", "enable"])
+            });
+            match tried {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(format!("etcd auth enable: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Runs SQL through the `mariadb` client on the server's unix socket; returns its output
@@ -470,7 +615,7 @@ fn probe(kind: Kind, addr: SocketAddr, within: Duration) -> Result<(), String> {
         };
         if done || n == 0 {
             let ok = match kind {
-                Kind::Redis | Kind::RedisClusterNode => text.starts_with("+PONG"),
+                Kind::Redis | Kind::RedisClusterNode => text.starts_with("+PONG") || text.starts_with("-NOAUTH"),
                 Kind::Etcd => text.contains("\"health\":\"true\""),
                 Kind::MariaDb => answer.len() >= 5 && answer[3] == 0 && answer[4] == 10,
                 Kind::Postgres => matches!(answer.first(), Some(b'S' | b'N')),
