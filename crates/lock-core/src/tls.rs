@@ -158,6 +158,33 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// How rustls words a refused handshake, in its `Display` and `Debug` forms, as the clients
+/// of the backends pass it on (often inside an I/O error).
+const TLS_REFUSALS: &[&str] = &[
+    "invalid peer certificate",
+    "InvalidCertificate",
+    "received fatal alert",
+    "AlertReceived",
+    "peer is incompatible",
+    "PeerIncompatible",
+    "peer misbehaved",
+    "PeerMisbehaved",
+    "NoCertificatesPresented",
+    "no certificates presented",
+];
+
+/// `true` when a client's error `message` tells of a refused TLS handshake (a certificate one
+/// side does not trust, a name that does not match, no common protocol): retrying will not
+/// help, so backends report it as a [`LockError::Backend`] error, "TLS handshake failed".
+///
+/// ```
+/// assert!(lock_core::tls::is_tls_refusal("io error: invalid peer certificate: UnknownIssuer"));
+/// assert!(!lock_core::tls::is_tls_refusal("connection refused"));
+/// ```
+pub fn is_tls_refusal(message: &str) -> bool {
+    TLS_REFUSALS.iter().any(|p| message.contains(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,6 +169,7 @@ where
     let Ok(result) = outcome else { panic!("{backend}: the refused connection was still pending after {bound:?}") };
     let Err(e) = result else { panic!("{backend}: connected where it must be refused") };
     let message = e.to_string();
+    eprintln!("refused as expected: {message}");
     assert!(!e.is_retryable(), "{backend}: a refusal that retrying cannot fix is retryable: {e:?}");
     assert!(message.contains(backend), "the message does not name {backend}: {message}");
     assert_no_secrets(&message, password, certs);
