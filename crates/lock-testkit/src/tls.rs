@@ -158,10 +158,15 @@ pub async fn lock_refresh_unlock(provider: &dyn lock_core::LockProvider, key: &s
     assert!(provider.is_locked(key).await.expect("is_locked over TLS").is_none(), "unlocked");
 }
 
-/// Asserts that a connection attempt that must fail (a wrong CA, a wrong password) failed
-/// within `bound` (never a hang), with an error that retrying will not fix, whose message
-/// names `backend` and shows no secret.
-pub async fn assert_refused<T, F>(backend: &str, bound: std::time::Duration, attempt: F, password: &str, certs: &TestCerts)
+/// Asserts that a connection attempt that must fail failed within `bound` (never a hang),
+/// with an error whose message names `backend` and shows no secret; returns the error.
+pub async fn assert_fails_cleanly<T, F>(
+    backend: &str,
+    bound: std::time::Duration,
+    attempt: F,
+    password: &str,
+    certs: &TestCerts,
+) -> lock_core::LockError
 where
     F: std::future::Future<Output = lock_core::Result<T>>,
 {
@@ -170,8 +175,18 @@ where
     let Err(e) = result else { panic!("{backend}: connected where it must be refused") };
     let message = e.to_string();
     eprintln!("refused as expected: {message}");
-    assert!(!e.is_retryable(), "{backend}: a refusal that retrying cannot fix is retryable: {e:?}");
     assert!(message.contains(backend), "the message does not name {backend}: {message}");
     assert_no_secrets(&message, password, certs);
     assert_no_secrets(&format!("{e:?}"), password, certs);
+    e
+}
+
+/// [`assert_fails_cleanly`], and the error is one that retrying will not fix (a wrong CA, a
+/// wrong password).
+pub async fn assert_refused<T, F>(backend: &str, bound: std::time::Duration, attempt: F, password: &str, certs: &TestCerts)
+where
+    F: std::future::Future<Output = lock_core::Result<T>>,
+{
+    let e = assert_fails_cleanly(backend, bound, attempt, password, certs).await;
+    assert!(!e.is_retryable(), "{backend}: a refusal that retrying cannot fix is retryable: {e:?}");
 }
