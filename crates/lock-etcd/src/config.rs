@@ -74,10 +74,11 @@ pub struct EtcdConfig {
     /// [`DEFAULT_KEEP_ALIVE_INTERVAL`]): how soon a silently dead connection is noticed.
     #[serde(with = "humantime_serde")]
     pub keep_alive_interval: Duration,
-    /// TLS from PEM files (feature `tls`), read when connecting.
-    #[cfg(feature = "tls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    #[serde(alias = "tls")]
+    /// TLS from PEM files (feature `tls`), read when connecting; set without the feature, it
+    /// is a configuration error.
+    // Not written when unset, so that a default merged under a file (figment) leaves the
+    // file free to spell the table either way.
+    #[serde(alias = "tls", skip_serializing_if = "Option::is_none")]
     pub tls_files: Option<TlsFiles>,
     /// TLS settings built in code (feature `tls`); not part of a configuration file. Set
     /// either this or [`tls_files`](Self::tls_files), not both.
@@ -97,8 +98,6 @@ pub struct EtcdConfig {
 /// key = "/etc/etcd/client-key.pem"
 /// server_name = "etcd.internal"      # name to verify instead of the endpoint's host (or `domain`)
 /// ```
-#[cfg(feature = "tls")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use lock_core::tls::TlsFiles;
 
 /// Reads the files into the client's TLS options.
@@ -130,7 +129,6 @@ impl Default for EtcdConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
-            #[cfg(feature = "tls")]
             tls_files: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -193,8 +191,6 @@ impl EtcdConfig {
     }
 
     /// Sets TLS from PEM files (feature `tls`).
-    #[cfg(feature = "tls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_files(mut self, files: TlsFiles) -> Self {
         self.tls_files = Some(files);
         self
@@ -218,6 +214,14 @@ impl EtcdConfig {
         }
         if self.password.is_some() && self.user.is_none() {
             return Err(LockError::Config("etcd: a password needs a user name".into()));
+        }
+        if let Some(files) = &self.tls_files {
+            files.validate(crate::error::NAME)?;
+            if !cfg!(feature = "tls") {
+                return Err(LockError::Config(
+                    "etcd: TLS (a tls table) needs feature `tls` of lock-etcd (`etcd-tls` of distlock)".into(),
+                ));
+            }
         }
         #[cfg(feature = "tls")]
         if self.tls.is_some() && self.tls_files.is_some() {
@@ -258,11 +262,10 @@ impl PartialEq for EtcdConfig {
             && self.prefix == other.prefix
             && self.connect_timeout == other.connect_timeout
             && self.request_timeout == other.request_timeout
-            && self.keep_alive_interval == other.keep_alive_interval;
+            && self.keep_alive_interval == other.keep_alive_interval
+            && self.tls_files == other.tls_files;
         #[cfg(feature = "tls")]
-        let same = same
-            && self.tls_files == other.tls_files
-            && format!("{:?}", self.tls) == format!("{:?}", other.tls);
+        let same = same && format!("{:?}", self.tls) == format!("{:?}", other.tls);
         same
     }
 }
@@ -276,9 +279,10 @@ impl fmt::Debug for EtcdConfig {
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
-            .field("keep_alive_interval", &self.keep_alive_interval);
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("tls_files", &self.tls_files);
         #[cfg(feature = "tls")]
-        d.field("tls_files", &self.tls_files).field("tls", &self.tls.is_some());
+        d.field("tls", &self.tls.is_some());
         d.finish()
     }
 }
@@ -342,6 +346,13 @@ mod tests {
             figment::Figment::from(figment::providers::Serialized::defaults(&c)).extract().unwrap();
         assert_eq!(back, c);
         assert!(from_toml(r#"endpoint = "x""#).is_err(), "unknown field");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn a_tls_table_without_the_feature_is_a_config_error() {
+        let c = from_toml("[tls]\nca = \"/etc/ca.pem\"").unwrap();
+        assert!(matches!(c.validate(), Err(LockError::Config(m)) if m.contains("feature `tls`")));
     }
 
     #[cfg(feature = "tls")]

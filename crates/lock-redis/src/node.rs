@@ -383,7 +383,7 @@ impl Node {
 /// A failed TLS handshake (a certificate one side does not trust, a name that does not match)
 /// is a [`Backend`](LockError::Backend) error "TLS handshake failed": no retry fixes it.
 pub(crate) fn map_err(e: Error) -> LockError {
-    if e.kind() == &ErrorKind::Tls || lock_core::tls::is_tls_refusal(e.details()) {
+    if lock_core::tls::is_tls_refusal(e.details()) {
         return LockError::backend(NAME, format!("TLS handshake failed: {}", e.details()));
     }
     const RETRYABLE_REPLIES: &[&str] = &[
