@@ -35,6 +35,7 @@
 //! statement_timeout = "5s"
 //! reap_interval = "30s"
 //! listen = true                # LISTEN/NOTIFY wake-ups across processes
+//! # [postgres.tls]; ca, cert, key (feature `postgres-tls`), or url = "...?sslmode=verify-full&sslrootcert=..."
 //!
 //! [redis]                      # lock_redis::RedisConfig
 //! addr = "127.0.0.1:6379"      # or url = "redis://..." / "redis-cluster://..."

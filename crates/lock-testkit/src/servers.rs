@@ -90,13 +90,15 @@ pub struct Security {
     /// Serve TLS only, with the server certificate of these files; the CA verifies client
     /// certificates. Redis listens with `--tls-port` (no plain port), etcd on `https://`,
     /// MariaDB with `--ssl-cert`/`--ssl-key`/`--ssl-ca` (plain connections stay possible
-    /// unless a user `REQUIRE SSL`).
+    /// unless a user `REQUIRE SSL`), PostgreSQL with `ssl=on` (plain ones too, unless a
+    /// password is set).
     pub tls: Option<ServerTls>,
     /// Ask every client for a certificate signed by the CA (Redis `--tls-auth-clients yes`,
     /// etcd `--client-cert-auth`); otherwise none is needed.
     pub client_certs: bool,
     /// Redis: `--requirepass`. etcd: the `root` user's password, with authentication
-    /// enabled once the member is up.
+    /// enabled once the member is up. PostgreSQL: the `postgres` user's password, required
+    /// (`scram-sha-256`, over TLS when TLS is on) for every connection over TCP.
     pub password: Option<String>,
 }
 
@@ -162,8 +164,8 @@ impl PrivateServer {
         PrivateServer::start_secured(kind, Security::default())
     }
 
-    /// [`start`](Self::start) with TLS and authentication as `security` says (Redis, etcd and
-    /// MariaDB; a cluster node or PostgreSQL ignores it).
+    /// [`start`](Self::start) with TLS and authentication as `security` says (Redis, etcd,
+    /// MariaDB and PostgreSQL; a cluster node ignores it).
     pub fn start_secured(kind: Kind, security: Security) -> Result<PrivateServer, String> {
         let bin = match kind {
             Kind::Redis | Kind::RedisClusterNode => crate::env::redis_bin(),
@@ -185,8 +187,14 @@ impl PrivateServer {
         }
         if kind == Kind::Postgres {
             server.install_postgres()?;
+            server.secure_postgres()?;
         }
         server.launch()?;
+        if kind == Kind::Postgres {
+            if let Some(password) = &server.security.password {
+                server.postgres_sql(&format!("ALTER USER postgres PASSWORD '{password}'"))?;
+            }
+        }
         Ok(server)
     }
 
@@ -337,6 +345,55 @@ impl PrivateServer {
         Ok(())
     }
 
+    /// With TLS: the certificate files in the data directory, readable by the server alone
+    /// (it refuses a key others can read). With a password: connections over TCP must use TLS
+    /// and the password (`scram-sha-256`); the unix socket stays open without one.
+    fn secure_postgres(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.dir.join("data");
+        if let Some(tls) = &self.security.tls {
+            for (from, to) in [(&tls.cert, "server.crt"), (&tls.key, "server.key"), (&tls.ca, "root.crt")] {
+                fs::copy(from, data.join(to)).map_err(|e| format!("copy {}: {e}", from.display()))?;
+                fs::set_permissions(data.join(to), fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+            }
+            if running_as_root() {
+                let status = Command::new("chown")
+                    .args(["postgres:postgres", "server.crt", "server.key", "root.crt"])
+                    .current_dir(&data)
+                    .status()
+                    .map_err(|e| format!("chown: {e}"))?;
+                if !status.success() {
+                    return Err("cannot hand the certificate files to the postgres user".into());
+                }
+            }
+        }
+        if self.security.password.is_some() {
+            let hba = data.join("pg_hba.conf");
+            let old = fs::read_to_string(&hba).map_err(|e| format!("{}: {e}", hba.display()))?;
+            let tcp = if self.security.tls.is_some() { "hostssl" } else { "host" };
+            let new = format!(
+                "local all all trust\n{tcp} all all 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 reject\n{old}"
+            );
+            fs::write(&hba, new).map_err(|e| format!("{}: {e}", hba.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs SQL through `psql` on the server's unix socket as the `postgres` superuser.
+    pub fn postgres_sql(&self, sql: &str) -> Result<String, String> {
+        assert_eq!(self.kind, Kind::Postgres, "postgres_sql on a {} server", self.kind.name());
+        let psql = self.bin.with_file_name("psql");
+        let mut cmd = Command::new(&psql);
+        cmd.arg("-h").arg(&self.dir).args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"]);
+        cmd.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        self.as_postgres_user(&mut cmd)?;
+        let out = cmd.output().map_err(|e| format!("{}: {e}", psql.display()))?;
+        if !out.status.success() {
+            return Err(format!("psql -c {sql:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// As root, `cmd` runs as the `postgres` user, which gets the data directory (PostgreSQL
     /// refuses to run as root).
     fn as_postgres_user(&self, cmd: &mut Command) -> Result<(), String> {
@@ -439,6 +496,10 @@ impl PrivateServer {
                     .args(["-p", &p.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
                     .args(["-c", "shared_buffers=16MB", "-c", "max_connections=60", "-k"])
                     .arg(&self.dir);
+                if self.security.tls.is_some() {
+                    cmd.args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key"])
+                        .args(["-c", "ssl_ca_file=root.crt"]);
+                }
                 cmd.process_group(0);
                 // Checked in `install_postgres`, which ran first.
                 let _ = self.as_postgres_user(&mut cmd);

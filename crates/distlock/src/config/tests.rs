@@ -273,7 +273,7 @@ fn missing_file_is_reported() {
 }
 
 #[test]
-#[cfg(all(feature = "mysql", feature = "redis", feature = "etcd"))]
+#[cfg(all(feature = "mysql", feature = "postgres", feature = "redis", feature = "etcd"))]
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 fn tls_tables_come_from_toml_and_env_and_no_password_shows() {
     use lock_core::tls::TlsFiles;
@@ -288,6 +288,10 @@ fn tls_tables_come_from_toml_and_env_and_no_password_shows() {
             ca = "/etc/ssl/ca.pem"
             cert = "/etc/ssl/client.pem"
             key = "/etc/ssl/client-key.pem"
+            [postgres]
+            url = "postgres://app:pg-hunter2@db/locks"
+            [postgres.tls]
+            ca = "/etc/ssl/ca.pem"
             [redis]
             url = "rediss://:redis-hunter2@cache:6380/0"
             [redis.tls]
@@ -310,7 +314,8 @@ fn tls_tables_come_from_toml_and_env_and_no_password_shows() {
         assert_eq!(c.redis.tls, Some(TlsFiles::new("/etc/ssl/ca.pem").server_name("cache.internal")));
         assert_eq!(c.etcd.tls_files, Some(TlsFiles::new("/etc/ssl/ca.pem").server_name("etcd.internal")));
         let shown = format!("{c:?}");
-        for secret in ["my-hunter2", "redis-hunter2", "etcd-hunter2"] {
+        assert_eq!(c.postgres.tls, Some(TlsFiles::new("/etc/ssl/ca.pem")));
+        for secret in ["my-hunter2", "pg-hunter2", "redis-hunter2", "etcd-hunter2"] {
             assert!(!shown.contains(secret), "{secret} shows in {shown}");
         }
         assert!(shown.contains("rediss://:***@cache:6380/0"), "{shown}");
