@@ -61,7 +61,9 @@ impl TlsFiles {
     /// key, names are not empty. `backend` prefixes the message.
     pub fn validate(&self, backend: &str) -> Result<()> {
         if self.cert.is_some() != self.key.is_some() {
-            return Err(LockError::Config(format!("{backend}: a TLS client certificate and its key go together")));
+            return Err(LockError::Config(format!(
+                "{backend}: a TLS client certificate and its key go together"
+            )));
         }
         if self.server_name.as_deref().is_some_and(str::is_empty) {
             return Err(LockError::Config(format!("{backend}: the TLS server name is empty")));
@@ -72,8 +74,9 @@ impl TlsFiles {
     /// Reads one of the files, mapping a failure to a [`LockError::Config`] that names the
     /// backend and the path.
     pub fn read(backend: &str, path: &std::path::Path) -> Result<Vec<u8>> {
-        std::fs::read(path)
-            .map_err(|e| LockError::Config(format!("{backend}: cannot read TLS file {}: {e}", path.display())))
+        std::fs::read(path).map_err(|e| {
+            LockError::Config(format!("{backend}: cannot read TLS file {}: {e}", path.display()))
+        })
     }
 }
 

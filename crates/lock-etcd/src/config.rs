@@ -219,7 +219,8 @@ impl EtcdConfig {
             files.validate(crate::error::NAME)?;
             if !cfg!(feature = "tls") {
                 return Err(LockError::Config(
-                    "etcd: TLS (a tls table) needs feature `tls` of lock-etcd (`etcd-tls` of distlock)".into(),
+                    "etcd: TLS (a tls table) needs feature `tls` of lock-etcd (`etcd-tls` of distlock)"
+                        .into(),
                 ));
             }
         }
@@ -240,7 +241,8 @@ impl EtcdConfig {
             // that can never fire.
             .with_require_leader(true);
         if let Some(name) = &self.user {
-            options = options.with_user(name.clone(), self.password.as_ref().map(Secret::expose).unwrap_or_default());
+            options = options
+                .with_user(name.clone(), self.password.as_ref().map(Secret::expose).unwrap_or_default());
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {

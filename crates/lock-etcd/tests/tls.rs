@@ -15,7 +15,9 @@ use std::time::Duration;
 use lock_core::{LockError, LockProvider};
 use lock_etcd::{EtcdConfig, EtcdLockProvider, TlsFiles};
 use lock_testkit::servers::{Kind, PrivateServer, Security};
-use lock_testkit::tls::{assert_fails_cleanly, assert_no_secrets, assert_refused, lock_refresh_unlock, TestCerts};
+use lock_testkit::tls::{
+    assert_fails_cleanly, assert_no_secrets, assert_refused, lock_refresh_unlock, TestCerts,
+};
 
 const PASSWORD: &str = "etcd-tls-pw-2b7f61";
 const BOUND: Duration = Duration::from_secs(30);
@@ -69,7 +71,8 @@ async fn locks_over_tls_with_a_password_and_a_client_certificate() {
     p.close().await.unwrap();
 
     // The name in the certificate checked instead of the address connected to.
-    let p = connect_and_ask(s.config(PASSWORD, s.files().server_name("localhost"))).await.expect("as localhost");
+    let p =
+        connect_and_ask(s.config(PASSWORD, s.files().server_name("localhost"))).await.expect("as localhost");
     lock_refresh_unlock(&p, "tls-named").await;
     p.close().await.unwrap();
 }
@@ -85,7 +88,7 @@ async fn a_wrong_ca_or_password_is_refused_at_once_and_not_retryable() {
     assert_refused("etcd", BOUND, connect_and_ask(misnamed), PASSWORD, &s.certs).await;
     // A CA file that is not there is a configuration error naming it, found when connecting.
     let missing = s.config(PASSWORD, TlsFiles::new(s.certs.dir().join("nope.pem")));
-    let e = EtcdLockProvider::connect(missing).await.err().expect("a missing CA file is refused");
+    let e = EtcdLockProvider::connect(missing).await.expect_err("a missing CA file is refused");
     assert!(matches!(&e, LockError::Config(m) if m.contains("nope.pem")), "{e:?}");
 }
 

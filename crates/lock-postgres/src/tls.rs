@@ -31,7 +31,9 @@ pub(crate) fn connect_options(url: &str, tls: Option<&TlsFiles>) -> Result<PgCon
 fn mentions_ssl_mode(url: &str) -> bool {
     url.split_once('?').is_some_and(|(_, query)| {
         query.split('&').any(|pair| {
-            pair.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("sslmode") || k.eq_ignore_ascii_case("ssl-mode"))
+            pair.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("sslmode") || k.eq_ignore_ascii_case("ssl-mode"))
         })
     })
 }
@@ -54,6 +56,9 @@ mod tests {
     #[test]
     fn a_bad_url_is_a_config_error_without_its_password() {
         let e = connect_options("postgres://u:hunter2@h:notaport/db", None).unwrap_err();
-        assert!(matches!(&e, LockError::Config(m) if m.starts_with("postgres:") && !m.contains("hunter2")), "{e:?}");
+        assert!(
+            matches!(&e, LockError::Config(m) if m.starts_with("postgres:") && !m.contains("hunter2")),
+            "{e:?}"
+        );
     }
 }

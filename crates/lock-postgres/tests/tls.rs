@@ -79,8 +79,14 @@ async fn a_wrong_ca_or_password_is_refused_at_once_and_not_retryable() {
     let wrong_ca = Some(TlsFiles::new(s.certs.other_ca()));
     assert_refused("postgres", BOUND, open(s.url(PASSWORD, ""), wrong_ca), PASSWORD, &s.certs).await;
     let wrong_password = s.url("not-the-password-91f3", "");
-    assert_refused("postgres", BOUND, open(wrong_password, Some(TlsFiles::new(s.certs.ca()))), PASSWORD, &s.certs)
-        .await;
+    assert_refused(
+        "postgres",
+        BOUND,
+        open(wrong_password, Some(TlsFiles::new(s.certs.ca()))),
+        PASSWORD,
+        &s.certs,
+    )
+    .await;
     // Without TLS the server refuses the password login.
     let plain = s.url(PASSWORD, "?sslmode=disable");
     assert_refused("postgres", BOUND, open(plain, None), PASSWORD, &s.certs).await;

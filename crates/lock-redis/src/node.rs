@@ -130,8 +130,9 @@ impl Node {
         let Settings { pool_size, command_timeout, connect_timeout, .. } = *settings;
         let shown = redact(&url);
         #[allow(unused_mut)]
-        let mut config = Config::from_url(&url)
-            .map_err(|e| LockError::Config(format!("redis: bad URL `{shown}`: {}", redact(&e.to_string()))))?;
+        let mut config = Config::from_url(&url).map_err(|e| {
+            LockError::Config(format!("redis: bad URL `{shown}`: {}", redact(&e.to_string())))
+        })?;
         #[cfg(feature = "tls")]
         if let Some(tls) = &settings.tls {
             config.tls = Some(tls.clone());
@@ -441,7 +442,10 @@ mod tests {
         // What fred answers while a reset connection is being replaced.
         assert!(map_err(Error::new(ErrorKind::Unknown, "Failed to route command.")).is_retryable());
         let e = map_err(Error::new(ErrorKind::IO, "Custom { error: InvalidCertificate(UnknownIssuer) }"));
-        assert!(!e.is_retryable() && e.to_string().contains("redis backend error: TLS handshake failed"), "{e}");
+        assert!(
+            !e.is_retryable() && e.to_string().contains("redis backend error: TLS handshake failed"),
+            "{e}"
+        );
         let e = map_err(Error::new(ErrorKind::InvalidArgument, "WRONGTYPE not a hash"));
         assert!(e.is_system() && !e.is_retryable(), "{e:?}");
     }

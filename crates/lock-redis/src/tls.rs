@@ -72,9 +72,13 @@ pub(crate) fn client_config(files: &TlsFiles) -> Result<TlsConfig> {
             // The parser's error could quote the file: only the path is named.
             let key_der = PrivateKeyDer::from_pem_slice(&pem)
                 .map_err(|_| config_error(format!("{} holds no readable PEM private key", key.display())))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|_| config_error(format!("the key {} does not fit the certificate {}", key.display(), cert.display())))?
+            builder.with_client_auth_cert(chain, key_der).map_err(|_| {
+                config_error(format!(
+                    "the key {} does not fit the certificate {}",
+                    key.display(),
+                    cert.display()
+                ))
+            })?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -123,4 +127,3 @@ impl ServerCertVerifier for VerifyAs {
         self.inner.supported_verify_schemes()
     }
 }
-

@@ -46,7 +46,8 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_over_tls_with_a_password_and_a_client_certificate() {
-    let Some(s) = lock_testkit::require_or_skip("redis tls", tokio::task::spawn_blocking(start).await.unwrap())
+    let Some(s) =
+        lock_testkit::require_or_skip("redis tls", tokio::task::spawn_blocking(start).await.unwrap())
     else {
         return;
     };
@@ -68,12 +69,20 @@ async fn locks_over_tls_with_a_password_and_a_client_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_ca_or_password_is_refused_at_once_and_not_retryable() {
-    let Some(s) = lock_testkit::require_or_skip("redis tls", tokio::task::spawn_blocking(start).await.unwrap())
+    let Some(s) =
+        lock_testkit::require_or_skip("redis tls", tokio::task::spawn_blocking(start).await.unwrap())
     else {
         return;
     };
     let wrong_ca = TlsFiles::new(s.certs.other_ca()).identity(s.certs.client_cert(), s.certs.client_key());
-    assert_refused("redis", BOUND, RedisLockProvider::connect(s.config(PASSWORD, wrong_ca)), PASSWORD, &s.certs).await;
+    assert_refused(
+        "redis",
+        BOUND,
+        RedisLockProvider::connect(s.config(PASSWORD, wrong_ca)),
+        PASSWORD,
+        &s.certs,
+    )
+    .await;
     let wrong_password = s.config("not-the-password-91f3", s.files());
     assert_refused("redis", BOUND, RedisLockProvider::connect(wrong_password), PASSWORD, &s.certs).await;
     // No client certificate, where the server asks for one.
@@ -85,6 +94,6 @@ async fn a_wrong_ca_or_password_is_refused_at_once_and_not_retryable() {
     assert_refused("redis", BOUND, RedisLockProvider::connect(anonymous), PASSWORD, &s.certs).await;
     // A CA file that is not there: a configuration error naming the path.
     let missing = s.config(PASSWORD, TlsFiles::new(s.certs.dir().join("nope.pem")));
-    let e = RedisLockProvider::connect(missing).await.err().expect("a missing CA file is refused");
+    let e = RedisLockProvider::connect(missing).await.expect_err("a missing CA file is refused");
     assert!(matches!(&e, lock_core::LockError::Config(m) if m.contains("nope.pem")), "{e:?}");
 }

@@ -180,8 +180,15 @@ impl PrivateServer {
             fastrand::u32(..)
         ));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut server =
-            PrivateServer { kind, security, bin, port: free_port()?, peer_port: free_port()?, dir, child: None };
+        let mut server = PrivateServer {
+            kind,
+            security,
+            bin,
+            port: free_port()?,
+            peer_port: free_port()?,
+            dir,
+            child: None,
+        };
         if kind == Kind::MariaDb {
             server.install_mariadb()?;
         }
@@ -354,7 +361,8 @@ impl PrivateServer {
         if let Some(tls) = &self.security.tls {
             for (from, to) in [(&tls.cert, "server.crt"), (&tls.key, "server.key"), (&tls.ca, "root.crt")] {
                 fs::copy(from, data.join(to)).map_err(|e| format!("copy {}: {e}", from.display()))?;
-                fs::set_permissions(data.join(to), fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+                fs::set_permissions(data.join(to), fs::Permissions::from_mode(0o600))
+                    .map_err(|e| e.to_string())?;
             }
             if running_as_root() {
                 let status = Command::new("chown")
@@ -497,8 +505,15 @@ impl PrivateServer {
                     .args(["-c", "shared_buffers=16MB", "-c", "max_connections=60", "-k"])
                     .arg(&self.dir);
                 if self.security.tls.is_some() {
-                    cmd.args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key"])
-                        .args(["-c", "ssl_ca_file=root.crt"]);
+                    cmd.args([
+                        "-c",
+                        "ssl=on",
+                        "-c",
+                        "ssl_cert_file=server.crt",
+                        "-c",
+                        "ssl_key_file=server.key",
+                    ])
+                    .args(["-c", "ssl_ca_file=root.crt"]);
                 }
                 cmd.process_group(0);
                 // Checked in `install_postgres`, which ran first.
@@ -676,7 +691,9 @@ fn probe(kind: Kind, addr: SocketAddr, within: Duration) -> Result<(), String> {
         };
         if done || n == 0 {
             let ok = match kind {
-                Kind::Redis | Kind::RedisClusterNode => text.starts_with("+PONG") || text.starts_with("-NOAUTH"),
+                Kind::Redis | Kind::RedisClusterNode => {
+                    text.starts_with("+PONG") || text.starts_with("-NOAUTH")
+                }
                 Kind::Etcd => text.contains("\"health\":\"true\""),
                 Kind::MariaDb => answer.len() >= 5 && answer[3] == 0 && answer[4] == 10,
                 Kind::Postgres => matches!(answer.first(), Some(b'S' | b'N')),

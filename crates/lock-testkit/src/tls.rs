@@ -38,8 +38,10 @@ const NEW_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prim
 
 /// A self-signed CA certificate `{name}.pem` with its key `{name}-key.pem`.
 fn make_ca(dir: &Path, name: &str) -> Result<(), String> {
-    let (key, pem, subject) = (format!("{name}-key.pem"), format!("{name}.pem"), format!("/CN=distlock-test-{name}"));
-    let args = [&["req", "-x509"][..], &NEW_KEY, &["-days", "1", "-subj", &subject, "-keyout", &key, "-out", &pem]];
+    let (key, pem, subject) =
+        (format!("{name}-key.pem"), format!("{name}.pem"), format!("/CN=distlock-test-{name}"));
+    let args =
+        [&["req", "-x509"][..], &NEW_KEY, &["-days", "1", "-subj", &subject, "-keyout", &key, "-out", &pem]];
     openssl(dir, &args.concat())
 }
 
@@ -54,8 +56,21 @@ fn make_leaf(dir: &Path, name: &str, usage: &str, san: &str) -> Result<(), Strin
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-days", "1",
-            "-extfile", &ext, "-out", &pem,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
         ],
     )
 }
@@ -152,7 +167,8 @@ pub async fn lock_refresh_unlock(provider: &dyn lock_core::LockProvider, key: &s
     let lease = provider.lock(&opts).await.expect("lock over TLS");
     let held = provider.is_locked(key).await.expect("is_locked over TLS").expect("held");
     assert_eq!(held.token, lease.token);
-    let refreshed = provider.refresh_lock(key, "tls-owner", Duration::from_secs(60)).await.expect("refresh over TLS");
+    let refreshed =
+        provider.refresh_lock(key, "tls-owner", Duration::from_secs(60)).await.expect("refresh over TLS");
     assert_eq!(refreshed.token, lease.token, "a refresh keeps the fencing token");
     provider.unlock(key, "tls-owner").await.expect("unlock over TLS");
     assert!(provider.is_locked(key).await.expect("is_locked over TLS").is_none(), "unlocked");
@@ -171,7 +187,9 @@ where
     F: std::future::Future<Output = lock_core::Result<T>>,
 {
     let outcome = tokio::time::timeout(bound, attempt).await;
-    let Ok(result) = outcome else { panic!("{backend}: the refused connection was still pending after {bound:?}") };
+    let Ok(result) = outcome else {
+        panic!("{backend}: the refused connection was still pending after {bound:?}")
+    };
     let Err(e) = result else { panic!("{backend}: connected where it must be refused") };
     let message = e.to_string();
     eprintln!("refused as expected: {message}");
@@ -183,8 +201,13 @@ where
 
 /// [`assert_fails_cleanly`], and the error is one that retrying will not fix (a wrong CA, a
 /// wrong password).
-pub async fn assert_refused<T, F>(backend: &str, bound: std::time::Duration, attempt: F, password: &str, certs: &TestCerts)
-where
+pub async fn assert_refused<T, F>(
+    backend: &str,
+    bound: std::time::Duration,
+    attempt: F,
+    password: &str,
+    certs: &TestCerts,
+) where
     F: std::future::Future<Output = lock_core::Result<T>>,
 {
     let e = assert_fails_cleanly(backend, bound, attempt, password, certs).await;
