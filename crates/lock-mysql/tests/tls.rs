@@ -58,9 +58,16 @@ async fn setup() -> Option<Setup> {
     lock_testkit::require_or_skip("mysql tls", tokio::task::spawn_blocking(start).await.unwrap())
 }
 
+/// One server for both halves: two MariaDB installs side by side now and then fail on a
+/// loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn locks_over_tls_with_a_password_and_a_client_certificate() {
+async fn over_tls_locks_and_refuses_a_wrong_ca_or_password() {
     let Some(s) = setup().await else { return };
+    locks_over_tls_with_a_password_and_a_client_certificate(&s).await;
+    a_wrong_ca_or_password_is_refused_at_once_and_not_retryable(&s).await;
+}
+
+async fn locks_over_tls_with_a_password_and_a_client_certificate(s: &Setup) {
     // From the tls table (VERIFY_IDENTITY: the certificate names 127.0.0.1).
     let config = s.config(s.url(PASSWORD, ""), Some(s.files()));
     assert_no_secrets(&format!("{config:?}"), PASSWORD, &s.certs);
@@ -89,9 +96,7 @@ async fn sqlx_cipher(p: &MySqlLockProvider) -> String {
     row.1
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_ca_or_password_is_refused_at_once_and_not_retryable() {
-    let Some(s) = setup().await else { return };
+async fn a_wrong_ca_or_password_is_refused_at_once_and_not_retryable(s: &Setup) {
     let open = |url: String, tls: Option<TlsFiles>| MySqlLockProvider::open(s.config(url, tls));
     let wrong_ca = TlsFiles::new(s.certs.other_ca()).identity(s.certs.client_cert(), s.certs.client_key());
     assert_refused("mysql", BOUND, open(s.url(PASSWORD, ""), Some(wrong_ca)), PASSWORD, &s.certs).await;
