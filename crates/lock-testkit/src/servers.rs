@@ -1,7 +1,8 @@
 //! [`PrivateServer`]: a throwaway Redis (alone or as a cluster node), etcd, MariaDB or
 //! PostgreSQL server of a test's own, on a free
 //! loopback port with its own data directory, for cases that restart, kill or pause the
-//! server. The shared services on the standard ports are never touched.
+//! server, or that need TLS and passwords ([`PrivateServer::start_secured`] with
+//! [`Security`]). The shared services on the standard ports are never touched.
 //!
 //! Binaries are looked up at their Debian paths (`/usr/bin/redis-server`, `/usr/bin/etcd`,
 //! `/usr/sbin/mariadbd` and its tools, `/usr/lib/postgresql/*/bin/postgres` and its tools) or on
