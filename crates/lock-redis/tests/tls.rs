@@ -63,6 +63,14 @@ async fn locks_over_tls_with_a_password_and_a_client_certificate() {
     let p = RedisLockProvider::connect(named).await.expect("connect verifying `localhost`");
     lock_refresh_unlock(&p, "tls-named").await;
     p.close().await.unwrap();
+    // Redlock: the tls table applies to every master's connection (here one master).
+    let url = format!("rediss://:{PASSWORD}@127.0.0.1:{}", s.server.port());
+    let redlock =
+        RedisConfig::redlock([url]).tls(s.files()).key_prefix(format!("tlsrl{:08x}:", fastrand::u32(..)));
+    let p = RedisLockProvider::connect(redlock).await.expect("Redlock over TLS");
+    lock_refresh_unlock(&p, "tls-redlock").await;
+    p.close().await.unwrap();
+
     let misnamed = s.config(PASSWORD, s.files().server_name("elsewhere.example"));
     assert_refused("redis", BOUND, RedisLockProvider::connect(misnamed), PASSWORD, &s.certs).await;
 }
@@ -85,6 +93,10 @@ async fn a_wrong_ca_or_password_is_refused_at_once_and_not_retryable() {
     .await;
     let wrong_password = s.config("not-the-password-91f3", s.files());
     assert_refused("redis", BOUND, RedisLockProvider::connect(wrong_password), PASSWORD, &s.certs).await;
+    // A rediss:// URL alone trusts the system's CAs, which did not sign the server's certificate.
+    let mut system_roots = s.config(PASSWORD, s.files());
+    system_roots.tls = None;
+    assert_refused("redis", BOUND, RedisLockProvider::connect(system_roots), PASSWORD, &s.certs).await;
     // No client certificate, where the server asks for one.
     let no_identity = s.config(PASSWORD, TlsFiles::new(s.certs.ca()));
     assert_refused("redis", BOUND, RedisLockProvider::connect(no_identity), PASSWORD, &s.certs).await;
