@@ -25,6 +25,8 @@
 //! command_timeout = "5s"
 //! reap_interval = "30s"
 //! reap_grace = "10m"
+//! # [mysql.tls]; ca = "/etc/ssl/mysql/ca.pem", cert, key (feature `mysql-tls`), or
+//! # url = "mysql://...?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ssl/mysql/ca.pem"
 //!
 //! [postgres]                   # lock_postgres::PgLockConfig
 //! url = "postgres://distlock@127.0.0.1:5432/distlock"  # or hand the application's PgPool to the factory
@@ -33,6 +35,7 @@
 //! statement_timeout = "5s"
 //! reap_interval = "30s"
 //! listen = true                # LISTEN/NOTIFY wake-ups across processes
+//! # [postgres.tls]; ca, cert, key (feature `postgres-tls`), or url = "...?sslmode=verify-full&sslrootcert=..."
 //!
 //! [redis]                      # lock_redis::RedisConfig
 //! addr = "127.0.0.1:6379"      # or url = "redis://..." / "redis-cluster://..."
@@ -41,6 +44,7 @@
 //! # mode = "redlock"; nodes = ["redis://a:6379", "redis://b:6379", "redis://c:6379"]
 //! key_prefix = "distlock:"
 //! command_timeout = "5s"
+//! # url = "rediss://..."; [redis.tls]; ca, cert, key, server_name (feature `redis-tls`)
 //!
 //! [etcd]                       # lock_etcd::EtcdConfig
 //! endpoints = ["http://127.0.0.1:2379"]
@@ -48,13 +52,17 @@
 //! password = "secret"
 //! prefix = "distlock/"
 //! request_timeout = "5s"
-//! # [etcd.tls_files]; ca = "/etc/etcd/ca.pem" (feature `tls` of lock-etcd)
+//! # [etcd.tls]; ca = "/etc/etcd/ca.pem", cert, key, server_name (feature `etcd-tls`)
 //! ```
+//!
+//! The `tls` tables are [`lock_core::tls::TlsFiles`], alike for every backend. Passwords
+//! (in URLs, `redis.password`, `etcd.password`) never show in `Debug` output or messages.
 //!
 //! Each backend's table is that backend's own config struct, so every setting it has is
 //! reachable here, with the defaults defined once, in the backend crate. Environment
 //! variables use `__` for nesting: `DISTLOCK_PROVIDER=memory`, `DISTLOCK_DEFAULT_TTL=10m`,
-//! `DISTLOCK_MYSQL__TABLE_NAME=custom_locks`, `DISTLOCK_REDIS__MODE=redlock`.
+//! `DISTLOCK_MYSQL__TABLE_NAME=custom_locks`, `DISTLOCK_REDIS__MODE=redlock`,
+//! `DISTLOCK_REDIS__TLS__CA=/etc/ssl/redis/ca.pem`.
 
 use std::path::Path;
 use std::time::Duration;

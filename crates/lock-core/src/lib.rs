@@ -42,6 +42,7 @@ pub mod lease;
 pub mod options;
 pub mod provider;
 pub mod raw;
+pub mod tls;
 pub mod validate;
 pub mod workflow;
 

@@ -10,6 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use etcd_client::ConnectOptions;
+use lock_core::tls::Secret;
 use lock_core::{LockError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +59,7 @@ pub struct EtcdConfig {
     /// User name, when the cluster has authentication enabled.
     pub user: Option<String>,
     /// Password of [`user`](Self::user) (empty when not given). Never printed by `Debug`.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Key prefix of every lock (default [`DEFAULT_PREFIX`]). Providers that should share
     /// locks must use the same prefix.
     pub prefix: String,
@@ -73,9 +74,11 @@ pub struct EtcdConfig {
     /// [`DEFAULT_KEEP_ALIVE_INTERVAL`]): how soon a silently dead connection is noticed.
     #[serde(with = "humantime_serde")]
     pub keep_alive_interval: Duration,
-    /// TLS from PEM files (feature `tls`), read when connecting.
-    #[cfg(feature = "tls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    /// TLS from PEM files (feature `tls`), read when connecting; set without the feature, it
+    /// is a configuration error.
+    // Not written when unset, so that a default merged under a file (figment) leaves the
+    // file free to spell the table either way.
+    #[serde(alias = "tls", skip_serializing_if = "Option::is_none")]
     pub tls_files: Option<TlsFiles>,
     /// TLS settings built in code (feature `tls`); not part of a configuration file. Set
     /// either this or [`tls_files`](Self::tls_files), not both.
@@ -85,80 +88,35 @@ pub struct EtcdConfig {
     pub tls: Option<etcd_client::TlsOptions>,
 }
 
-/// TLS to the cluster from PEM files (feature `tls`).
+/// TLS to the cluster from PEM files (feature `tls`): the one type every server backend
+/// shares, [`lock_core::tls::TlsFiles`].
 ///
 /// ```toml
-/// [tls_files]
+/// [tls]                              # or [tls_files]
 /// ca = "/etc/etcd/ca.pem"            # the CA that signed the members' certificates
 /// cert = "/etc/etcd/client.pem"      # client certificate, with `key`, when the cluster asks
 /// key = "/etc/etcd/client-key.pem"
-/// domain = "etcd.internal"           # name to verify instead of the endpoint's host
+/// server_name = "etcd.internal"      # name to verify instead of the endpoint's host (or `domain`)
 /// ```
+pub use lock_core::tls::TlsFiles;
+
+/// Reads the files into the client's TLS options.
 #[cfg(feature = "tls")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct TlsFiles {
-    /// CA certificate(s) to trust.
-    pub ca: Option<std::path::PathBuf>,
-    /// Client certificate (chain); needs [`key`](Self::key).
-    pub cert: Option<std::path::PathBuf>,
-    /// Private key of the client certificate; needs [`cert`](Self::cert).
-    pub key: Option<std::path::PathBuf>,
-    /// Server name to verify, when it differs from the endpoints' host.
-    pub domain: Option<String>,
-}
-
-#[cfg(feature = "tls")]
-impl TlsFiles {
-    /// Trusting the CA certificate(s) in `ca`.
-    pub fn new(ca: impl Into<std::path::PathBuf>) -> Self {
-        TlsFiles { ca: Some(ca.into()), ..Self::default() }
+fn load(files: &TlsFiles) -> Result<etcd_client::TlsOptions> {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+    files.validate(crate::error::NAME)?;
+    let read = |path: &std::path::Path| TlsFiles::read(crate::error::NAME, path);
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &files.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
     }
-
-    /// Sets the client certificate and its key.
-    pub fn identity(
-        mut self,
-        cert: impl Into<std::path::PathBuf>,
-        key: impl Into<std::path::PathBuf>,
-    ) -> Self {
-        self.cert = Some(cert.into());
-        self.key = Some(key.into());
-        self
+    if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
-
-    /// Sets the server name to verify.
-    pub fn domain(mut self, domain: impl Into<String>) -> Self {
-        self.domain = Some(domain.into());
-        self
+    if let Some(name) = &files.server_name {
+        tls = tls.domain_name(name.clone());
     }
-
-    /// Reads the files into the client's TLS options.
-    fn load(&self) -> Result<etcd_client::TlsOptions> {
-        use etcd_client::{Certificate, Identity, TlsOptions};
-        let read = |path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| LockError::Config(format!("etcd: cannot read TLS file {}: {e}", path.display())))
-        };
-        let mut tls = TlsOptions::new();
-        if let Some(ca) = &self.ca {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-        }
-        match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
-            (None, None) => {}
-            _ => {
-                return Err(LockError::Config(
-                    "etcd: a TLS client certificate and its key go together".into(),
-                ))
-            }
-        }
-        if let Some(domain) = &self.domain {
-            tls = tls.domain_name(domain.clone());
-        }
-        Ok(tls)
-    }
+    Ok(tls)
 }
 
 impl Default for EtcdConfig {
@@ -171,7 +129,6 @@ impl Default for EtcdConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
-            #[cfg(feature = "tls")]
             tls_files: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -203,7 +160,7 @@ impl EtcdConfig {
     /// Sets user name and password.
     pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
         self.user = Some(name.into());
-        self.password = Some(password.into());
+        self.password = Some(Secret::new(password));
         self
     }
 
@@ -234,8 +191,6 @@ impl EtcdConfig {
     }
 
     /// Sets TLS from PEM files (feature `tls`).
-    #[cfg(feature = "tls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_files(mut self, files: TlsFiles) -> Self {
         self.tls_files = Some(files);
         self
@@ -260,6 +215,15 @@ impl EtcdConfig {
         if self.password.is_some() && self.user.is_none() {
             return Err(LockError::Config("etcd: a password needs a user name".into()));
         }
+        if let Some(files) = &self.tls_files {
+            files.validate(crate::error::NAME)?;
+            if !cfg!(feature = "tls") {
+                return Err(LockError::Config(
+                    "etcd: TLS (a tls table) needs feature `tls` of lock-etcd (`etcd-tls` of distlock)"
+                        .into(),
+                ));
+            }
+        }
         #[cfg(feature = "tls")]
         if self.tls.is_some() && self.tls_files.is_some() {
             return Err(LockError::Config("etcd: set TLS either in code or from files, not both".into()));
@@ -277,13 +241,14 @@ impl EtcdConfig {
             // that can never fire.
             .with_require_leader(true);
         if let Some(name) = &self.user {
-            options = options.with_user(name.clone(), self.password.clone().unwrap_or_default());
+            options = options
+                .with_user(name.clone(), self.password.as_ref().map(Secret::expose).unwrap_or_default());
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             options = options.with_tls(tls.clone());
         } else if let Some(files) = &self.tls_files {
-            options = options.with_tls(files.load()?);
+            options = options.with_tls(load(files)?);
         }
         Ok(options)
     }
@@ -299,11 +264,10 @@ impl PartialEq for EtcdConfig {
             && self.prefix == other.prefix
             && self.connect_timeout == other.connect_timeout
             && self.request_timeout == other.request_timeout
-            && self.keep_alive_interval == other.keep_alive_interval;
+            && self.keep_alive_interval == other.keep_alive_interval
+            && self.tls_files == other.tls_files;
         #[cfg(feature = "tls")]
-        let same = same
-            && self.tls_files == other.tls_files
-            && format!("{:?}", self.tls) == format!("{:?}", other.tls);
+        let same = same && format!("{:?}", self.tls) == format!("{:?}", other.tls);
         same
     }
 }
@@ -313,13 +277,14 @@ impl fmt::Debug for EtcdConfig {
         let mut d = f.debug_struct("EtcdConfig");
         d.field("endpoints", &self.endpoints)
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password", &self.password)
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
-            .field("keep_alive_interval", &self.keep_alive_interval);
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("tls_files", &self.tls_files);
         #[cfg(feature = "tls")]
-        d.field("tls_files", &self.tls_files).field("tls", &self.tls.is_some());
+        d.field("tls", &self.tls.is_some());
         d.finish()
     }
 }
@@ -333,7 +298,7 @@ mod tests {
         let c = EtcdConfig::from_list(" http://a:2379, http://b:2379 ,").user("u", "hunter2");
         assert_eq!(c.endpoints, vec!["http://a:2379", "http://b:2379"]);
         let shown = format!("{c:?}");
-        assert!(!shown.contains("hunter2") && shown.contains("<hidden>"), "{shown}");
+        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
         c.validate().unwrap();
         assert!(EtcdConfig::from_list("").validate().is_err());
         assert!(EtcdConfig::new(["x"]).prefix("a\0").validate().is_err());
@@ -385,6 +350,13 @@ mod tests {
         assert!(from_toml(r#"endpoint = "x""#).is_err(), "unknown field");
     }
 
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn a_tls_table_without_the_feature_is_a_config_error() {
+        let c = from_toml("[tls]\nca = \"/etc/ca.pem\"").unwrap();
+        assert!(matches!(c.validate(), Err(LockError::Config(m)) if m.contains("feature `tls`")));
+    }
+
     #[cfg(feature = "tls")]
     #[test]
     fn tls_files_are_read_when_connecting() {
@@ -393,11 +365,15 @@ mod tests {
         assert!(
             matches!(missing.connect_options(), Err(LockError::Config(m)) if m.contains("/nonexistent/ca.pem"))
         );
-        let half = TlsFiles { cert: Some("c.pem".into()), ..TlsFiles::default() };
+        let mut half = TlsFiles::default();
+        half.cert = Some("c.pem".into());
         assert!(matches!(EtcdConfig::default().tls_files(half).connect_options(), Err(LockError::Config(_))));
         let both = EtcdConfig::default().tls(etcd_client::TlsOptions::new()).tls_files(TlsFiles::default());
         assert!(both.validate().is_err());
         let c = from_toml("[tls_files]\nca = \"/etc/ca.pem\"\ndomain = \"etcd\"").unwrap();
-        assert_eq!(c.tls_files, Some(TlsFiles::new("/etc/ca.pem").domain("etcd")));
+        assert_eq!(c.tls_files, Some(TlsFiles::new("/etc/ca.pem").server_name("etcd")));
+        // The table every backend spells `tls`.
+        let c = from_toml("[tls]\nca = \"/etc/ca.pem\"\nserver_name = \"etcd\"").unwrap();
+        assert_eq!(c.tls_files, Some(TlsFiles::new("/etc/ca.pem").server_name("etcd")));
     }
 }

@@ -13,10 +13,41 @@ use lock_core::LockError;
 /// The backend's name, in errors and [`Health`](lock_core::Health).
 pub(crate) const NAME: &str = "etcd";
 
-/// Maps a client error: transport trouble and a cluster without leader are retryable.
+/// `e` and the errors under it, in one line: the transport hides the TLS failure (or the
+/// refused connection) a level or two down.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let line = source.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        next = source.source();
+    }
+    text
+}
+
+/// Maps a client error: transport trouble and a cluster without leader are retryable; a
+/// refused TLS handshake (a certificate not trusted, a name that does not match) is not.
 pub(crate) fn map_err(e: etcd_client::Error) -> LockError {
     use etcd_client::Error as E;
     use tonic::Code;
+    let text = match &e {
+        E::GRpcStatus(s) => {
+            let under = std::error::Error::source(s).map(chain).unwrap_or_default();
+            if under.is_empty() || s.message().contains(&under) {
+                s.message().to_owned()
+            } else {
+                format!("{}: {under}", s.message())
+            }
+        }
+        other => chain(other),
+    };
+    if lock_core::tls::is_tls_refusal(&text) {
+        return LockError::backend(NAME, format!("TLS handshake failed: {text}"));
+    }
     let retryable = match &e {
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => true,
         E::GRpcStatus(s) => matches!(

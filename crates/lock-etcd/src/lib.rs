@@ -102,8 +102,6 @@ mod release;
 mod takeback;
 mod waits;
 
-#[cfg(feature = "tls")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use config::TlsFiles;
 pub use config::{
     EtcdConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ENDPOINT, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_PREFIX,

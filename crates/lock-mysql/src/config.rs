@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use lock_core::tls::{redact_url, TlsFiles};
 use lock_core::{LockError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +24,21 @@ pub const REAP_GRACE_FACTOR: u32 = 10;
 /// let config = MySqlLockConfig::default().table_name("my_locks").command_timeout(Duration::from_secs(2));
 /// assert_eq!(config.table_name, "my_locks");
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// TLS (feature `tls`): either in the URL, as the MySQL clients spell it
+/// (`mysql://app:pw@db.internal/app?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ssl/mysql/ca.pem`,
+/// also `ssl-cert`, `ssl-key`), or in the `tls` table:
+///
+/// ```toml
+/// url = "mysql://app:pw@db.internal/app"
+/// [tls]                                  # verify the server (VERIFY_IDENTITY unless the URL sets ssl-mode)
+/// ca = "/etc/ssl/mysql/ca.pem"           # else the system's trust store
+/// cert = "/etc/ssl/mysql/client.pem"     # with key, for users that REQUIRE X509
+/// key = "/etc/ssl/mysql/client-key.pem"
+/// ```
+///
+/// `Debug` shows the URL with its password replaced by `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MySqlLockConfig {
@@ -57,6 +72,27 @@ pub struct MySqlLockConfig {
     /// completes. See [`MySqlLockProvider::command_timeout`](crate::MySqlLockProvider::command_timeout).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// TLS from PEM files (feature `tls`) when the provider connects from [`url`](Self::url);
+    /// `None`: as the URL says (`ssl-mode`, default `PREFERRED`). `server_name` is not
+    /// supported: the MySQL client verifies the host of the URL (`VERIFY_IDENTITY`) or no name
+    /// (`ssl-mode=VERIFY_CA`).
+    pub tls: Option<TlsFiles>,
+}
+
+impl std::fmt::Debug for MySqlLockConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MySqlLockConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("table_name", &self.table_name)
+            .field("auto_migrate", &self.auto_migrate)
+            .field("reap_interval", &self.reap_interval)
+            .field("reap_grace", &self.reap_grace)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for MySqlLockConfig {
@@ -70,6 +106,7 @@ impl Default for MySqlLockConfig {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -123,6 +160,12 @@ impl MySqlLockConfig {
         self
     }
 
+    /// Sets [`tls`](Self::tls).
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
     /// Checks everything that can be checked without a server; returns the table name.
     pub fn validate(&self) -> Result<TableName> {
         let table = TableName::new(&self.table_name)?;
@@ -147,6 +190,26 @@ impl MySqlLockConfig {
         }
         if self.reap_interval.is_some_and(|every| every.is_zero()) {
             return Err(LockError::invalid("reap_interval", "must not be zero"));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate("mysql")?;
+            if tls.server_name.is_some() {
+                return Err(LockError::Config(
+                    "mysql: tls.server_name is not supported: connect by the certificate's name, or set \
+                     ssl-mode=VERIFY_CA in the URL to check the CA only"
+                        .into(),
+                ));
+            }
+        }
+        let url_wants_tls = self.url.as_deref().is_some_and(|u| {
+            let u = u.to_ascii_uppercase();
+            ["=REQUIRED", "=VERIFY_CA", "=VERIFY_IDENTITY"].iter().any(|m| u.contains(m))
+        });
+        if (self.tls.is_some() || url_wants_tls) && !cfg!(feature = "tls") {
+            return Err(LockError::Config(
+                "mysql: TLS (ssl-mode in the URL or a tls table) needs feature `tls` of lock-mysql (`mysql-tls` of distlock)"
+                    .into(),
+            ));
         }
         Ok(table)
     }

@@ -25,11 +25,16 @@ fn server_code(e: &sqlx::Error) -> Option<u16> {
 }
 
 /// Connection trouble is `Unavailable` (retryable); a closed pool is `Closed`; anything the
-/// server answered is `Backend`.
+/// server answered is `Backend`, and so is a refused TLS handshake (a certificate not
+/// trusted, a name that does not match): no retry fixes it.
 pub(crate) fn map_err(e: sqlx::Error) -> LockError {
     match e {
         sqlx::Error::PoolClosed => LockError::Closed,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
+        sqlx::Error::Tls(e) => LockError::backend(NAME, format!("TLS handshake failed: {e}")),
+        sqlx::Error::Io(e) if lock_core::tls::is_tls_refusal(&e.to_string()) => {
+            LockError::backend(NAME, format!("TLS handshake failed: {e}"))
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => {
             LockError::unavailable(NAME, e)
         }
         sqlx::Error::Database(_) if matches!(server_code(&e), Some(DEADLOCK | LOCK_WAIT_TIMEOUT)) => {

@@ -91,6 +91,7 @@ mod core;
 mod error;
 mod provider;
 mod table;
+mod tls;
 mod waits;
 
 pub use config::{CleanupStats, MySqlLockConfig, REAP_GRACE_FACTOR};

@@ -78,10 +78,11 @@ impl MySqlLockProvider {
     pub async fn connect(url: &str, config: MySqlLockConfig) -> Result<Self> {
         // Bad configuration fails before any connection is made.
         config.validate()?;
+        let options = crate::tls::connect_options(url, config.tls.as_ref())?;
         let pool = MySqlPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(map_err)?;
         Self::start(pool, true, config).await

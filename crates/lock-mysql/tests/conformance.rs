@@ -44,9 +44,12 @@ impl Harness for MySql {
             .max_connections(4)
             .command_timeout(Duration::from_secs(1))
             .acquire_timeout(Duration::from_secs(2));
-        let provider = MySqlLockProvider::connect(&through(&mysql_url(), &proxy), config)
-            .await
-            .expect("connect through the proxy");
+        let provider = MySqlLockProvider::connect(
+            &through(&lock_testkit::faults::plaintext(&mysql_url()), &proxy),
+            config,
+        )
+        .await
+        .expect("connect through the proxy");
         Some(Faulty::new(Arc::new(provider), vec![proxy]))
     }
 

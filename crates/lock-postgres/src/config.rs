@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use lock_core::tls::{redact_url, TlsFiles};
 use lock_core::{LockError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +24,21 @@ pub const REAP_GRACE_FACTOR: u32 = 10;
 /// let config = PgLockConfig::default().table_name("my_locks").statement_timeout(Duration::from_secs(2));
 /// assert_eq!(config.table_name, "my_locks");
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// TLS (feature `tls`): either in the URL, as libpq spells it
+/// (`postgres://app:pw@db.internal/app?sslmode=verify-full&sslrootcert=/etc/ssl/pg/ca.pem`,
+/// also `sslcert`, `sslkey`), or in the `tls` table:
+///
+/// ```toml
+/// url = "postgres://app:pw@db.internal/app"
+/// [tls]                                  # verify the server (verify-full unless the URL sets sslmode)
+/// ca = "/etc/ssl/pg/ca.pem"              # else the system's trust store
+/// cert = "/etc/ssl/pg/client.pem"        # with key, for `cert` authentication
+/// key = "/etc/ssl/pg/client-key.pem"
+/// ```
+///
+/// `Debug` shows the URL with its password replaced by `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PgLockConfig {
@@ -64,6 +79,28 @@ pub struct PgLockConfig {
     /// Wake waiters of other processes by LISTEN/NOTIFY (default `true`); off, they notice
     /// releases by polling with jittered backoff only.
     pub listen: bool,
+    /// TLS from PEM files (feature `tls`) when the provider connects from [`url`](Self::url);
+    /// `None`: as the URL says (`sslmode`, default `prefer`). `server_name` is not supported:
+    /// the client verifies the host of the URL (`verify-full`) or no name (`sslmode=verify-ca`).
+    pub tls: Option<TlsFiles>,
+}
+
+impl std::fmt::Debug for PgLockConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLockConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("schema", &self.schema)
+            .field("table_name", &self.table_name)
+            .field("auto_migrate", &self.auto_migrate)
+            .field("reap_interval", &self.reap_interval)
+            .field("reap_grace", &self.reap_grace)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for PgLockConfig {
@@ -79,11 +116,18 @@ impl Default for PgLockConfig {
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
             listen: true,
+            tls: None,
         }
     }
 }
 
 impl PgLockConfig {
+    /// Sets [`tls`](Self::tls).
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
     /// Sets [`url`](Self::url).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
@@ -171,6 +215,27 @@ impl PgLockConfig {
         }
         if self.max_connections == 0 {
             return Err(LockError::invalid("max_connections", "must be at least 1"));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate("postgres")?;
+            if tls.server_name.is_some() {
+                return Err(LockError::Config(
+                    "postgres: tls.server_name is not supported: connect by the certificate's name, or set \
+                     sslmode=verify-ca in the URL to check the CA only"
+                        .into(),
+                ));
+            }
+        }
+        let url_wants_tls = self.url.as_deref().is_some_and(|u| {
+            let u = u.to_ascii_lowercase();
+            ["=require", "=verify-ca", "=verify-full"].iter().any(|m| u.contains(m))
+        });
+        if (self.tls.is_some() || url_wants_tls) && !cfg!(feature = "tls") {
+            return Err(LockError::Config(
+                "postgres: TLS (sslmode in the URL or a tls table) needs feature `tls` of lock-postgres \
+                 (`postgres-tls` of distlock)"
+                    .into(),
+            ));
         }
         Ok(table)
     }

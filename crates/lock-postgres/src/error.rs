@@ -23,7 +23,13 @@ fn transient(code: &str) -> bool {
 pub(crate) fn map_err(e: sqlx::Error) -> LockError {
     match e {
         sqlx::Error::PoolClosed => LockError::Closed,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
+        // A refused TLS handshake (a certificate not trusted, a name that does not match):
+        // no retry fixes it.
+        sqlx::Error::Tls(e) => LockError::backend(NAME, format!("TLS handshake failed: {e}")),
+        sqlx::Error::Io(e) if lock_core::tls::is_tls_refusal(&e.to_string()) => {
+            LockError::backend(NAME, format!("TLS handshake failed: {e}"))
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => {
             LockError::unavailable(NAME, e)
         }
         sqlx::Error::Database(ref db) if db.code().is_some_and(|c| transient(&c)) => {

@@ -77,6 +77,7 @@ mod error;
 mod listen;
 mod provider;
 mod table;
+mod tls;
 mod waiters;
 mod waits;
 

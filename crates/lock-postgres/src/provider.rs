@@ -1,6 +1,5 @@
 //! [`PgLockProvider`]: the public type, its constructors and what it reports about itself.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,8 +84,7 @@ impl PgLockProvider {
         // Bad configuration fails before any connection is made.
         config.validate()?;
         let timeout = format!("{}ms", config.statement_timeout.as_millis());
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| LockError::Config(format!("postgres url: {e}")))?
+        let options = crate::tls::connect_options(url, config.tls.as_ref())?
             .options([("statement_timeout", timeout.as_str()), ("lock_timeout", timeout.as_str())])
             .application_name("distlock");
         let pool = PgPoolOptions::new()

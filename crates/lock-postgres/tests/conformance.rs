@@ -46,9 +46,12 @@ impl Harness for Postgres {
             .max_connections(4)
             .statement_timeout(Duration::from_secs(1))
             .acquire_timeout(Duration::from_secs(2));
-        let provider = PgLockProvider::connect(&through(&postgres_url(), &proxy), config)
-            .await
-            .expect("connect through the proxy");
+        let provider = PgLockProvider::connect(
+            &through(&lock_testkit::faults::plaintext(&postgres_url()), &proxy),
+            config,
+        )
+        .await
+        .expect("connect through the proxy");
         Some(Faulty::new(Arc::new(provider), vec![proxy]))
     }
 

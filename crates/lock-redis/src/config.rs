@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use lock_core::tls::{redact_url, TlsFiles};
 use lock_core::{LockError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,12 @@ pub enum RedisMode {
 /// command_timeout = "5s"
 /// connect_timeout = "5s"
 ///
+/// [tls]                               # feature `tls`; a rediss:// URL alone trusts the system's CAs
+/// ca = "/etc/ssl/redis/ca.pem"
+/// cert = "/etc/ssl/redis/client.pem"  # with key, when the server asks for client certificates
+/// key = "/etc/ssl/redis/client-key.pem"
+/// server_name = "redis.internal"      # verify this name instead of the URL's host
+///
 /// [connect_to]                        # announced "host:port" = the address to dial instead
 /// "10.0.0.5:7000" = "127.0.0.1:17000"
 /// ```
@@ -81,12 +88,15 @@ pub enum RedisMode {
 /// let same = RedisConfig::from_addr("10.0.0.5:6379", Some("secret"), 2);
 /// assert_eq!(same.url, "redis://:secret@10.0.0.5:6379/2");
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` shows every URL with its password replaced by `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RedisSettings", into = "RedisSettings")]
 #[non_exhaustive]
 pub struct RedisConfig {
     /// Server URL: `redis://[[user]:password@]host[:port][/db]`, or `redis-cluster://...` for a
-    /// Redis Cluster. Not used in [`RedisMode::Redlock`].
+    /// Redis Cluster; `rediss://` and `rediss-cluster://` for TLS (feature `tls`). Not used in
+    /// [`RedisMode::Redlock`].
     pub url: String,
     /// Connections in the command pool, per node.
     pub pool_size: usize,
@@ -109,6 +119,32 @@ pub struct RedisConfig {
     /// keeping it forever would keep one counter per key ever locked (a workflow engine locks
     /// millions of distinct keys a day). After this idle time the server deletes it.
     pub fence_idle: Duration,
+    /// TLS from PEM files (feature `tls`) for every connection, whatever the URLs' scheme;
+    /// `None`: TLS only for `rediss://` URLs, trusting the system's CAs.
+    pub tls: Option<TlsFiles>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match &self.mode {
+            RedisMode::Single => "single".to_owned(),
+            RedisMode::Redlock { urls, clock_drift_factor } => format!(
+                "redlock {:?} drift {clock_drift_factor}",
+                urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>()
+            ),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("key_prefix", &self.key_prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("mode", &format_args!("{mode}"))
+            .field("connect_to", &self.connect_to)
+            .field("fence_idle", &self.fence_idle)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {
@@ -129,6 +165,7 @@ impl RedisConfig {
             mode: RedisMode::Single,
             connect_to: BTreeMap::new(),
             fence_idle: DEFAULT_FENCE_IDLE,
+            tls: None,
         }
     }
 
@@ -205,6 +242,30 @@ impl RedisConfig {
         self
     }
 
+    /// TLS from PEM files for every connection (feature `tls`).
+    ///
+    /// ```
+    /// use lock_core::tls::TlsFiles;
+    /// use lock_redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::new("rediss://:secret@10.0.0.5:6380")
+    ///     .tls(TlsFiles::new("/etc/ssl/redis/ca.pem").server_name("redis.internal"));
+    /// assert!(!format!("{config:?}").contains("secret"));
+    /// ```
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
+    /// `true` when the connections use TLS: a `tls` table, or a `rediss` URL.
+    pub fn uses_tls(&self) -> bool {
+        let urls: Vec<&String> = match &self.mode {
+            RedisMode::Single => vec![&self.url],
+            RedisMode::Redlock { urls, .. } => urls.iter().collect(),
+        };
+        self.tls.is_some() || urls.iter().any(|u| u.starts_with("rediss") || u.starts_with("valkeys"))
+    }
+
     /// Sets the Redlock clock drift factor (no effect in single mode).
     pub fn clock_drift_factor(mut self, f: f64) -> Self {
         if let RedisMode::Redlock { clock_drift_factor, .. } = &mut self.mode {
@@ -231,6 +292,12 @@ impl RedisConfig {
         let (min, max) = FENCE_IDLE_RANGE;
         if self.fence_idle < min || self.fence_idle > max {
             return bad(format!("fence_idle {:?} is outside {min:?}..={max:?}", self.fence_idle));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate("redis")?;
+        }
+        if self.uses_tls() && !cfg!(feature = "tls") {
+            return bad("TLS (a rediss:// URL or a tls table) needs feature `tls` of lock-redis (`redis-tls` of distlock)".into());
         }
         match &self.mode {
             RedisMode::Single if self.url.is_empty() => bad("url is empty".into()),
@@ -270,6 +337,7 @@ struct RedisSettings {
     connect_to: BTreeMap<String, SocketAddr>,
     #[serde(with = "humantime_serde")]
     fence_idle: Duration,
+    tls: Option<TlsFiles>,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -310,6 +378,7 @@ impl From<RedisConfig> for RedisSettings {
                 .map(|((host, port), to)| (format!("{host}:{port}"), to))
                 .collect(),
             fence_idle: c.fence_idle,
+            tls: c.tls,
         }
     }
 }
@@ -358,6 +427,7 @@ impl TryFrom<RedisSettings> for RedisConfig {
             mode,
             connect_to,
             fence_idle: s.fence_idle,
+            tls: s.tls,
         })
     }
 }
@@ -379,6 +449,16 @@ mod tests {
             RedisConfig::redlock(["redis://a"]).clock_drift_factor(0.9),
         ] {
             assert!(matches!(bad.validate(), Err(LockError::Config(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_a_password() {
+        let single = RedisConfig::new("rediss://app:hunter2@h:6380/0").tls(TlsFiles::new("ca.pem"));
+        let redlock = RedisConfig::redlock(["redis://:hunter2@a:1", "redis://:hunter2@b:1"]);
+        for config in [single, redlock, RedisConfig::from_addr("h:1", Some("hunter2"), 0)] {
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
         }
     }
 

@@ -65,6 +65,8 @@ mod keys;
 mod node;
 mod provider;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 mod waits;
 mod wake;
 

@@ -81,6 +81,9 @@ pub(crate) struct Settings {
     pub(crate) fence_idle: Duration,
     /// `None`: every name resolved as usual.
     pub(crate) resolver: Option<Arc<ConnectTo>>,
+    /// TLS for every connection (the `tls` table); `None`: as the URL's scheme says.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<fred::types::config::TlsConfig>,
 }
 
 /// A connected deployment.
@@ -108,10 +111,7 @@ fn ms(d: Duration) -> String {
 
 /// The URL with any password replaced, for messages.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
+    lock_core::tls::redact_url(url)
 }
 
 /// This client's wall clock in milliseconds since the Unix epoch.
@@ -133,8 +133,14 @@ impl Node {
     ) -> Result<Node, LockError> {
         let Settings { pool_size, command_timeout, connect_timeout, .. } = *settings;
         let shown = redact(&url);
-        let config = Config::from_url(&url)
-            .map_err(|e| LockError::Config(format!("redis: bad URL `{shown}`: {e}")))?;
+        #[allow(unused_mut)]
+        let mut config = Config::from_url(&url).map_err(|e| {
+            LockError::Config(format!("redis: bad URL `{shown}`: {}", redact(&e.to_string())))
+        })?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &settings.tls {
+            config.tls = Some(tls.clone());
+        }
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -380,7 +386,13 @@ impl Node {
 
 /// Maps a client error: a connection problem or an answer that means "try again" is
 /// [`Unavailable`](LockError::Unavailable), anything else [`Backend`](LockError::Backend).
+///
+/// A failed TLS handshake (a certificate one side does not trust, a name that does not match)
+/// is a [`Backend`](LockError::Backend) error "TLS handshake failed": no retry fixes it.
 pub(crate) fn map_err(e: Error) -> LockError {
+    if lock_core::tls::is_tls_refusal(e.details()) {
+        return LockError::backend(NAME, format!("TLS handshake failed: {}", e.details()));
+    }
     const RETRYABLE_REPLIES: &[&str] = &[
         "LOADING",
         "BUSY",
@@ -417,7 +429,7 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(redact("redis://:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://:secret@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 
@@ -435,6 +447,11 @@ mod tests {
         assert!(map_err(Error::new(ErrorKind::Unknown, "LOADING dataset")).is_retryable());
         // What fred answers while a reset connection is being replaced.
         assert!(map_err(Error::new(ErrorKind::Unknown, "Failed to route command.")).is_retryable());
+        let e = map_err(Error::new(ErrorKind::IO, "Custom { error: InvalidCertificate(UnknownIssuer) }"));
+        assert!(
+            !e.is_retryable() && e.to_string().contains("redis backend error: TLS handshake failed"),
+            "{e}"
+        );
         let e = map_err(Error::new(ErrorKind::InvalidArgument, "WRONGTYPE not a hash"));
         assert!(e.is_system() && !e.is_retryable(), "{e:?}");
     }

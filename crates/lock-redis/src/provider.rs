@@ -123,6 +123,8 @@ impl RedisLockProvider {
             connect_timeout: config.connect_timeout,
             fence_idle: config.fence_idle,
             resolver: (!config.connect_to.is_empty()).then(|| Arc::new(ConnectTo(config.connect_to.clone()))),
+            #[cfg(feature = "tls")]
+            tls: config.tls.as_ref().map(crate::tls::client_config).transpose()?,
         };
         let connect = |url: String, fail_fast: bool| Node::connect(url, &settings, fail_fast);
         let deployment = match &config.mode {

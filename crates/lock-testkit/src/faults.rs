@@ -574,9 +574,32 @@ pub fn through(url: &str, proxy: &FaultProxy) -> String {
     format!("{scheme}{user}{}{tail}", proxy.addr())
 }
 
+/// `url` with TLS turned off for the SQL backends (`sslmode=disable`, `ssl-mode=DISABLED`):
+/// a [`FaultProxy`] finds a key in the bytes it passes on, which TLS would hide, and with a
+/// client built with TLS the default mode (`prefer`) turns it on whenever the server offers
+/// it. Other URLs are returned as they are.
+pub fn plaintext(url: &str) -> String {
+    let param = if url.starts_with("postgres") {
+        "sslmode=disable"
+    } else if url.starts_with("mysql") || url.starts_with("mariadb") {
+        "ssl-mode=DISABLED"
+    } else {
+        return url.to_owned();
+    };
+    let joint = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joint}{param}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plaintext_turns_tls_off_for_the_sql_backends_only() {
+        assert_eq!(plaintext("postgres://u@h/db"), "postgres://u@h/db?sslmode=disable");
+        assert_eq!(plaintext("mysql://u@h/db?x=1"), "mysql://u@h/db?x=1&ssl-mode=DISABLED");
+        assert_eq!(plaintext("redis://h:1"), "redis://h:1");
+    }
 
     #[test]
     fn urls_are_split_and_rewritten_around_their_address() {

@@ -44,6 +44,7 @@ pub mod process;
 pub mod proxy;
 pub mod restart;
 pub mod servers;
+pub mod tls;
 
 pub use env::{long_run, services_required, LONG_ENV, REQUIRE_SERVICES_ENV};
 

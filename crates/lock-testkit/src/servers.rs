@@ -1,7 +1,8 @@
 //! [`PrivateServer`]: a throwaway Redis (alone or as a cluster node), etcd, MariaDB or
 //! PostgreSQL server of a test's own, on a free
 //! loopback port with its own data directory, for cases that restart, kill or pause the
-//! server. The shared services on the standard ports are never touched.
+//! server, or that need TLS and passwords ([`PrivateServer::start_secured`] with
+//! [`Security`]). The shared services on the standard ports are never touched.
 //!
 //! Binaries are looked up at their Debian paths (`/usr/bin/redis-server`, `/usr/bin/etcd`,
 //! `/usr/sbin/mariadbd` and its tools, `/usr/lib/postgresql/*/bin/postgres` and its tools) or on
@@ -84,10 +85,70 @@ fn free_port() -> Result<u16, String> {
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
+/// TLS and authentication of a [`PrivateServer`] ([`PrivateServer::start_secured`]).
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// Serve TLS only, with the server certificate of these files; the CA verifies client
+    /// certificates. Redis listens with `--tls-port` (no plain port), etcd on `https://`,
+    /// MariaDB with `--ssl-cert`/`--ssl-key`/`--ssl-ca` (plain connections stay possible
+    /// unless a user `REQUIRE SSL`), PostgreSQL with `ssl=on` (plain ones too, unless a
+    /// password is set).
+    pub tls: Option<ServerTls>,
+    /// Ask every client for a certificate signed by the CA (Redis `--tls-auth-clients yes`,
+    /// etcd `--client-cert-auth`); otherwise none is needed.
+    pub client_certs: bool,
+    /// Redis: `--requirepass`. etcd: the `root` user's password, with authentication
+    /// enabled once the member is up. PostgreSQL: the `postgres` user's password, required
+    /// (`scram-sha-256`, over TLS when TLS is on) for every connection over TCP.
+    pub password: Option<String>,
+}
+
+/// The files a TLS server serves with.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// CA certificate (verifies client certificates).
+    pub ca: PathBuf,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server certificate's key.
+    pub key: PathBuf,
+    /// A client certificate and key for the server's own tools (`etcdctl` when client
+    /// certificates are asked for).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl Security {
+    /// TLS with the server certificate of `certs`, no client certificate needed, no password.
+    pub fn tls(certs: &crate::tls::TestCerts) -> Security {
+        Security {
+            tls: Some(ServerTls {
+                ca: certs.ca(),
+                cert: certs.server_cert(),
+                key: certs.server_key(),
+                client: Some((certs.client_cert(), certs.client_key())),
+            }),
+            ..Security::default()
+        }
+    }
+
+    /// Sets [`password`](Self::password).
+    pub fn password(mut self, password: impl Into<String>) -> Security {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets [`client_certs`](Self::client_certs).
+    pub fn client_certs(mut self, on: bool) -> Security {
+        self.client_certs = on;
+        self
+    }
+}
+
 /// A server process of a test's own. Dropping it kills the process and removes its data.
 #[derive(Debug)]
 pub struct PrivateServer {
     kind: Kind,
+    security: Security,
     bin: PathBuf,
     port: u16,
     /// etcd's peer port; a Redis cluster node's bus port.
@@ -101,6 +162,12 @@ impl PrivateServer {
     /// under the system's temporary directory, and waits (up to 60 s) until it answers.
     /// `Err` when a binary is missing or the server does not come up.
     pub fn start(kind: Kind) -> Result<PrivateServer, String> {
+        PrivateServer::start_secured(kind, Security::default())
+    }
+
+    /// [`start`](Self::start) with TLS and authentication as `security` says (Redis, etcd,
+    /// MariaDB and PostgreSQL; a cluster node ignores it).
+    pub fn start_secured(kind: Kind, security: Security) -> Result<PrivateServer, String> {
         let bin = match kind {
             Kind::Redis | Kind::RedisClusterNode => crate::env::redis_bin(),
             Kind::Etcd => crate::env::etcd_bin(),
@@ -114,15 +181,28 @@ impl PrivateServer {
             fastrand::u32(..)
         ));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut server =
-            PrivateServer { kind, bin, port: free_port()?, peer_port: free_port()?, dir, child: None };
+        let mut server = PrivateServer {
+            kind,
+            security,
+            bin,
+            port: free_port()?,
+            peer_port: free_port()?,
+            dir,
+            child: None,
+        };
         if kind == Kind::MariaDb {
             server.install_mariadb()?;
         }
         if kind == Kind::Postgres {
             server.install_postgres()?;
+            server.secure_postgres()?;
         }
         server.launch()?;
+        if kind == Kind::Postgres {
+            if let Some(password) = &server.security.password {
+                server.postgres_sql(&format!("ALTER USER postgres PASSWORD '{password}'"))?;
+            }
+        }
         Ok(server)
     }
 
@@ -142,10 +222,14 @@ impl PrivateServer {
     }
 
     /// The URL a backend connects to: `redis://127.0.0.1:P`, `http://127.0.0.1:P` (etcd) or
-    /// `mysql://root@127.0.0.1:P/test` or `postgres://postgres@127.0.0.1:P/postgres`.
+    /// `mysql://root@127.0.0.1:P/test` or `postgres://postgres@127.0.0.1:P/postgres`; with
+    /// TLS `rediss://` and `https://`. Never with a password.
     pub fn url(&self) -> String {
+        let tls = self.security.tls.is_some();
         match self.kind {
+            Kind::Redis if tls => format!("rediss://127.0.0.1:{}", self.port),
             Kind::Redis | Kind::RedisClusterNode => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Etcd if tls => format!("https://127.0.0.1:{}", self.port),
             Kind::Etcd => format!("http://127.0.0.1:{}", self.port),
             Kind::MariaDb => format!("mysql://root@127.0.0.1:{}/test", self.port),
             Kind::Postgres => format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
@@ -269,6 +353,56 @@ impl PrivateServer {
         Ok(())
     }
 
+    /// With TLS: the certificate files in the data directory, readable by the server alone
+    /// (it refuses a key others can read). With a password: connections over TCP must use TLS
+    /// and the password (`scram-sha-256`); the unix socket stays open without one.
+    fn secure_postgres(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.dir.join("data");
+        if let Some(tls) = &self.security.tls {
+            for (from, to) in [(&tls.cert, "server.crt"), (&tls.key, "server.key"), (&tls.ca, "root.crt")] {
+                fs::copy(from, data.join(to)).map_err(|e| format!("copy {}: {e}", from.display()))?;
+                fs::set_permissions(data.join(to), fs::Permissions::from_mode(0o600))
+                    .map_err(|e| e.to_string())?;
+            }
+            if running_as_root() {
+                let status = Command::new("chown")
+                    .args(["postgres:postgres", "server.crt", "server.key", "root.crt"])
+                    .current_dir(&data)
+                    .status()
+                    .map_err(|e| format!("chown: {e}"))?;
+                if !status.success() {
+                    return Err("cannot hand the certificate files to the postgres user".into());
+                }
+            }
+        }
+        if self.security.password.is_some() {
+            let hba = data.join("pg_hba.conf");
+            let old = fs::read_to_string(&hba).map_err(|e| format!("{}: {e}", hba.display()))?;
+            let tcp = if self.security.tls.is_some() { "hostssl" } else { "host" };
+            let new = format!(
+                "local all all trust\n{tcp} all all 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 reject\n{old}"
+            );
+            fs::write(&hba, new).map_err(|e| format!("{}: {e}", hba.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs SQL through `psql` on the server's unix socket as the `postgres` superuser.
+    pub fn postgres_sql(&self, sql: &str) -> Result<String, String> {
+        assert_eq!(self.kind, Kind::Postgres, "postgres_sql on a {} server", self.kind.name());
+        let psql = self.bin.with_file_name("psql");
+        let mut cmd = Command::new(&psql);
+        cmd.arg("-h").arg(&self.dir).args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"]);
+        cmd.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        self.as_postgres_user(&mut cmd)?;
+        let out = cmd.output().map_err(|e| format!("{}: {e}", psql.display()))?;
+        if !out.status.success() {
+            return Err(format!("psql -c {sql:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// As root, `cmd` runs as the `postgres` user, which gets the data directory (PostgreSQL
     /// refuses to run as root).
     fn as_postgres_user(&self, cmd: &mut Command) -> Result<(), String> {
@@ -299,9 +433,11 @@ impl PrivateServer {
         let p = self.port;
         match self.kind {
             Kind::Redis | Kind::RedisClusterNode => {
+                let tls = self.security.tls.as_ref().filter(|_| self.kind == Kind::Redis);
+                let plain_port = if tls.is_some() { 0 } else { p };
                 cmd.args([
                     "--port",
-                    &p.to_string(),
+                    &plain_port.to_string(),
                     "--bind",
                     "127.0.0.1",
                     "--save",
@@ -311,13 +447,26 @@ impl PrivateServer {
                 ])
                 .arg("--dir")
                 .arg(&self.dir);
+                if let Some(tls) = tls {
+                    let auth_clients = if self.security.client_certs { "yes" } else { "no" };
+                    cmd.args(["--tls-port", &p.to_string(), "--tls-auth-clients", auth_clients])
+                        .arg("--tls-cert-file")
+                        .arg(&tls.cert)
+                        .arg("--tls-key-file")
+                        .arg(&tls.key)
+                        .arg("--tls-ca-cert-file")
+                        .arg(&tls.ca);
+                }
+                if let Some(password) = self.security.password.as_ref().filter(|_| self.kind == Kind::Redis) {
+                    cmd.args(["--requirepass", password]);
+                }
                 if self.kind == Kind::RedisClusterNode {
                     cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
                         .args(["--cluster-port", &self.peer_port.to_string()]);
                 }
             }
             Kind::Etcd => {
-                let client = format!("http://127.0.0.1:{p}");
+                let client = self.url();
                 let peer = format!("http://127.0.0.1:{}", self.peer_port);
                 cmd.arg("--data-dir")
                     .arg(self.dir.join("etcd"))
@@ -325,6 +474,13 @@ impl PrivateServer {
                     .args(["--advertise-client-urls", &client, "--listen-peer-urls", &peer])
                     .args(["--initial-advertise-peer-urls", &peer])
                     .arg(format!("--initial-cluster=default={peer}"));
+                if let Some(tls) = &self.security.tls {
+                    cmd.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+                    cmd.arg("--trusted-ca-file").arg(&tls.ca);
+                    if self.security.client_certs {
+                        cmd.arg("--client-cert-auth");
+                    }
+                }
             }
             Kind::MariaDb => {
                 cmd.arg("--no-defaults")
@@ -333,6 +489,11 @@ impl PrivateServer {
                     .arg(format!("--pid-file={}", self.dir.join("mariadbd.pid").display()))
                     .arg(format!("--port={p}"))
                     .args(["--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-buffer-pool-size=32M"]);
+                if let Some(tls) = &self.security.tls {
+                    cmd.arg(format!("--ssl-cert={}", tls.cert.display()))
+                        .arg(format!("--ssl-key={}", tls.key.display()))
+                        .arg(format!("--ssl-ca={}", tls.ca.display()));
+                }
                 if running_as_root() {
                     cmd.arg("--user=root");
                 }
@@ -344,6 +505,17 @@ impl PrivateServer {
                     .args(["-p", &p.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
                     .args(["-c", "shared_buffers=16MB", "-c", "max_connections=60", "-k"])
                     .arg(&self.dir);
+                if self.security.tls.is_some() {
+                    cmd.args([
+                        "-c",
+                        "ssl=on",
+                        "-c",
+                        "ssl_cert_file=server.crt",
+                        "-c",
+                        "ssl_key_file=server.key",
+                    ])
+                    .args(["-c", "ssl_ca_file=root.crt"]);
+                }
                 cmd.process_group(0);
                 // Checked in `install_postgres`, which ran first.
                 let _ = self.as_postgres_user(&mut cmd);
@@ -373,7 +545,16 @@ impl PrivateServer {
                     self.log_tail()
                 ));
             }
-            match probe(self.kind, self.addr(), Duration::from_millis(500)) {
+            // A TLS server (MariaDB's greeting is plain either way) answers once it listens.
+            let tls_only = self.security.tls.is_some() && matches!(self.kind, Kind::Redis | Kind::Etcd);
+            let probed = if tls_only {
+                TcpStream::connect_timeout(&self.addr(), Duration::from_millis(500))
+                    .map(drop)
+                    .map_err(|e| format!("connect: {e}"))
+            } else {
+                probe(self.kind, self.addr(), Duration::from_millis(500))
+            };
+            match probed {
                 Ok(()) => break,
                 Err(e) => last = e,
             }
@@ -389,6 +570,9 @@ impl PrivateServer {
         }
         if self.kind == Kind::MariaDb {
             self.mariadb_sql("CREATE DATABASE IF NOT EXISTS test")?;
+        }
+        if self.kind == Kind::Etcd && self.security.password.is_some() {
+            self.enable_etcd_auth(deadline)?;
         }
         if self.kind == Kind::Postgres {
             // The postmaster answers before the database accepts sessions (recovery).
@@ -409,6 +593,44 @@ impl PrivateServer {
             }
         }
         Ok(())
+    }
+
+    /// Creates etcd's `root` user with the password of [`Security::password`] and enables
+    /// authentication, with `etcdctl` (retried until `deadline`: the member has just started).
+    /// After a restart, when authentication is on already, nothing is changed.
+    fn enable_etcd_auth(&self, deadline: Instant) -> Result<(), String> {
+        let etcdctl = find_program("etcdctl", None, &["/usr/bin/etcdctl"])?;
+        let root = format!("root:{}", self.security.password.clone().unwrap_or_default());
+        let run = |user: Option<&str>, args: &[&str]| -> Result<(), String> {
+            let mut cmd = Command::new(&etcdctl);
+            cmd.env("ETCDCTL_API", "3").args(["--endpoints", &self.url(), "--dial-timeout", "2s"]);
+            if let Some(tls) = &self.security.tls {
+                cmd.arg("--cacert").arg(&tls.ca);
+                if let Some((cert, key)) = &tls.client {
+                    cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+                }
+            }
+            if let Some(user) = user {
+                cmd.args(["--user", user]);
+            }
+            let out = cmd.args(args).stdin(Stdio::null()).output().map_err(|e| format!("etcdctl: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        };
+        loop {
+            let tried = run(Some(&root), &["auth", "enable"]).or_else(|_| {
+                run(None, &["user", "add", &root, "--interactive=false"])?;
+                run(None, &["auth", "enable"])
+            });
+            match tried {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(format!("etcd auth enable: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Runs SQL through the `mariadb` client on the server's unix socket; returns its output
@@ -470,7 +692,9 @@ fn probe(kind: Kind, addr: SocketAddr, within: Duration) -> Result<(), String> {
         };
         if done || n == 0 {
             let ok = match kind {
-                Kind::Redis | Kind::RedisClusterNode => text.starts_with("+PONG"),
+                Kind::Redis | Kind::RedisClusterNode => {
+                    text.starts_with("+PONG") || text.starts_with("-NOAUTH")
+                }
                 Kind::Etcd => text.contains("\"health\":\"true\""),
                 Kind::MariaDb => answer.len() >= 5 && answer[3] == 0 && answer[4] == 10,
                 Kind::Postgres => matches!(answer.first(), Some(b'S' | b'N')),

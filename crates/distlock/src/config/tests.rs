@@ -273,3 +273,54 @@ fn missing_file_is_reported() {
         Err(LockError::Config(_))
     ));
 }
+
+#[test]
+#[cfg(all(feature = "mysql", feature = "postgres", feature = "redis", feature = "etcd"))]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn tls_tables_come_from_toml_and_env_and_no_password_shows() {
+    use lock_core::tls::TlsFiles;
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "distlock.toml",
+            r#"
+            provider = "memory"
+            [mysql]
+            url = "mysql://app:my-hunter2@db/locks?ssl-mode=VERIFY_IDENTITY"
+            [mysql.tls]
+            ca = "/etc/ssl/ca.pem"
+            cert = "/etc/ssl/client.pem"
+            key = "/etc/ssl/client-key.pem"
+            [postgres]
+            url = "postgres://app:pg-hunter2@db/locks"
+            [postgres.tls]
+            ca = "/etc/ssl/ca.pem"
+            [redis]
+            url = "rediss://:redis-hunter2@cache:6380/0"
+            [redis.tls]
+            ca = "/etc/ssl/ca.pem"
+            [etcd]
+            endpoints = ["https://etcd:2379"]
+            user = "root"
+            password = "etcd-hunter2"
+            [etcd.tls]
+            ca = "/etc/ssl/ca.pem"
+            server_name = "etcd.internal"
+            "#,
+        )?;
+        jail.set_env("DISTLOCK_REDIS__TLS__SERVER_NAME", "cache.internal");
+        let c = LockConfig::load(Some(Path::new("distlock.toml"))).expect("valid");
+        assert_eq!(
+            c.mysql.tls,
+            Some(TlsFiles::new("/etc/ssl/ca.pem").identity("/etc/ssl/client.pem", "/etc/ssl/client-key.pem"))
+        );
+        assert_eq!(c.redis.tls, Some(TlsFiles::new("/etc/ssl/ca.pem").server_name("cache.internal")));
+        assert_eq!(c.etcd.tls_files, Some(TlsFiles::new("/etc/ssl/ca.pem").server_name("etcd.internal")));
+        let shown = format!("{c:?}");
+        assert_eq!(c.postgres.tls, Some(TlsFiles::new("/etc/ssl/ca.pem")));
+        for secret in ["my-hunter2", "pg-hunter2", "redis-hunter2", "etcd-hunter2"] {
+            assert!(!shown.contains(secret), "{secret} shows in {shown}");
+        }
+        assert!(shown.contains("rediss://:***@cache:6380/0"), "{shown}");
+        Ok(())
+    });
+}
