@@ -56,9 +56,11 @@ async fn an_unanswered_reentry_onto_a_new_lease_keeps_the_lock() {
     let mut results = Vec::new();
     for round in 0..rounds {
         let key = format!("k{round}");
-        p.lock(&opts(&key, "alice", 10)).await.unwrap();
+        // Leases far longer than the whole loop, which takes many seconds on a loaded
+        // machine: a lock found gone was revoked, not expired.
+        p.lock(&opts(&key, "alice", 120)).await.unwrap();
         let q = sibling(&p, &prefix, short_timeout(round));
-        results.push(q.lock(&opts(&key, "alice", 20)).await.is_ok());
+        results.push(q.lock(&opts(&key, "alice", 240)).await.is_ok());
     }
     // Give leases revoked in the background time to go.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -106,9 +108,10 @@ async fn an_unanswered_refresh_onto_a_new_lease_keeps_the_lock() {
     let rounds = 150;
     for round in 0..rounds {
         let key = format!("k{round}");
-        p.lock(&opts(&key, "alice", 10)).await.unwrap();
+        // As above: a lock found gone was revoked, not expired.
+        p.lock(&opts(&key, "alice", 120)).await.unwrap();
         let q = sibling(&p, &prefix, short_timeout(round));
-        let _ = q.refresh_lock(&key, "alice", Duration::from_secs(20)).await;
+        let _ = q.refresh_lock(&key, "alice", Duration::from_secs(240)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut lost = Vec::new();
