@@ -19,6 +19,7 @@
 //!   of its engine when it is done.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::TcpListener;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -206,8 +207,12 @@ async fn start(service: Service) -> Result<Running, String> {
     };
     let (container, id, mapped) = container;
     let url = url_of(if host { port } else { mapped });
-    // Outside any test's captured output: which server a run used belongs in its log.
-    eprintln!("lock-testkit: {service:?} in container {} at {url}", &id[..id.len().min(12)]);
+    // Past the test harness's capture of `eprintln!`: which server a run used belongs in its log.
+    let _ = writeln!(
+        std::io::stderr(),
+        "lock-testkit: {service:?} in container {} at {url}",
+        &id[..id.len().min(12)]
+    );
     Ok(Running { url, _container: container, _reaper: reaper(&id) })
 }
 
