@@ -9,7 +9,7 @@
 //!    `/run`. An engine already answering on that socket is used and left running.
 //! 3. Builds the service image when the cache lacks it: a Debian minbase root file system
 //!    (debootstrap, Debian's mirror) with `redis-server`, `etcd-server`, `mariadb-server` and
-//!    `postgresql`, plus [the entrypoint](../docker/entrypoint.sh), imported with
+//!    `postgresql`, plus the entrypoint `docker/entrypoint.sh`, imported with
 //!    `docker import` and tagged once per service. The tag carries a hash of the entrypoint
 //!    and the package list, so a change rebuilds it.
 //! 4. Runs the conformance suites with no service URL set, the images named by
