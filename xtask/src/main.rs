@@ -3,8 +3,11 @@
 //! - `test [--long]`: make sure the services the backends need are up, then run the whole test
 //!   suite with `DISTLOCK_REQUIRE_SERVICES=1` (a missing service fails the run, never skips
 //!   it); `--long` runs the stress and fault cases with more rounds.
+//! - `test --docker`: every backend's conformance suite with no service URL set, so that the
+//!   tests start their services in containers, on an engine and images xtask sets up from
+//!   Debian packages (see [`docker`]); `--docker --quick` runs the part of it `ci` runs.
 //! - `ci`: `cargo fmt --check`, clippy with `-D warnings` on every target and feature,
-//!   `deploy-check`, `test`, the examples (the README's main job among them), `bare-check`,
+//!   `deploy-check`, `test`, a part of `test --docker`, the examples (the README's main job among them), `bare-check`,
 //!   `serve-check` and the docs with warnings denied.
 //! - `deploy-check`: the Prometheus alert rules and the Grafana dashboard under `deploy/`:
 //!   `promtool check rules` and `promtool test rules` (installing Debian's `prometheus` when
@@ -28,6 +31,7 @@
 mod bare_check;
 mod deny;
 mod deploy;
+mod docker;
 mod package;
 mod rust_version;
 mod serve_check;
@@ -40,7 +44,7 @@ use std::process::{exit, Command};
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
 const USAGE: &str =
-    "usage: cargo xtask <test [--long] | ci | deploy-check | serve-check | bare-check | deny-check | package-check | rust-version-check | services up|down|status | bench> [-- extra cargo test args]";
+    "usage: cargo xtask <test [--long | --docker [--quick]] | ci | deploy-check | serve-check | bare-check | deny-check | package-check | rust-version-check | services up|down|status | bench> [-- extra cargo test args]";
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -133,11 +137,20 @@ fn run_tests(cmd: &mut Command, counts: &mut Counts) -> Result {
     }
 }
 
-/// `cargo xtask test [--long]`: services up, then every test of every crate with every
-/// feature. `--long` makes the stress and fault cases run more rounds.
+/// `cargo xtask test [--long | --docker]`: services up, then every test of every crate with
+/// every feature. `--long` makes the stress and fault cases run more rounds; `--docker` runs
+/// the conformance suites against containers instead (see [`docker`]).
 fn test(extra: &[String]) -> Result<Counts> {
     let long = extra.iter().any(|a| a == "--long");
-    let extra: Vec<&String> = extra.iter().filter(|a| *a != "--long").collect();
+    let in_containers = extra.iter().any(|a| a == "--docker");
+    let quick = extra.iter().any(|a| a == "--quick");
+    let extra: Vec<&String> =
+        extra.iter().filter(|a| !["--long", "--docker", "--quick"].contains(&a.as_str())).collect();
+    if in_containers {
+        let plan =
+            if quick { docker::CI_PLAN } else { docker::Plan { full: docker::BACKENDS, one_case: None } };
+        return docker::test(&plan, &extra);
+    }
     let envs = services::up(&services::needed())?;
     let mut counts = Counts::default();
     let mut cmd = cargo();
@@ -177,6 +190,9 @@ fn ci() -> Result {
     deny::check()?;
     package::check()?;
     let mut counts = test(&[])?;
+    // The conformance suites against containers the tests start (a part of them: see docker.rs).
+    let in_containers = docker::ci()?;
+    counts.passed += in_containers.passed;
     // The facade without any backend: configuration still parses, backends fail with the
     // feature to enable.
     run_tests(cargo().args(["test", "-p", "distlock", "--no-default-features", "--lib"]), &mut counts)?;

@@ -1,27 +1,32 @@
-//! The shared conformance suite against a real etcd (`DISTLOCK_TEST_ETCD_ENDPOINTS`, default
-//! `http://127.0.0.1:2379`; `cargo xtask services up` starts one).
+//! The shared conformance suite against a real etcd (`DISTLOCK_TEST_ETCD_ENDPOINTS`, else a
+//! container with lock-testkit's `docker` feature, else `http://127.0.0.1:2379`; `cargo xtask
+//! services up` starts one; see `lock_testkit::service`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::LockProvider;
 use lock_etcd::{EtcdConfig, EtcdLockProvider};
-use lock_testkit::env::etcd_endpoints;
 use lock_testkit::faults::{through, upstream_of, Faulty};
 use lock_testkit::proxy::FaultProxy;
+use lock_testkit::service::{provide, Provided, Service};
 use lock_testkit::Harness;
 
-fn config() -> EtcdConfig {
-    EtcdConfig::from_list(&etcd_endpoints()).connect_timeout(Duration::from_secs(3))
+/// Every `provider()` is a new client: cases model separate processes.
+struct Etcd {
+    service: Provided,
 }
 
-/// Every `provider()` is a new client: cases model separate processes.
-struct Etcd;
+impl Etcd {
+    fn config(&self) -> EtcdConfig {
+        EtcdConfig::from_list(self.service.url()).connect_timeout(Duration::from_secs(3))
+    }
+}
 
 #[async_trait::async_trait]
 impl Harness for Etcd {
     async fn provider(&self) -> Arc<dyn LockProvider> {
-        Arc::new(EtcdLockProvider::connect(config()).await.expect("etcd answered a moment ago"))
+        Arc::new(EtcdLockProvider::connect(self.config()).await.expect("etcd answered a moment ago"))
     }
 
     fn private_server(&self) -> Option<lock_testkit::servers::Kind> {
@@ -38,7 +43,7 @@ impl Harness for Etcd {
     /// Every connection through a fault proxy (one per endpoint), with a short request
     /// timeout.
     async fn faulty_provider(&self) -> Option<Faulty> {
-        let urls: Vec<String> = etcd_endpoints().split(',').map(|u| u.trim().to_string()).collect();
+        let urls: Vec<String> = self.service.url().split(',').map(|u| u.trim().to_string()).collect();
         let addrs: Vec<_> = urls.iter().map(|u| upstream_of(u)).collect();
         let proxies = FaultProxy::start_many(&addrs).await.expect("start fault proxies");
         let list: Vec<String> = urls.iter().zip(&proxies).map(|(u, p)| through(u, p)).collect();
@@ -62,9 +67,10 @@ impl Harness for Etcd {
 }
 
 async fn harness() -> Result<Etcd, String> {
-    let p = EtcdLockProvider::connect(config()).await.map_err(|e| e.to_string())?;
+    let h = Etcd { service: provide(Service::Etcd).await? };
+    let p = EtcdLockProvider::connect(h.config()).await.map_err(|e| e.to_string())?;
     p.health().await.map_err(|e| e.to_string())?;
-    Ok(Etcd)
+    Ok(h)
 }
 
 lock_testkit::conformance_suite!(harness);

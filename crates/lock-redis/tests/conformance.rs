@@ -1,5 +1,6 @@
-//! The shared conformance suite against a Redis server (`DISTLOCK_TEST_REDIS_URL`, default
-//! `redis://127.0.0.1:6379`).
+//! The shared conformance suite against a Redis server (`DISTLOCK_TEST_REDIS_URL`, else a
+//! container with lock-testkit's `docker` feature, else `redis://127.0.0.1:6379`; see
+//! `lock_testkit::service`).
 
 mod common;
 
@@ -10,12 +11,15 @@ use lock_core::LockProvider;
 use lock_redis::{RedisConfig, RedisLockProvider};
 use lock_testkit::faults::{through, upstream_of, Faulty, ServerConnection};
 use lock_testkit::proxy::FaultProxy;
+use lock_testkit::service::{provide, Provided, Service};
 use lock_testkit::Harness;
 
 /// Each `provider()` call connects a new provider: a separate process, as far as the server
 /// can tell. They share the server and the default key prefix.
 struct Redis {
     config: RedisConfig,
+    /// Keeps a container, if the server is one, up while the case runs.
+    _service: Provided,
 }
 
 #[async_trait::async_trait]
@@ -49,12 +53,13 @@ impl Harness for Redis {
 }
 
 async fn harness() -> Result<Redis, String> {
-    let url = lock_testkit::env::redis_url();
+    let service = provide(Service::Redis).await?;
+    let url = service.url().to_string();
     let config = RedisConfig::new(url.as_str()).pool_size(2);
     // Probe once so a missing server is reported (or skipped) by the suite, not a panic.
     let probe = RedisLockProvider::connect(config.clone()).await.map_err(|e| format!("{url}: {e}"))?;
     probe.close().await.map_err(|e| e.to_string())?;
-    Ok(Redis { config })
+    Ok(Redis { config, _service: service })
 }
 
 lock_testkit::conformance_suite!(harness);

@@ -11,11 +11,16 @@
 //! | `DISTLOCK_TEST_ETCD_BIN` | [`etcd_bin`] | `/usr/bin/etcd`, else `PATH` |
 //! | `DISTLOCK_TEST_MARIADB_BIN` | [`mariadb_bin`] | `/usr/sbin/mariadbd`, else `PATH` |
 //! | `DISTLOCK_TEST_POSTGRES_BIN` | [`postgres_bin`] | the newest `/usr/lib/postgresql/*/bin/postgres`, else `PATH` |
+//! | `DISTLOCK_TEST_MYSQL_IMAGE`, `_POSTGRES_IMAGE`, `_REDIS_IMAGE`, `_ETCD_IMAGE` | read by [`service`](mod@crate::service) | the images of its `docker` feature |
+//! | `DISTLOCK_TEST_DOCKER_NETWORK` | read by [`service`](mod@crate::service) | unset: ports published on 127.0.0.1; `host`: the host's network |
 //! | `DISTLOCK_REQUIRE_SERVICES` | [`services_required`] | unset: a missing service skips |
 //! | `DISTLOCK_TEST_LONG` | [`long_run`] | unset: the short rounds |
 //!
 //! `cargo xtask test` and `cargo xtask bench` set the service variables to the services they
-//! start.
+//! start. The functions here fall back to the defaults; [`service::provide`] tells a set
+//! variable from an unset one, and with the `docker` feature starts a container for the latter.
+//!
+//! [`service::provide`]: crate::service::provide
 
 use std::path::PathBuf;
 
@@ -36,6 +41,17 @@ pub const REDIS_BIN_ENV: &str = "DISTLOCK_TEST_REDIS_BIN";
 pub const ETCD_BIN_ENV: &str = "DISTLOCK_TEST_ETCD_BIN";
 /// Variable overriding the `mariadbd` binary of private servers.
 pub const MARIADB_BIN_ENV: &str = "DISTLOCK_TEST_MARIADB_BIN";
+/// Variable overriding the MySQL/MariaDB container image (`name:tag`).
+pub const MYSQL_IMAGE_ENV: &str = "DISTLOCK_TEST_MYSQL_IMAGE";
+/// Variable overriding the PostgreSQL container image (`name:tag`).
+pub const POSTGRES_IMAGE_ENV: &str = "DISTLOCK_TEST_POSTGRES_IMAGE";
+/// Variable overriding the Redis container image (`name:tag`).
+pub const REDIS_IMAGE_ENV: &str = "DISTLOCK_TEST_REDIS_IMAGE";
+/// Variable overriding the etcd container image (`name:tag`).
+pub const ETCD_IMAGE_ENV: &str = "DISTLOCK_TEST_ETCD_IMAGE";
+/// Variable choosing the containers' network: `host` runs them on the host's network, on free
+/// loopback ports the test picks.
+pub const DOCKER_NETWORK_ENV: &str = "DISTLOCK_TEST_DOCKER_NETWORK";
 /// Variable that turns a missing service into a test failure.
 pub const REQUIRE_SERVICES_ENV: &str = "DISTLOCK_REQUIRE_SERVICES";
 /// Variable that makes stress and fault cases run longer (`cargo xtask test --long`).

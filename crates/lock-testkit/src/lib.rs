@@ -20,6 +20,9 @@
 //! loud message on stderr. Each case uses its own random key prefix, so runs against shared
 //! servers never collide.
 //!
+//! [`service::provide`] gives a test its MySQL, PostgreSQL, Redis or etcd server: the one its
+//! variable names, else (with the `docker` feature) a container of its own.
+//!
 //! [`bench`](mod@bench) holds the workloads and the `main` the criterion benches of every
 //! backend share; [`env`](mod@env) reads the variables that name the test services.
 //!
@@ -44,6 +47,7 @@ pub mod process;
 pub mod proxy;
 pub mod restart;
 pub mod servers;
+pub mod service;
 pub mod tls;
 
 pub use env::{long_run, services_required, LONG_ENV, REQUIRE_SERVICES_ENV};

@@ -106,6 +106,7 @@ impl Holder {
         let exe = std::env::current_exe().expect("the test binary");
         let mut child = Command::new(exe)
             .args([test_path, "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .envs(crate::service::child_env())
             .envs(env)
             .env(CHILD_ENV, format!("{key}\t{}", ttl.as_millis()))
             .stdin(Stdio::piped())
