@@ -18,7 +18,7 @@
 //!   lost (see [`exec`] for its exit statuses).
 //! - `distlock bench [--workloads uncontended,distinct,hot] [--duration 5s] [--json]`: the
 //!   standard lock workloads against the configured backend: throughput, acquire and hand-over
-//!   percentiles (see [`bench`]).
+//!   percentiles (see [`bench`](mod@bench)).
 //!
 //! The backends built in are memory, MySQL, PostgreSQL and Redis, plus etcd with feature `etcd` (off by
 //! default: etcd-client's build needs `protoc`); a configuration naming a backend the binary
