@@ -25,6 +25,26 @@ use std::time::{Duration, Instant};
 /// How long a server gets to accept connections after being started.
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
+/// Waits until no live (not zombie) process is left in process group `pgid`, or `limit`
+/// passed.
+fn wait_for_group_exit(pgid: u32, limit: Duration) {
+    let in_group = || {
+        std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+            // After the command's closing parenthesis: state, ppid, pgrp.
+            let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1);
+            state != Some("Z") && pgrp == Some(pgid.to_string().as_str())
+        })
+    };
+    let deadline = Instant::now() + limit;
+    while in_group() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The kind of server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -257,6 +277,11 @@ impl PrivateServer {
             }
             let _ = child.kill();
             let _ = child.wait();
+            if self.kind == Kind::Postgres {
+                // A backend still exiting keeps the shared memory attached, and a postmaster
+                // started on the directory before it is gone refuses to start.
+                wait_for_group_exit(child.id(), READY_WITHIN);
+            }
         }
     }
 
