@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::PgLockConfig;
 use crate::error::{map_err, with_contention_retry, NAME};
+use crate::freed::Freed;
 use crate::table::{op, Statements, TableName};
 use crate::waiters::Waiters;
 
@@ -40,6 +41,9 @@ pub(crate) struct Inner {
     /// Waiters of this provider, woken by its releases and by the notifications of other
     /// providers' releases.
     pub(crate) waiters: Waiters,
+    /// Keys whose row this provider freed with nobody waiting: their next acquisition tries
+    /// the short take-over first.
+    pub(crate) freed: Freed,
     pub(crate) expired_taken_over: AtomicU64,
     pub(crate) rows_reaped: AtomicU64,
     pub(crate) expired_reaped: AtomicU64,
@@ -110,7 +114,8 @@ impl Inner {
 
     /// One acquisition attempt: the `INSERT ... ON CONFLICT DO UPDATE` decides every outcome
     /// in one statement. `more_waiters`: this provider has other waiters on the key, so the row
-    /// keeps naming it as the provider to wake on release.
+    /// keeps naming it as the provider to wake on release. A key whose row this provider freed
+    /// last (and no other waiter of it) is first tried with the short take-over `UPDATE`.
     ///
     /// Runs detached (see `acquire`), so it is not bounded by the client's timeout here, only
     /// by the server's statement timeout and, as a last resort, a much longer one.
@@ -125,6 +130,11 @@ impl Inner {
         let sent = Instant::now();
         let backstop = self.client_timeout * 4;
         self.attempts.fetch_add(1, Ordering::Relaxed);
+        if !more_waiters && self.freed.take(key) {
+            if let Some(taken) = bounded(backstop, self.take(key, owner, ttl, sent)).await? {
+                return Ok(taken);
+            }
+        }
         let row = bounded(
             backstop,
             with_contention_retry(|| async {
@@ -161,9 +171,7 @@ impl Inner {
         match outcome {
             op::INSERTED | op::TOOK_RELEASED => Ok(Attempt::Acquired(lease(ttl))),
             op::TOOK_EXPIRED => {
-                self.expired_taken_over.fetch_add(1, Ordering::Relaxed);
-                lock_core::raw::report_expired_cleaned(NAME, 1);
-                tracing::debug!(backend = NAME, key = &**key, "expired lease taken over");
+                self.took_expired(key);
                 Ok(Attempt::Acquired(lease(ttl)))
             }
             // The TTL left is at least `ttl` (the expiry moved to the later of the two).
@@ -174,6 +182,48 @@ impl Inner {
             }
             other => Err(LockError::backend(NAME, format!("unexpected acquire outcome {other}"))),
         }
+    }
+
+    /// The short take-over: the key's row, if it is free and names no waiting provider;
+    /// `None` when the `UPDATE` matched no row (the attempt goes on with the upsert).
+    async fn take(
+        &self,
+        key: &Arc<str>,
+        owner: &Arc<str>,
+        ttl: Duration,
+        sent: Instant,
+    ) -> Result<Option<Attempt>> {
+        let row = with_contention_retry(|| async {
+            self.count();
+            sqlx::query(&self.sql.take)
+                .bind(&**key)
+                .bind(&**owner)
+                .bind(micros(ttl))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)
+        })
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let token = row.try_get::<i64, _>(0).map_err(map_err)? as u64;
+        if row.try_get::<i16, _>(1).map_err(map_err)? == op::TOOK_EXPIRED {
+            self.took_expired(key);
+        }
+        self.waiters.saw_held(key, owner, ttl);
+        Ok(Some(Attempt::Acquired(Lease::counted_from(
+            sent,
+            key.clone(),
+            owner.clone(),
+            FencingToken(token),
+            ttl,
+            1,
+        ))))
+    }
+
+    fn took_expired(&self, key: &str) {
+        self.expired_taken_over.fetch_add(1, Ordering::Relaxed);
+        lock_core::raw::report_expired_cleaned(NAME, 1);
+        tracing::debug!(backend = NAME, key, "expired lease taken over");
     }
 
     /// Releases one level in one owner-checked statement; `token` restricts it to one
@@ -199,7 +249,9 @@ impl Inner {
             return Ok(Released::Nested);
         }
         let waiter: String = row.try_get(1).map_err(map_err)?;
-        if !waiter.is_empty() {
+        if waiter.is_empty() {
+            self.freed.remember(key);
+        } else {
             // Handed to the next waiter (of this provider or, by the statement's NOTIFY, of
             // another): a call of this provider that arrives now queues behind it instead of
             // racing it to the server.

@@ -112,6 +112,7 @@ impl TableName {
 pub(crate) struct Statements {
     pub(crate) create: Vec<String>,
     pub(crate) acquire: String,
+    pub(crate) take: String,
     pub(crate) unlock: String,
     pub(crate) undo: String,
     pub(crate) refresh: String,
@@ -227,6 +228,21 @@ impl Statements {
                 inserted = op::INSERTED,
                 reentered = op::REENTERED,
                 busy = op::BUSY,
+                released = op::TOOK_RELEASED,
+                expired = op::TOOK_EXPIRED,
+            ),
+            // The short path of an acquisition: take the key's row if it is free (released or
+            // expired) and names no waiting provider, as the acquire statement would with no
+            // other waiter of this provider ($5 false), in a plain UPDATE that matches no row
+            // otherwise. Parameters: key, owner, ttl µs.
+            take: format!(
+                "UPDATE {t} SET generation = generation + 1, owner = $2, depth = 1,
+                        last_op = CASE WHEN depth = 0 THEN {released} ELSE {expired} END,
+                        acquired_at = clock_timestamp(),
+                        expires_at = clock_timestamp() + $3 * INTERVAL '1 microsecond'
+                 WHERE lock_key = $1 AND (depth = 0 OR expires_at <= clock_timestamp())
+                   AND waiter = '' AND other_waiter = ''
+                 RETURNING {TOKEN}, last_op",
                 released = op::TOOK_RELEASED,
                 expired = op::TOOK_EXPIRED,
             ),
