@@ -4,14 +4,12 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use lock_core::raw::{Gate, LockBackend};
 use lock_core::{Capabilities, Health, Lease, LockInfo, LockOptions, Result, WaitInfo};
 
 use crate::error::NAME;
 use crate::provider::EtcdLockProvider;
 
-#[async_trait]
 impl LockBackend for EtcdLockProvider {
     const NAME: &'static str = NAME;
 

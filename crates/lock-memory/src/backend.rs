@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use lock_core::raw::{Gate, LockBackend};
 use lock_core::{
     Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result, WaitInfo,
@@ -56,7 +55,6 @@ impl Drop for QueuedWait<'_> {
     }
 }
 
-#[async_trait]
 impl LockBackend for MemoryLockProvider {
     const NAME: &'static str = "memory";
 

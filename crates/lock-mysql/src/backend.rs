@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use lock_core::raw::{acquire_with_backoff, attempt_detached, Gate, LockBackend, Undo};
 use lock_core::{
     Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result, WaitInfo,
@@ -16,7 +15,6 @@ use crate::error::{map_err, with_contention_retry, NAME};
 use crate::table::like_prefix;
 use crate::MySqlLockProvider;
 
-#[async_trait]
 impl LockBackend for MySqlLockProvider {
     const NAME: &'static str = NAME;
 

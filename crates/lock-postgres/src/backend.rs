@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use std::sync::atomic::Ordering;
 
 use lock_core::raw::{acquire_with_backoff, attempt_detached, Attempt, Gate, LockBackend, Undo};
@@ -18,7 +17,6 @@ use crate::core::{bounded, micros, row_to_info, Released};
 use crate::error::{map_err, with_contention_retry, NAME};
 use crate::PgLockProvider;
 
-#[async_trait]
 impl LockBackend for PgLockProvider {
     const NAME: &'static str = NAME;
 

@@ -10,8 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lock_core::raw::{acquire_with_backoff, Attempt, Gate, LockBackend};
 use lock_core::{
-    async_trait, Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result,
-    WaitInfo,
+    Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result, WaitInfo,
 };
 use tokio::time::Instant;
 
@@ -20,7 +19,6 @@ use crate::node::{map_err, Node};
 use crate::wake::Interest;
 use crate::{RedisLockProvider, NAME};
 
-#[async_trait]
 impl LockBackend for RedisLockProvider {
     const NAME: &'static str = NAME;
 

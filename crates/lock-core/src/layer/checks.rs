@@ -130,7 +130,6 @@ mod tests {
         }
     }
 
-    #[async_trait]
     impl LockBackend for Counting {
         const NAME: &'static str = "counting";
 

@@ -7,9 +7,8 @@
 //! the call began.
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
-
-use async_trait::async_trait;
 
 use crate::deadlock::WaitInfo;
 use crate::error::Result;
@@ -20,9 +19,12 @@ use crate::raw::gate::Gate;
 
 /// The hooks of a lock backend. See the [module docs](self) for what the caller guarantees.
 ///
+/// The hooks return futures that the checks layer awaits inside its own, so a call costs one
+/// boxed future (the [`LockProvider`](crate::LockProvider) one), not two; an implementation
+/// writes them as `async fn`.
+///
 /// The hooks carry their own names (not the [`LockProvider`](crate::LockProvider) ones) so
 /// that a call on a backend type always resolves to the checked operation.
-#[async_trait]
 pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// Short backend name, as [`LockProvider::name`](crate::LockProvider::name) reports it.
     const NAME: &'static str;
@@ -43,34 +45,34 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// Acquires `opts.key` for `opts.owner`, waiting as `opts.wait` allows; fails with
     /// [`Closed`](crate::LockError::Closed) if the gate closes while it waits. Dropping the
     /// future leaves no lock behind.
-    async fn acquire(&self, opts: &LockOptions) -> Result<Lease>;
+    fn acquire(&self, opts: &LockOptions) -> impl Future<Output = Result<Lease>> + Send;
 
     /// Releases one level of `key` held by `owner`.
-    async fn release(&self, key: &str, owner: &str) -> Result<()>;
+    fn release(&self, key: &str, owner: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Extends `owner`'s lease on `key` to `ttl` from now, keeping its fencing token.
-    async fn extend(&self, key: &str, owner: &str, ttl: Duration) -> Result<Lease>;
+    fn extend(&self, key: &str, owner: &str, ttl: Duration) -> impl Future<Output = Result<Lease>> + Send;
 
     /// The current holder of `key`, if any.
-    async fn holder(&self, key: &str) -> Result<Option<LockInfo>>;
+    fn holder(&self, key: &str) -> impl Future<Output = Result<Option<LockInfo>>> + Send;
 
     /// Every held lock whose key starts with `prefix`, sorted by key.
-    async fn held(&self, prefix: &str) -> Result<Vec<LockInfo>>;
+    fn held(&self, prefix: &str) -> impl Future<Output = Result<Vec<LockInfo>>> + Send;
 
     /// Stores or renews the wait `wait` for `wait.remaining_ttl`
     /// ([`LockProvider::publish_wait`](crate::LockProvider::publish_wait)). Keyed by key,
     /// owner and id; waits live beside the locks, never where a lock hook reads them.
-    async fn post_wait(&self, wait: &WaitInfo) -> Result<()>;
+    fn post_wait(&self, wait: &WaitInfo) -> impl Future<Output = Result<()>> + Send;
 
     /// Deletes the wait `id` of `owner` for `key`, if it is there.
-    async fn drop_wait(&self, key: &str, owner: &str, id: u64) -> Result<()>;
+    fn drop_wait(&self, key: &str, owner: &str, id: u64) -> impl Future<Output = Result<()>> + Send;
 
     /// Every unexpired wait whose key starts with `prefix`, sorted by key, then `since`.
-    async fn posted_waits(&self, prefix: &str) -> Result<Vec<WaitInfo>>;
+    fn posted_waits(&self, prefix: &str) -> impl Future<Output = Result<Vec<WaitInfo>>> + Send;
 
     /// Probes the server.
-    async fn probe(&self) -> Result<Health>;
+    fn probe(&self) -> impl Future<Output = Result<Health>> + Send;
 
     /// Stops background work and lets go of connections. Called once, after the gate closed.
-    async fn shutdown(&self) -> Result<()>;
+    fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
 }
