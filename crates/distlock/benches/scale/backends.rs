@@ -9,7 +9,7 @@ use std::time::Duration;
 use distlock::etcd::{EtcdConfig, EtcdLockProvider};
 use distlock::memory::MemoryLockProvider;
 use distlock::mysql::{MySqlLockConfig, MySqlLockProvider, WAITS_SUFFIX};
-use distlock::postgres::{PgLockConfig, PgLockProvider};
+use distlock::postgres::{PgLockConfig, PgLockProvider, IDS_SUFFIX};
 use distlock::redis::{RedisConfig, RedisLockProvider};
 use distlock::LockProvider;
 use lock_testkit::env;
@@ -27,14 +27,27 @@ pub(crate) struct Backend {
     counter: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
     /// The server process whose CPU time is read, if it is a local process.
     pub(crate) server: Option<Server>,
-    /// What to drop when the run ends (the SQL backends' tables).
-    cleanup: Cleanup,
+    /// What the bench reads and drops on the server besides the provider.
+    handle: Handle,
 }
 
-enum Cleanup {
-    Nothing,
+/// A way to the server besides the provider: to read what the backend keeps there, and to
+/// drop the SQL backends' tables at the end.
+enum Handle {
+    Memory,
     MySql(Arc<MySqlLockProvider>),
     Postgres(Arc<PgLockProvider>),
+    Redis { client: fred::clients::Client, pattern: String },
+    Etcd { client: distlock::etcd::etcd_client::Client, prefix: String },
+}
+
+/// What a backend keeps on its server: entries of this run's namespace, and bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Footprint {
+    /// Rows of the lock table, or keys under the run's prefix.
+    pub(crate) entries: u64,
+    /// The table's size (SQL), or the whole server's memory or database size (Redis, etcd).
+    pub(crate) bytes: u64,
 }
 
 impl Backend {
@@ -43,21 +56,105 @@ impl Backend {
         self.counter.as_ref().map(|c| c())
     }
 
-    /// Closes the provider and drops what the run created on the server.
+    /// What the backend keeps on its server now; `None` for the memory backend.
+    pub(crate) async fn footprint(&self) -> Option<Footprint> {
+        match &self.handle {
+            Handle::Memory => None,
+            Handle::MySql(p) => {
+                let t = p.table();
+                let entries: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}"))
+                    .fetch_one(p.pool())
+                    .await
+                    .expect("count rows");
+                // InnoDB's size figures are estimates refreshed by ANALYZE.
+                sqlx::query(&format!("ANALYZE TABLE {t}")).execute(p.pool()).await.expect("analyze");
+                let bytes: i64 = sqlx::query_scalar(
+                    "SELECT CAST(data_length + index_length AS SIGNED) FROM information_schema.tables \
+                     WHERE table_schema = DATABASE() AND table_name = ?",
+                )
+                .bind(t)
+                .fetch_one(p.pool())
+                .await
+                .expect("table size");
+                Some(Footprint { entries: entries as u64, bytes: bytes as u64 })
+            }
+            Handle::Postgres(p) => {
+                let t = format!("{}.{}", p.schema(), p.table());
+                let entries: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
+                    .fetch_one(p.pool())
+                    .await
+                    .expect("count rows");
+                let bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
+                    .bind(&t)
+                    .fetch_one(p.pool())
+                    .await
+                    .expect("table size");
+                Some(Footprint { entries: entries as u64, bytes: bytes as u64 })
+            }
+            Handle::Redis { client, pattern } => {
+                use fred::interfaces::ClientLike;
+                use futures::StreamExt;
+                let mut keys = client.scan_buffered(pattern.clone(), Some(1000), None);
+                let mut entries = 0;
+                while let Some(k) = keys.next().await {
+                    k.expect("scan");
+                    entries += 1;
+                }
+                let info: String = client
+                    .custom(fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false), vec!["memory"])
+                    .await
+                    .expect("INFO memory");
+                let bytes = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                Some(Footprint { entries, bytes })
+            }
+            Handle::Etcd { client, prefix } => {
+                use distlock::etcd::etcd_client::GetOptions;
+                let count = client
+                    .kv_client()
+                    .get(prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only()))
+                    .await
+                    .expect("count keys")
+                    .count();
+                let status = client.maintenance_client().status().await.expect("status");
+                Some(Footprint { entries: count as u64, bytes: status.db_size() as u64 })
+            }
+        }
+    }
+
+    /// Drops what the run created on the server (while the pool is open) and closes the
+    /// provider.
     pub(crate) async fn finish(self) {
-        let _ = self.provider.close().await;
-        match self.cleanup {
-            Cleanup::Nothing => {}
-            Cleanup::MySql(p) => {
-                for t in [p.table().to_owned(), format!("{}{WAITS_SUFFIX}", p.table())] {
-                    let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {t}")).execute(p.pool()).await;
-                }
+        let drops: Vec<String> = match &self.handle {
+            Handle::MySql(p) => {
+                let t = p.table();
+                vec![format!("DROP TABLE IF EXISTS {t}"), format!("DROP TABLE IF EXISTS {t}{WAITS_SUFFIX}")]
             }
-            Cleanup::Postgres(p) => {
-                for t in [p.table().to_owned(), format!("{}{WAITS_SUFFIX}", p.table())] {
-                    let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {}.{t}", p.schema())).execute(p.pool()).await;
-                }
+            Handle::Postgres(p) => {
+                let (s, t) = (p.schema(), p.table());
+                vec![
+                    format!("DROP TABLE IF EXISTS {s}.{t}"),
+                    format!("DROP TABLE IF EXISTS {s}.{t}{WAITS_SUFFIX}"),
+                    format!("DROP SEQUENCE IF EXISTS {s}.{t}{IDS_SUFFIX}"),
+                ]
             }
+            _ => Vec::new(),
+        };
+        for drop in drops {
+            let done = match &self.handle {
+                Handle::MySql(p) => sqlx::query(&drop).execute(p.pool()).await.map(|_| ()),
+                Handle::Postgres(p) => sqlx::query(&drop).execute(p.pool()).await.map(|_| ()),
+                _ => Ok(()),
+            };
+            if let Err(e) = done {
+                eprintln!("{}: `{drop}` failed: {e}", self.name);
+            }
+        }
+        if let Err(e) = self.provider.close().await {
+            eprintln!("{}: close failed: {e}", self.name);
         }
     }
 }
@@ -80,8 +177,21 @@ fn port_of(url: &str, default: u16) -> u16 {
     host.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(default)
 }
 
-/// Connects `name` in the namespace `run` (a short hex id). `Err` says why it cannot.
-pub(crate) async fn connect(name: &str, run: &str) -> Result<Backend, String> {
+/// How long statements may run on the SQL servers when the cleanup is to be quick; the
+/// reaper's grace must be at least ten times as long.
+const SHORT_STATEMENT: Duration = Duration::from_secs(2);
+
+/// The reaper's grace and period when the cleanup is to be quick.
+pub(crate) const SHORT_GRACE: Duration = Duration::from_secs(20);
+const SHORT_REAP_EVERY: Duration = Duration::from_secs(5);
+
+/// Redis's counter idle time when the cleanup is to be quick.
+pub(crate) const SHORT_FENCE_IDLE: Duration = Duration::from_secs(2);
+
+/// Connects `name` in the namespace `run` (a short hex id), with the backend's default
+/// cleanup settings, or with short ones when `quick_cleanup` ([`SHORT_GRACE`],
+/// [`SHORT_FENCE_IDLE`]). `Err` says why it cannot.
+pub(crate) async fn connect(name: &str, run: &str, quick_cleanup: bool) -> Result<Backend, String> {
     let table = format!("scale_locks_{run}");
     let prefix = format!("scale/{run}/");
     match name {
@@ -91,11 +201,17 @@ pub(crate) async fn connect(name: &str, run: &str) -> Result<Backend, String> {
             counter_name: "",
             counter: None,
             server: None,
-            cleanup: Cleanup::Nothing,
+            handle: Handle::Memory,
         }),
         "mysql" => {
             let url = env::mysql_url();
-            let config = MySqlLockConfig::default().table_name(table).max_connections(16);
+            let mut config = MySqlLockConfig::default().table_name(table).max_connections(16);
+            if quick_cleanup {
+                config = config
+                    .command_timeout(SHORT_STATEMENT)
+                    .reap_grace(SHORT_GRACE)
+                    .reap_interval(Some(SHORT_REAP_EVERY));
+            }
             let p = Arc::new(MySqlLockProvider::connect(&url, config).await.map_err(|e| e.to_string())?);
             let counted = p.clone();
             Ok(Backend {
@@ -104,12 +220,18 @@ pub(crate) async fn connect(name: &str, run: &str) -> Result<Backend, String> {
                 counter_name: "statements",
                 counter: Some(Box::new(move || counted.statements_sent())),
                 server: Server::on_port(port_of(&url, 3306), false),
-                cleanup: Cleanup::MySql(p),
+                handle: Handle::MySql(p),
             })
         }
         "postgres" => {
             let url = env::postgres_url();
-            let config = PgLockConfig::default().table_name(table).max_connections(16);
+            let mut config = PgLockConfig::default().table_name(table).max_connections(16);
+            if quick_cleanup {
+                config = config
+                    .statement_timeout(SHORT_STATEMENT)
+                    .reap_grace(SHORT_GRACE)
+                    .reap_interval(Some(SHORT_REAP_EVERY));
+            }
             let p = Arc::new(PgLockProvider::connect(&url, config).await.map_err(|e| e.to_string())?);
             let counted = p.clone();
             Ok(Backend {
@@ -118,13 +240,20 @@ pub(crate) async fn connect(name: &str, run: &str) -> Result<Backend, String> {
                 counter_name: "acquire attempts",
                 counter: Some(Box::new(move || counted.acquire_attempts())),
                 server: Server::on_port(port_of(&url, 5432), true),
-                cleanup: Cleanup::Postgres(p),
+                handle: Handle::Postgres(p),
             })
         }
         "redis" => {
+            use fred::interfaces::ClientLike;
             let url = env::redis_url();
-            let config = RedisConfig::new(url.clone()).key_prefix(prefix).pool_size(8);
+            let mut config = RedisConfig::new(url.clone()).key_prefix(prefix.clone()).pool_size(8);
+            if quick_cleanup {
+                config = config.fence_idle(SHORT_FENCE_IDLE);
+            }
             let p = RedisLockProvider::connect(config).await.map_err(|e| e.to_string())?;
+            let raw = fred::types::config::Config::from_url(&url).map_err(|e| e.to_string())?;
+            let client = fred::types::Builder::from_config(raw).build().map_err(|e| e.to_string())?;
+            client.init().await.map_err(|e| e.to_string())?;
             let counted = p.clone();
             Ok(Backend {
                 name: "Redis",
@@ -132,20 +261,22 @@ pub(crate) async fn connect(name: &str, run: &str) -> Result<Backend, String> {
                 counter_name: "acquire round trips",
                 counter: Some(Box::new(move || counted.acquire_attempts())),
                 server: Server::on_port(port_of(&url, 6379), false),
-                cleanup: Cleanup::Nothing,
+                handle: Handle::Redis { client, pattern: format!("{prefix}*") },
             })
         }
         "etcd" => {
             let endpoints = env::etcd_endpoints();
-            let config = EtcdConfig::from_list(&endpoints).prefix(prefix).request_timeout(Duration::from_secs(30));
+            let config =
+                EtcdConfig::from_list(&endpoints).prefix(prefix.clone()).request_timeout(Duration::from_secs(30));
             let p = EtcdLockProvider::connect(config).await.map_err(|e| e.to_string())?;
+            let client = p.client().clone();
             Ok(Backend {
                 name: "etcd",
                 provider: Arc::new(p),
                 counter_name: "",
                 counter: None,
                 server: Server::on_port(port_of(&endpoints, 2379), false),
-                cleanup: Cleanup::Nothing,
+                handle: Handle::Etcd { client, prefix },
             })
         }
         other => Err(format!("unknown backend `{other}` (memory, mysql, postgres, redis, etcd)")),

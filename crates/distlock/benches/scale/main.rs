@@ -26,6 +26,7 @@
 //! (`backends`).
 
 mod backends;
+mod leftovers;
 mod procfs;
 mod series;
 
@@ -34,12 +35,14 @@ use std::time::Duration;
 use lock_testkit::bench::{fmt_dur, runtime};
 
 use backends::Backend;
+use leftovers::LeftoversRow;
 use series::{Cost, HeldRow, WaitersRow};
 
-/// Sizes of one run.
+/// Sizes of one run; an empty list skips its series.
 struct Sizes {
     waiters: Vec<usize>,
     held: Vec<usize>,
+    leftovers: Vec<usize>,
     idle: Duration,
 }
 
@@ -54,15 +57,28 @@ impl Sizes {
             _ => bench,
         };
         let cap = std::env::var("DISTLOCK_SCALE_MAX_HELD").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-        if full {
+        let mut sizes = if full {
             Sizes {
                 waiters: vec![10, 100, 1_000],
                 held: [1_000, 10_000, 100_000].into_iter().filter(|&n| n <= cap).collect(),
+                leftovers: vec![100_000],
                 idle: Duration::from_secs(2),
             }
         } else {
-            Sizes { waiters: vec![10], held: vec![200], idle: Duration::from_secs(1) }
+            Sizes { waiters: vec![10], held: vec![200], leftovers: vec![200], idle: Duration::from_secs(1) }
+        };
+        // `DISTLOCK_SCALE_SERIES=waiters,held,leftovers` (default: all three).
+        if let Ok(series) = std::env::var("DISTLOCK_SCALE_SERIES") {
+            let on = |name: &str| series.split(',').any(|s| s.trim() == name);
+            for (name, list) in
+                [("waiters", &mut sizes.waiters), ("held", &mut sizes.held), ("leftovers", &mut sizes.leftovers)]
+            {
+                if !on(name) {
+                    list.clear();
+                }
+            }
         }
+        sizes
     }
 }
 
@@ -136,11 +152,38 @@ fn print_held(b: &Backend, rows: &[HeldRow]) {
     }
 }
 
+fn print_leftovers(b: &Backend, rows: &[LeftoversRow]) {
+    let bytes = match b.name {
+        "Redis" => "server used_memory",
+        "etcd" => "server db size",
+        _ => "table size",
+    };
+    println!("\n{}: what stays after the locks are gone\n", b.name);
+    println!(
+        "| distinct keys locked and released | entries before / right after / after cleanup | cleaned within | \
+         {bytes} before / right after / after cleanup |"
+    );
+    println!("|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} / {} / {} | {} | {} / {} / {} |",
+            r.keys,
+            r.before.entries,
+            r.after.entries,
+            r.cleaned.1.entries,
+            opt(r.cleaned.0, |d| format!("{:.0} s", d.as_secs_f64())),
+            mib(r.before.bytes),
+            mib(r.after.bytes),
+            mib(r.cleaned.1.bytes),
+        );
+    }
+}
+
 async fn run() {
     let sizes = Sizes::from_env();
     let run = format!("{:08x}", fastrand::u32(..));
     for name in backends::selected() {
-        let b = match backends::connect(&name, &run).await {
+        let b = match backends::connect(&name, &run, false).await {
             Ok(b) => b,
             Err(e) if lock_testkit::env::services_required() => panic!("{name}: {e}"),
             Err(e) => {
@@ -158,13 +201,28 @@ async fn run() {
             eprintln!("{}: {w} waiters", b.name);
             rows.push(series::waiters(&b, &format!("w{w}"), w, sizes.idle).await);
         }
-        print_waiters(&b, &rows);
+        if !rows.is_empty() {
+            print_waiters(&b, &rows);
+        }
         let mut rows = Vec::new();
         for &n in &sizes.held {
             eprintln!("{}: {n} locks held", b.name);
             rows.push(series::held(&b, &format!("n{n}/"), n).await);
         }
-        print_held(&b, &rows);
+        if !rows.is_empty() {
+            print_held(&b, &rows);
+        }
+        b.finish().await;
+        if sizes.leftovers.is_empty() || name == "memory" {
+            continue;
+        }
+        let b = backends::connect(&name, &format!("{run}g"), true).await.expect("second connection");
+        let mut rows = Vec::new();
+        for &n in &sizes.leftovers {
+            eprintln!("{}: {n} distinct keys, then what stays", b.name);
+            rows.extend(leftovers::leftovers(&b, n).await);
+        }
+        print_leftovers(&b, &rows);
         b.finish().await;
     }
 }

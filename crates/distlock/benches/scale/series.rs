@@ -146,7 +146,7 @@ pub(crate) struct HeldRow {
 }
 
 /// Runs `op(i)` for every `i` in `0..n` on [`TASKS`] tasks.
-async fn fan_out<F, Fut>(n: usize, op: F)
+pub(crate) async fn fan_out<F, Fut>(n: usize, op: F)
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
