@@ -101,7 +101,14 @@ impl Backend {
                     entries += 1;
                 }
                 let info: String = client
-                    .custom(fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false), vec!["memory"])
+                    .custom(
+                        fred::types::CustomCommand::new_static(
+                            "INFO",
+                            fred::types::ClusterHash::Random,
+                            false,
+                        ),
+                        vec!["memory"],
+                    )
                     .await
                     .expect("INFO memory");
                 let bytes = info
@@ -140,6 +147,19 @@ impl Backend {
                     format!("DROP TABLE IF EXISTS {s}.{t}{WAITS_SUFFIX}"),
                     format!("DROP SEQUENCE IF EXISTS {s}.{t}{IDS_SUFFIX}"),
                 ]
+            }
+            Handle::Redis { client, pattern } => {
+                // The fencing counters outlive their locks by `fence_idle` (an hour by default).
+                use fred::interfaces::KeysInterface;
+                use futures::StreamExt;
+                let mut keys = client.scan_buffered(pattern.clone(), Some(1000), None).chunks(500);
+                while let Some(batch) = keys.next().await {
+                    let batch: Vec<_> = batch.into_iter().filter_map(|k| k.ok()).collect();
+                    if let Err(e) = client.del::<i64, _>(batch).await {
+                        eprintln!("{}: deleting the run's keys failed: {e}", self.name);
+                    }
+                }
+                Vec::new()
             }
             _ => Vec::new(),
         };
@@ -266,8 +286,9 @@ pub(crate) async fn connect(name: &str, run: &str, quick_cleanup: bool) -> Resul
         }
         "etcd" => {
             let endpoints = env::etcd_endpoints();
-            let config =
-                EtcdConfig::from_list(&endpoints).prefix(prefix.clone()).request_timeout(Duration::from_secs(30));
+            let config = EtcdConfig::from_list(&endpoints)
+                .prefix(prefix.clone())
+                .request_timeout(Duration::from_secs(30));
             let p = EtcdLockProvider::connect(config).await.map_err(|e| e.to_string())?;
             let client = p.client().clone();
             Ok(Backend {

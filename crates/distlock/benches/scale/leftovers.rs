@@ -39,7 +39,9 @@ pub(crate) async fn leftovers(b: &Backend, n: usize) -> Option<LeftoversRow> {
         let p = p.clone();
         async move {
             let key = format!("gone/{i}");
-            p.lock(&LockOptions::new(key.as_str(), "scale").ttl(TTL).wait(WaitPolicy::NoWait)).await.expect("lock");
+            p.lock(&LockOptions::new(key.as_str(), "scale").ttl(TTL).wait(WaitPolicy::NoWait))
+                .await
+                .expect("lock");
             p.unlock(&key, "scale").await.expect("unlock");
         }
     })
