@@ -13,9 +13,6 @@ use crate::series::fan_out;
 /// Redis counters outlive them).
 const TTL: Duration = Duration::from_secs(5);
 
-/// How long to wait for the cleanup before giving up.
-const PATIENCE: Duration = Duration::from_secs(120);
-
 /// One row of the leftovers table.
 #[derive(Debug)]
 pub(crate) struct LeftoversRow {
@@ -26,13 +23,13 @@ pub(crate) struct LeftoversRow {
     /// Right after the last release.
     pub(crate) after: Footprint,
     /// When the run's entries were back to what they were before, and what was left then; or
-    /// what was left after [`PATIENCE`].
+    /// what was left when the patience ran out.
     pub(crate) cleaned: (Option<Duration>, Footprint),
 }
 
 /// Locks and releases `n` distinct keys (64 tasks), then reads what is left every 2 s until
-/// the run's entries are gone or [`PATIENCE`] ran out. `None` for the memory backend.
-pub(crate) async fn leftovers(b: &Backend, n: usize) -> Option<LeftoversRow> {
+/// the run's entries are gone or `patience` ran out. `None` for the memory backend.
+pub(crate) async fn leftovers(b: &Backend, n: usize, patience: Duration) -> Option<LeftoversRow> {
     let before = b.footprint().await?;
     let p = b.provider.clone();
     fan_out(n, move |i| {
@@ -49,7 +46,7 @@ pub(crate) async fn leftovers(b: &Backend, n: usize) -> Option<LeftoversRow> {
     let after = b.footprint().await?;
     let released = Instant::now();
     let mut last = after;
-    while released.elapsed() < PATIENCE {
+    while released.elapsed() < patience {
         tokio::time::sleep(Duration::from_secs(2)).await;
         last = b.footprint().await?;
         if last.entries <= before.entries {

@@ -8,15 +8,18 @@
 //! DISTLOCK_SCALE_BACKENDS=redis,etcd cargo bench -p distlock --features all-backends --bench scale
 //! ```
 //!
-//! Under `cargo test` (no `--bench` argument) the sizes are the quick ones, so the smoke run
-//! stays short. Servers come from the `DISTLOCK_TEST_*` variables; a server that cannot be
+//! Under `cargo test` (no `--bench` argument) the sizes are the quick ones and nothing waits
+//! for a backend's cleanup, so the smoke run stays short. `DISTLOCK_SCALE_SERIES` picks series
+//! (`waiters,held,leftovers`), `DISTLOCK_SCALE_MAX_HELD` caps the held locks. Servers come from the `DISTLOCK_TEST_*` variables; a server that cannot be
 //! reached skips its backend, loudly, unless `DISTLOCK_REQUIRE_SERVICES=1`.
 //!
 //! - **Waiters**: W tasks wait on one held key; then the holder releases and each waiter takes
 //!   the lock and releases it at once. Hand-over: from a release call's start to the next
 //!   holder's `lock` returning. Also what W idle waiters cost per second before the release.
-//! - **Held locks**: N locks held at once (TTL 60 s), taken, refreshed once each and released
-//!   by 64 tasks; `list`, `is_locked` and this process's RSS in between.
+//! - **Held locks**: N locks held at once, taken, refreshed once each and released by 64
+//!   tasks; `list`, `is_locked` and this process's RSS in between.
+//! - **Leftovers**: many distinct keys locked and released through a provider with short
+//!   cleanup settings; what the server keeps right after and once the cleanup ran.
 //!
 //! Server CPU is the utime + stime of the process listening on the server's port (for
 //! PostgreSQL with its backend processes, live and exited), read from `/proc`: the servers
@@ -43,6 +46,8 @@ struct Sizes {
     waiters: Vec<usize>,
     held: Vec<usize>,
     leftovers: Vec<usize>,
+    /// How long the leftovers series waits for the backend's cleanup (none in a smoke run).
+    patience: Duration,
     idle: Duration,
 }
 
@@ -63,10 +68,17 @@ impl Sizes {
                 waiters: vec![10, 100, 1_000],
                 held: [1_000, 10_000, 100_000].into_iter().filter(|&n| n <= cap).collect(),
                 leftovers: vec![100_000],
+                patience: Duration::from_secs(120),
                 idle: Duration::from_secs(2),
             }
         } else {
-            Sizes { waiters: vec![10], held: vec![200], leftovers: vec![200], idle: Duration::from_secs(1) }
+            Sizes {
+                waiters: vec![10],
+                held: vec![200],
+                leftovers: vec![200],
+                patience: Duration::ZERO,
+                idle: Duration::from_secs(1),
+            }
         };
         // `DISTLOCK_SCALE_SERIES=waiters,held,leftovers` (default: all three).
         if let Ok(series) = std::env::var("DISTLOCK_SCALE_SERIES") {
@@ -236,7 +248,7 @@ async fn run() {
         let mut rows = Vec::new();
         for n in sizes.leftovers.iter().map(|&n| n.min(max_held(&name))) {
             eprintln!("{}: {n} distinct keys, then what stays", b.name);
-            rows.extend(leftovers::leftovers(&b, n).await);
+            rows.extend(leftovers::leftovers(&b, n, sizes.patience).await);
         }
         print_leftovers(&b, &rows);
         b.finish().await;
