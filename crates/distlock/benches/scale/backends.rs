@@ -38,7 +38,7 @@ enum Handle {
     MySql(Arc<MySqlLockProvider>),
     Postgres(Arc<PgLockProvider>),
     Redis { client: fred::clients::Client, pattern: String },
-    Etcd { client: distlock::etcd::etcd_client::Client, prefix: String },
+    Etcd { client: Box<distlock::etcd::etcd_client::Client>, prefix: String },
 }
 
 /// What a backend keeps on its server: entries of this run's namespace, and bytes.
@@ -297,7 +297,7 @@ pub(crate) async fn connect(name: &str, run: &str, quick_cleanup: bool) -> Resul
                 counter_name: "",
                 counter: None,
                 server: Server::on_port(port_of(&endpoints, 2379), false),
-                handle: Handle::Etcd { client, prefix },
+                handle: Handle::Etcd { client: Box::new(client), prefix },
             })
         }
         other => Err(format!("unknown backend `{other}` (memory, mysql, postgres, redis, etcd)")),
