@@ -235,21 +235,27 @@ fn ci() -> Result {
     Ok(())
 }
 
-/// Benches per backend crate; each prints a summary table after criterion's output.
-const BENCHES: &[(&str, &str)] = &[
-    ("lock-memory", "memory"),
-    ("lock-mysql", "mysql"),
-    ("lock-postgres", "postgres"),
-    ("lock-redis", "redis"),
-    ("lock-etcd", "etcd"),
+/// Benches as (package, bench, features): one per backend crate, each printing a summary
+/// table after criterion's output, and the facade's series over every backend (`scale`: how
+/// cost grows with waiters and held locks), which prints one table per backend.
+const BENCHES: &[(&str, &str, &str)] = &[
+    ("lock-memory", "memory", ""),
+    ("lock-mysql", "mysql", ""),
+    ("lock-postgres", "postgres", ""),
+    ("lock-redis", "redis", ""),
+    ("lock-etcd", "etcd", ""),
+    ("distlock", "scale", "all-backends"),
 ];
 
 fn bench() -> Result {
     let envs = services::up(&services::needed())?;
-    for (package, bench) in BENCHES {
-        run(cargo()
-            .args(["bench", "-p", package, "--bench", bench])
-            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str()))))?;
+    for (package, bench, features) in BENCHES {
+        let mut cmd = cargo();
+        cmd.args(["bench", "-p", package, "--bench", bench]);
+        if !features.is_empty() {
+            cmd.args(["--features", features]);
+        }
+        run(cmd.envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str()))))?;
     }
     Ok(())
 }
