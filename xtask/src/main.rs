@@ -15,7 +15,8 @@
 //!   against the constants of `lock-core`'s metrics layer (see `deploy.rs`).
 //! - `services up|down|status`: start (installing from Debian packages when running as root)
 //!   or stop the local services, or show which are reachable.
-//! - `bench`: the criterion benches of every backend, with their summaries.
+//! - `bench`: the criterion benches of every backend, with their summaries, then distlock
+//!   against other Rust lock crates (`benches/peers`).
 //! - `serve-check`: `distlock serve` end to end: its endpoints over HTTP and its page in
 //!   headless Chromium (see [`serve_check`]); part of `ci`.
 //! - `bare-check`: the README's main command built and run where `protoc` cannot be found, in
@@ -138,7 +139,7 @@ fn run_tests(cmd: &mut Command, counts: &mut Counts) -> Result {
 }
 
 /// `cargo xtask test [--long | --docker]`: services up, then every test of every crate with
-/// every feature. `--long` makes the stress and fault cases run more rounds; `--docker` runs
+/// every feature (the peer benches in a build of their own, without extra arguments). `--long` makes the stress and fault cases run more rounds; `--docker` runs
 /// the conformance suites against containers instead (see [`docker`]).
 fn test(extra: &[String]) -> Result<Counts> {
     let long = extra.iter().any(|a| a == "--long");
@@ -154,15 +155,25 @@ fn test(extra: &[String]) -> Result<Counts> {
     let envs = services::up(&services::needed())?;
     let mut counts = Counts::default();
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--all-features", "--all-targets"])
-        .args(extra)
+    cmd.args(["test", "--workspace", "--exclude", PEER_BENCHES, "--all-features", "--all-targets"])
+        .args(&extra)
         .env("DISTLOCK_REQUIRE_SERVICES", "1")
         .env("DISTLOCK_TEST_LONG", if long { "1" } else { "0" })
         .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     run_tests(&mut cmd, &mut counts)?;
+    // The peer benches once each as smoke tests, in a build of their own: built together with
+    // the library crates, their sqlx (native-tls, which sqlx prefers over rustls when both are
+    // on) would replace the rustls that lock-mysql's and lock-postgres's `tls` features test.
+    if extra.is_empty() {
+        let mut cmd = cargo();
+        cmd.args(["test", "-p", PEER_BENCHES, "--all-targets"])
+            .env("DISTLOCK_REQUIRE_SERVICES", "1")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        run_tests(&mut cmd, &mut counts)?;
+    }
     // Doctests are not part of --all-targets.
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--all-features", "--doc"])
+    cmd.args(["test", "--workspace", "--exclude", PEER_BENCHES, "--all-features", "--doc"])
         .env("DISTLOCK_REQUIRE_SERVICES", "1")
         .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     run_tests(&mut cmd, &mut counts)?;
@@ -235,9 +246,14 @@ fn ci() -> Result {
     Ok(())
 }
 
+/// The bench-only package that measures distlock against other Rust lock crates (not
+/// published, not a default member; see `benches/peers`).
+const PEER_BENCHES: &str = "distlock-peer-benches";
+
 /// Benches as (package, bench, features): one per backend crate, each printing a summary
-/// table after criterion's output, and the facade's series over every backend (`scale`: how
-/// cost grows with waiters and held locks), which prints one table per backend.
+/// table after criterion's output; the facade's series over every backend (`scale`: how cost
+/// grows with waiters and held locks), which prints one table per backend; and distlock
+/// against its Rust peers.
 const BENCHES: &[(&str, &str, &str)] = &[
     ("lock-memory", "memory", ""),
     ("lock-mysql", "mysql", ""),
@@ -245,6 +261,8 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("lock-redis", "redis", ""),
     ("lock-etcd", "etcd", ""),
     ("distlock", "scale", "all-backends"),
+    (PEER_BENCHES, "peers_redis", ""),
+    (PEER_BENCHES, "peers_mysql", ""),
 ];
 
 fn bench() -> Result {

@@ -237,6 +237,14 @@ pub(crate) fn ensure_build_tools() -> Result {
     if Path::new("crates/lock-etcd").exists() && !Path::new("/usr/bin/etcdctl").exists() {
         apt_install("etcd-client")?;
     }
+    // distributed-lock-mysql, measured by the peer benches, builds sqlx with native-tls, which
+    // links OpenSSL through pkg-config.
+    let has_openssl_dev =
+        Command::new("pkg-config").args(["--exists", "openssl"]).status().is_ok_and(|s| s.success());
+    if Path::new("benches/peers").exists() && !has_openssl_dev {
+        apt_install("pkg-config")?;
+        apt_install("libssl-dev")?;
+    }
     // The etcd TLS test makes its certificates with the openssl command.
     if Path::new("crates/lock-etcd/tests/tls.rs").exists() && !Path::new("/usr/bin/openssl").exists() {
         apt_install("openssl")?;
