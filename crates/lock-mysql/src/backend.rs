@@ -1,10 +1,11 @@
 //! `impl LockBackend for MySqlLockProvider`: the hooks the checks layer calls, each one or two
 //! statements of [`core`](crate::core).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::raw::{acquire_with_backoff, attempt_detached, Gate, LockBackend, Undo};
+use lock_core::raw::{acquire_with_backoff, attempt_detached, Attempt, Gate, LockBackend, Undo};
 use lock_core::{
     Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result, WaitInfo,
 };
@@ -56,14 +57,30 @@ impl LockBackend for MySqlLockProvider {
             })
         });
         let signal = inner.wakers.signal(&opts.key);
+        let first = AtomicBool::new(true);
         let result = acquire_with_backoff(opts, &inner.gate, Some(&signal), || {
             let (inner, key, owner, ttl) = (inner.clone(), opts.key.clone(), opts.owner.clone(), opts.ttl);
             let limit = inner.client_timeout;
-            // The attempt runs detached: if the client gives up waiting for it, it still runs
-            // to its end, and an acquisition nobody will use is undone by owner and token.
-            let attempt =
-                attempt_detached(async move { inner.attempt(&key, &owner, ttl).await }, undo.clone());
-            bounded(limit, attempt)
+            let retry = !first.swap(false, Ordering::Relaxed);
+            let undo = undo.clone();
+            async move {
+                // A retry reads before it writes: the acquire statement locks the key's row
+                // even when it finds the lock busy, so waiters that polled with it would queue
+                // on the row with the holder's release and each other, more of them the
+                // longer a hand-over takes.
+                if retry {
+                    if let Some((holder, left)) = inner.peek(&key).await? {
+                        if *holder != *owner {
+                            return Ok(Attempt::Busy { holder: Some(holder), expires_in: Some(left) });
+                        }
+                    }
+                }
+                // The attempt runs detached: if the client gives up waiting for it, it still
+                // runs to its end, and an acquisition nobody will use is undone by owner and
+                // token.
+                let attempt = attempt_detached(async move { inner.attempt(&key, &owner, ttl).await }, undo);
+                bounded(limit, attempt).await
+            }
         })
         .await;
         match result {

@@ -203,6 +203,28 @@ impl Inner {
     }
 
     /// Who holds `key`, when an acquisition gave up or a release found nothing.
+    /// The live holder of `key` and its lease left, by a read that takes no lock; `None` when
+    /// the lock is free (or expired).
+    pub(crate) async fn peek(&self, key: &str) -> Result<Option<(String, Duration)>> {
+        self.count();
+        let row = self
+            .bounded(async {
+                sqlx::query(&self.sql.peek)
+                    .bind(key.as_bytes())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        row.map(|r| {
+            let owner: Vec<u8> = r.try_get(0)?;
+            let left: i64 = r.try_get(1)?;
+            Ok((String::from_utf8_lossy(&owner).into_owned(), remaining(left)))
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
     pub(crate) async fn holder(&self, key: &str) -> Result<Option<(String, bool)>> {
         self.count();
         let row = self

@@ -77,6 +77,7 @@ pub(crate) struct Statements {
     pub(crate) refresh: String,
     pub(crate) refreshed: String,
     pub(crate) holder: String,
+    pub(crate) peek: String,
     pub(crate) inspect: String,
     pub(crate) list: String,
     pub(crate) reap: String,
@@ -204,6 +205,12 @@ impl Statements {
             ),
             holder: format!(
                 "{g}SELECT owner, expires_at > UTC_TIMESTAMP(6) AND depth > 0 FROM `{t}` WHERE lock_key = ?"
+            ),
+            // A waiter's retry reads this first, a consistent read that takes no row lock,
+            // and writes (the acquire statement) only when the lock looks free.
+            peek: format!(
+                "{g}SELECT owner, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) FROM `{t}`
+                 WHERE lock_key = ? AND depth > 0 AND expires_at > UTC_TIMESTAMP(6)"
             ),
             inspect: format!(
                 "{g}SELECT {INFO_COLUMNS} FROM `{t}`

@@ -282,3 +282,27 @@ async fn statements_per_operation() {
     assert_eq!(cost(n, &p), 2, "refresh: the UPDATE and a read of the depth");
     drop_table(&p).await;
 }
+
+/// A waiter's retries read the row and leave it alone while the lock is busy: only the call's
+/// first attempt writes it (the upsert counts a busy answer in `waits`), however often the
+/// waiter retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_while_busy_do_not_write_the_row() {
+    let Some(p) = provider("retries_read", &unique_table("peek"), 2).await else { return };
+    p.lock(&opts("k", "alice")).await.unwrap();
+    let busy_answers = || async {
+        sqlx::query_scalar::<_, u64>(&format!("SELECT waits FROM `{}` WHERE lock_key = 'k'", p.table()))
+            .fetch_one(p.pool())
+            .await
+            .unwrap()
+    };
+    let before = busy_answers().await;
+    let n = p.statements_sent();
+    let waited = p.lock(&opts("k", "bob").wait(WaitPolicy::retry(20, Duration::from_millis(10)))).await;
+    assert!(matches!(waited, Err(LockError::Timeout { .. })), "{waited:?}");
+    let sent = p.statements_sent() - n;
+    assert!(sent >= 21, "the first attempt and 20 retries reached the server: {sent} statements");
+    assert_eq!(busy_answers().await - before, 1, "only the first attempt wrote the row");
+    assert_eq!(p.is_locked("k").await.unwrap().map(|i| i.owner).as_deref(), Some("alice"));
+    drop_table(&p).await;
+}
