@@ -48,7 +48,10 @@ impl LockBackend for MySqlLockProvider {
             Box::pin(async move {
                 let (key, owner, token) = (lease.key.as_bytes(), lease.owner.as_bytes(), lease.token.0);
                 match inner.release(key, owner, Some(token)).await {
-                    Ok(Released::Free) => inner.wakers.wake_one(&lease.key),
+                    Ok(Released::Free) => {
+                        inner.seen.forget(&lease.key);
+                        inner.wakers.wake_one(&lease.key)
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(backend = NAME, key = &*lease.key, error = %e, "could not undo an abandoned acquisition")
@@ -68,9 +71,16 @@ impl LockBackend for MySqlLockProvider {
                 // even when it finds the lock busy, so waiters that polled with it would queue
                 // on the row with the holder's release and each other, more of them the
                 // longer a hand-over takes.
+                // A retry is answered by what a waiter of this provider heard a moment ago,
+                // if it is fresh (see `seen`).
                 if retry {
-                    if let Some((holder, left)) = inner.peek(&key).await? {
+                    let known = match inner.seen.fresh(&key) {
+                        Some(known) => Some(known),
+                        None => inner.peek(&key).await?,
+                    };
+                    if let Some((holder, left)) = known {
                         if *holder != *owner {
+                            inner.seen.held(&key, &holder, left);
                             return Ok(Attempt::Busy { holder: Some(holder), expires_in: Some(left) });
                         }
                     }
@@ -98,6 +108,7 @@ impl LockBackend for MySqlLockProvider {
         let inner = &self.inner;
         match inner.release(key.as_bytes(), owner.as_bytes(), None).await? {
             Released::Free => {
+                inner.seen.forget(key);
                 inner.wakers.wake_one(key);
                 return Ok(());
             }

@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     /// Waiters of this process, woken by this process's releases. Releases
     /// by other processes are noticed by polling.
     pub(crate) wakers: Wakers,
+    /// What waiters of this provider last heard about the keys they wait for.
+    pub(crate) seen: crate::seen::Seen,
     pub(crate) expired_taken_over: AtomicU64,
     pub(crate) rows_reaped: AtomicU64,
     pub(crate) statements: AtomicU64,

@@ -90,6 +90,7 @@ mod config;
 mod core;
 mod error;
 mod provider;
+mod seen;
 mod table;
 mod tls;
 mod waits;

@@ -122,6 +122,7 @@ impl MySqlLockProvider {
             client_timeout,
             gate: Gate::new(),
             wakers: Wakers::new(),
+            seen: Default::default(),
             expired_taken_over: AtomicU64::new(0),
             rows_reaped: AtomicU64::new(0),
             statements: AtomicU64::new(0),

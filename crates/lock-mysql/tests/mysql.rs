@@ -283,9 +283,9 @@ async fn statements_per_operation() {
     drop_table(&p).await;
 }
 
-/// A waiter's retries read the row and leave it alone while the lock is busy: only the call's
-/// first attempt writes it (the upsert counts a busy answer in `waits`), however often the
-/// waiter retries.
+/// A waiter's retries read the row (or take a fresh answer of the provider's) and leave it
+/// alone while the lock is busy: only the call's first attempt writes it (the upsert counts a
+/// busy answer in `waits`), however often the waiter retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_while_busy_do_not_write_the_row() {
     let Some(p) = provider("retries_read", &unique_table("peek"), 2).await else { return };
@@ -300,8 +300,9 @@ async fn retries_while_busy_do_not_write_the_row() {
     let n = p.statements_sent();
     let waited = p.lock(&opts("k", "bob").wait(WaitPolicy::retry(20, Duration::from_millis(10)))).await;
     assert!(matches!(waited, Err(LockError::Timeout { .. })), "{waited:?}");
-    let sent = p.statements_sent() - n;
-    assert!(sent >= 21, "the first attempt and 20 retries reached the server: {sent} statements");
+    // The first attempt's upsert, the retries' reads (fewer than the retries: a fresh answer
+    // stands in for the server's), the read that names the holder in the error.
+    assert!(p.statements_sent() - n >= 2);
     assert_eq!(busy_answers().await - before, 1, "only the first attempt wrote the row");
     assert_eq!(p.is_locked("k").await.unwrap().map(|i| i.owner).as_deref(), Some("alice"));
     drop_table(&p).await;
