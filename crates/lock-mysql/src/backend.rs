@@ -74,13 +74,13 @@ impl LockBackend for MySqlLockProvider {
                 // A retry is answered by what a waiter of this provider heard a moment ago,
                 // if it is fresh (see `seen`).
                 if retry {
-                    let known = match inner.seen.fresh(&key) {
-                        Some(known) => Some(known),
-                        None => inner.peek(&key).await?,
-                    };
-                    if let Some((holder, left)) = known {
+                    if let Some((holder, left)) = inner.seen.fresh(&key).filter(|(h, _)| *h != *owner) {
+                        return Ok(Attempt::Busy { holder: Some(holder), expires_in: Some(left) });
+                    }
+                    let asked = Instant::now();
+                    if let Some((holder, left)) = inner.peek(&key).await? {
                         if *holder != *owner {
-                            inner.seen.held(&key, &holder, left);
+                            inner.seen.held(&key, &holder, left, asked);
                             return Ok(Attempt::Busy { holder: Some(holder), expires_in: Some(left) });
                         }
                     }

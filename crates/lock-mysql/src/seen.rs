@@ -23,38 +23,70 @@ pub(crate) const FRESH: Duration = Duration::from_millis(100);
 /// Keys kept at most; past that, answers older than [`FRESH`] are dropped.
 const PRUNE_AT: usize = 1024;
 
+/// What is known of one key.
+#[derive(Debug, Default)]
+struct Key {
+    /// When the question was asked, the holder, when the holder's lease ends.
+    held: Option<(Instant, String, Instant)>,
+    /// When this provider last released the key.
+    freed: Option<Instant>,
+}
+
 /// See the [module docs](self).
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
-    /// Key -> when it was heard, the holder, when the holder's lease ends.
-    map: Mutex<HashMap<Arc<str>, (Instant, String, Instant)>>,
+    map: Mutex<HashMap<Arc<str>, Key>>,
 }
 
 impl Seen {
-    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, (Instant, String, Instant)>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, Key>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The server said `key` is held by `holder` for `left` more.
-    pub(crate) fn held(&self, key: &Arc<str>, holder: &str, left: Duration) {
-        let now = Instant::now();
-        let mut map = self.map();
-        if map.len() >= PRUNE_AT {
-            map.retain(|_, (at, _, _)| now.duration_since(*at) < FRESH);
+    /// The server, asked at `asked`, said `key` is held by `holder` for `left` more. An answer
+    /// to a question asked before this provider's last release of the key is dropped: the
+    /// release may have come after it, and the waiter it woke must ask the server.
+    pub(crate) fn held(&self, key: &Arc<str>, holder: &str, left: Duration, asked: Instant) {
+        let mut map = self.pruned();
+        let k = map.entry(key.clone()).or_default();
+        if k.freed.is_some_and(|freed| freed >= asked) {
+            return;
         }
-        map.insert(key.clone(), (now, holder.to_owned(), now + left));
+        k.held = Some((asked, holder.to_owned(), asked + left));
     }
 
-    /// Forgets `key` (this provider released it).
+    /// This provider released `key`: what was heard of it before no longer stands, nor does
+    /// an answer to a question asked before now.
     pub(crate) fn forget(&self, key: &str) {
-        self.map().remove(key);
+        let now = Instant::now();
+        let mut map = self.pruned();
+        match map.get_mut(key) {
+            Some(k) => *k = Key { held: None, freed: Some(now) },
+            None => {
+                map.insert(key.into(), Key { held: None, freed: Some(now) });
+            }
+        }
+    }
+
+    /// The map, without the keys whose news is older than [`FRESH`] once it has grown to
+    /// [`PRUNE_AT`] (an answer asked before such a release would be stale by now anyway).
+    fn pruned(&self) -> MutexGuard<'_, HashMap<Arc<str>, Key>> {
+        let mut map = self.map();
+        if map.len() >= PRUNE_AT {
+            let now = Instant::now();
+            map.retain(|_, k| {
+                k.held.as_ref().is_some_and(|(at, _, _)| now.duration_since(*at) < FRESH)
+                    || k.freed.is_some_and(|at| now.duration_since(at) < FRESH)
+            });
+        }
+        map
     }
 
     /// The holder of `key` and its lease left, as heard less than [`FRESH`] ago.
     pub(crate) fn fresh(&self, key: &str) -> Option<(String, Duration)> {
         let now = Instant::now();
         let map = self.map();
-        let (at, holder, until) = map.get(key)?;
+        let (at, holder, until) = map.get(key)?.held.as_ref()?;
         (now.duration_since(*at) < FRESH && *until > now).then(|| (holder.clone(), *until - now))
     }
 }
@@ -63,31 +95,51 @@ impl Seen {
 mod tests {
     use super::*;
 
+    fn held_now(s: &Seen, k: &Arc<str>, holder: &str, left: Duration) {
+        s.held(k, holder, left, Instant::now());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_stands_in_while_fresh_and_until_forgotten() {
         let s = Seen::default();
         let k: Arc<str> = "k".into();
         assert_eq!(s.fresh("k"), None);
-        s.held(&k, "alice", Duration::from_secs(30));
+        held_now(&s, &k, "alice", Duration::from_secs(30));
         assert_eq!(s.fresh("k").map(|(h, _)| h).as_deref(), Some("alice"));
         tokio::time::advance(FRESH).await;
         assert_eq!(s.fresh("k"), None, "stale");
-        s.held(&k, "alice", Duration::from_secs(30));
+        held_now(&s, &k, "alice", Duration::from_secs(30));
         s.forget("k");
         assert_eq!(s.fresh("k"), None, "forgotten on a local release");
-        s.held(&k, "alice", Duration::from_millis(10));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        held_now(&s, &k, "alice", Duration::from_millis(10));
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(s.fresh("k"), None, "the lease ran out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_asked_before_a_local_release_is_dropped() {
+        let s = Seen::default();
+        let k: Arc<str> = "k".into();
+        held_now(&s, &k, "alice", Duration::from_secs(30));
+        let asked = Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        s.forget("k");
+        s.held(&k, "alice", Duration::from_secs(30), asked);
+        assert_eq!(s.fresh("k"), None, "the woken waiter must ask the server");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        held_now(&s, &k, "bob", Duration::from_secs(30));
+        assert_eq!(s.fresh("k").map(|(h, _)| h).as_deref(), Some("bob"), "asked after the release");
     }
 
     #[tokio::test(start_paused = true)]
     async fn stale_answers_are_pruned() {
         let s = Seen::default();
         for i in 0..PRUNE_AT {
-            s.held(&Arc::from(format!("k{i}")), "h", Duration::from_secs(30));
+            held_now(&s, &Arc::from(format!("k{i}")), "h", Duration::from_secs(30));
         }
         tokio::time::advance(FRESH).await;
-        s.held(&Arc::from("last"), "h", Duration::from_secs(30));
+        held_now(&s, &Arc::from("last"), "h", Duration::from_secs(30));
         assert_eq!(s.map().len(), 1);
     }
 }
