@@ -67,12 +67,11 @@ impl LockBackend for MySqlLockProvider {
             let retry = !first.swap(false, Ordering::Relaxed);
             let undo = undo.clone();
             async move {
-                // A retry reads before it writes: the acquire statement locks the key's row
-                // even when it finds the lock busy, so waiters that polled with it would queue
-                // on the row with the holder's release and each other, more of them the
-                // longer a hand-over takes.
-                // A retry is answered by what a waiter of this provider heard a moment ago,
-                // if it is fresh (see `seen`).
+                // A retry is answered by what a waiter of this provider heard a moment ago, if
+                // it is fresh (see `seen`); otherwise it reads before it writes: the acquire
+                // statement locks the key's row even when it finds the lock busy, so waiters
+                // that polled with it would queue on the row with the holder's release and
+                // each other, more of them the longer a hand-over takes.
                 if retry {
                     if let Some((holder, left)) = inner.seen.fresh(&key).filter(|(h, _)| *h != *owner) {
                         return Ok(Attempt::Busy { holder: Some(holder), expires_in: Some(left) });
