@@ -248,7 +248,12 @@ fn end(lists: &mut Vec<HoldList>, class: &ClassHandles, slot: u32, now: Instant)
     let list = list(lists, class);
     if list.remove(slot) {
         let oldest = match list.oldest() {
-            Some(since) => wall_clock().saturating_sub(now.saturating_duration_since(since)).as_secs_f64(),
+            // `now` was read a while ago: the two clocks are read together here, so that the
+            // wall time of the start does not drift by the time since.
+            Some(since) => {
+                let (wall, mono) = (wall_clock(), Instant::now());
+                wall.saturating_sub(mono.max(now).saturating_duration_since(since)).as_secs_f64()
+            }
             None => 0.0,
         };
         class.oldest.set(oldest);
