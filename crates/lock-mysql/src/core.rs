@@ -204,7 +204,6 @@ impl Inner {
         })
     }
 
-    /// Who holds `key`, when an acquisition gave up or a release found nothing.
     /// The live holder of `key` and its lease left, by a read that takes no lock; `None` when
     /// the lock is free (or expired).
     pub(crate) async fn peek(&self, key: &str) -> Result<Option<(String, Duration)>> {
@@ -227,6 +226,7 @@ impl Inner {
         .map_err(map_err)
     }
 
+    /// Who holds `key`, when an acquisition gave up or a release found nothing.
     pub(crate) async fn holder(&self, key: &str) -> Result<Option<(String, bool)>> {
         self.count();
         let row = self
