@@ -84,7 +84,7 @@ impl LockBackend for PgLockProvider {
                 // runs to its end, and an acquisition nobody will use is undone by owner and
                 // token.
                 let attempt = attempt_detached(
-                    async move { inner.attempt(&key, &owner, ttl, more_waiters).await },
+                    async move { inner.attempt(&key, &owner, ttl, more_waiters, may_wait).await },
                     undo,
                 );
                 bounded(limit, attempt).await

@@ -4,7 +4,8 @@
 //! Every acquire is one `INSERT ... ON CONFLICT ... DO UPDATE ... RETURNING` whose returned
 //! `last_op` tells the outcome (new row, taken over, re-entered, busy); the fencing token is
 //! computed inside the statement from the key's previous token, so it grows per key by
-//! construction.
+//! construction. A key this provider used before is first taken and released with the short
+//! plain `UPDATE`s of [`rows`](crate::rows).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::PgLockConfig;
 use crate::error::{map_err, with_contention_retry, NAME};
-use crate::freed::Freed;
+use crate::rows::Rows;
 use crate::table::{op, Statements, TableName};
 use crate::waiters::Waiters;
 
@@ -41,9 +42,9 @@ pub(crate) struct Inner {
     /// Waiters of this provider, woken by its releases and by the notifications of other
     /// providers' releases.
     pub(crate) waiters: Waiters,
-    /// Keys whose row this provider freed with nobody waiting: their next acquisition tries
-    /// the short take-over first.
-    pub(crate) freed: Freed,
+    /// The rows of keys this provider holds or freed last: their next release and
+    /// acquisition try the short statements first.
+    pub(crate) rows: Rows,
     pub(crate) expired_taken_over: AtomicU64,
     pub(crate) rows_reaped: AtomicU64,
     pub(crate) expired_reaped: AtomicU64,
@@ -114,8 +115,9 @@ impl Inner {
 
     /// One acquisition attempt: the `INSERT ... ON CONFLICT DO UPDATE` decides every outcome
     /// in one statement. `more_waiters`: this provider has other waiters on the key, so the row
-    /// keeps naming it as the provider to wake on release. A key whose row this provider freed
-    /// last (and no other waiter of it) is first tried with the short take-over `UPDATE`.
+    /// keeps naming it as the provider to wake on release. `enlist`: a busy answer names this
+    /// provider as waiting (the call will wait for a wake-up). A key whose row this provider
+    /// freed last (and no other waiter of it) is first tried with the short take-over `UPDATE`.
     ///
     /// Runs detached (see `acquire`), so it is not bounded by the client's timeout here, only
     /// by the server's statement timeout and, as a last resort, a much longer one.
@@ -125,13 +127,14 @@ impl Inner {
         owner: &Arc<str>,
         ttl: Duration,
         more_waiters: bool,
+        enlist: bool,
     ) -> Result<Attempt> {
         self.gate.check()?;
         let sent = Instant::now();
         let backstop = self.client_timeout * 4;
         self.attempts.fetch_add(1, Ordering::Relaxed);
-        if !more_waiters && self.freed.take(key) {
-            if let Some(taken) = bounded(backstop, self.take(key, owner, ttl, sent)).await? {
+        if let Some(token) = (!more_waiters).then(|| self.rows.take(key)).flatten() {
+            if let Some(taken) = bounded(backstop, self.take(key, owner, ttl, token, sent)).await? {
                 return Ok(taken);
             }
         }
@@ -145,6 +148,7 @@ impl Inner {
                     .bind(micros(ttl))
                     .bind(&self.tag)
                     .bind(more_waiters)
+                    .bind(enlist)
                     .fetch_one(&self.pool)
                     .await
                     .map_err(map_err)
@@ -164,9 +168,12 @@ impl Inner {
         let lease = |ttl: Duration| {
             Lease::counted_from(sent, key.clone(), owner.clone(), FencingToken(token), ttl, depth)
         };
-        if outcome != op::BUSY {
+        if outcome == op::BUSY {
+            self.rows.forget(key);
+        } else {
             // Held now, by this caller: what this provider's other waiters of the key may assume.
             self.waiters.saw_held(key, owner, left);
+            self.rows.held(key, owner, token, depth);
         }
         match outcome {
             op::INSERTED | op::TOOK_RELEASED => Ok(Attempt::Acquired(lease(ttl))),
@@ -184,32 +191,36 @@ impl Inner {
         }
     }
 
-    /// The short take-over: the key's row, if it is free and names no waiting provider;
-    /// `None` when the `UPDATE` matched no row (the attempt goes on with the upsert).
+    /// The short take-over: the key's row, if it still has `token` (the one it had when this
+    /// provider freed it), is free and names no waiting provider; `None` when the `UPDATE`
+    /// matched no row (the attempt goes on with the upsert).
     async fn take(
         &self,
         key: &Arc<str>,
         owner: &Arc<str>,
         ttl: Duration,
+        token: u64,
         sent: Instant,
     ) -> Result<Option<Attempt>> {
-        let row = with_contention_retry(|| async {
+        let done = with_contention_retry(|| async {
             self.count();
             sqlx::query(&self.sql.take)
                 .bind(&**key)
                 .bind(&**owner)
                 .bind(micros(ttl))
-                .fetch_optional(&self.pool)
+                .bind(token as i64)
+                .execute(&self.pool)
                 .await
                 .map_err(map_err)
         })
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let token = row.try_get::<i64, _>(0).map_err(map_err)? as u64;
-        if row.try_get::<i16, _>(1).map_err(map_err)? == op::TOOK_EXPIRED {
-            self.took_expired(key);
+        if done.rows_affected() == 0 {
+            return Ok(None);
         }
+        // The row had `token` and nobody acquired it since: one more generation.
+        let token = token + 1;
         self.waiters.saw_held(key, owner, ttl);
+        self.rows.held(key, owner, token, 1);
         Ok(Some(Attempt::Acquired(Lease::counted_from(
             sent,
             key.clone(),
@@ -229,8 +240,14 @@ impl Inner {
     /// Releases one level in one owner-checked statement; `token` restricts it to one
     /// acquisition (the undo of an abandoned one). A release that frees the lock wakes the
     /// next waiter: here when it waits in this provider, by NOTIFY (in the same statement)
-    /// when it waits elsewhere.
+    /// when it waits elsewhere. The last level of a lock this provider took, with no waiter
+    /// of its own, is first tried with the short release `UPDATE`.
     pub(crate) async fn release(&self, key: &str, owner: &str, token: Option<u64>) -> Result<Released> {
+        let short = token.is_none() && self.waiters.count(key) == 0 && self.rows.held_once(key, owner);
+        if short && self.free(key, owner).await? {
+            self.rows.released(key, owner, 0);
+            return Ok(Released::Free);
+        }
         let row = self
             .bounded(with_contention_retry(|| async {
                 self.count();
@@ -243,15 +260,20 @@ impl Inner {
                 q.fetch_optional(&self.pool).await.map_err(map_err)
             }))
             .await?;
-        let Some(row) = row else { return Ok(Released::Nothing) };
+        let Some(row) = row else {
+            self.rows.forget(key);
+            return Ok(Released::Nothing);
+        };
         let depth: i32 = row.try_get(0).map_err(map_err)?;
         if depth > 0 {
+            self.rows.released(key, owner, depth as u32);
             return Ok(Released::Nested);
         }
         let waiter: String = row.try_get(1).map_err(map_err)?;
         if waiter.is_empty() {
-            self.freed.remember(key);
+            self.rows.released(key, owner, 0);
         } else {
+            self.rows.forget(key);
             // Handed to the next waiter (of this provider or, by the statement's NOTIFY, of
             // another): a call of this provider that arrives now queues behind it instead of
             // racing it to the server.
@@ -261,6 +283,18 @@ impl Inner {
             self.waiters.wake_one(key);
         }
         Ok(Released::Free)
+    }
+
+    /// The short release: whether the `UPDATE` freed `owner`'s lock on `key` (the last level,
+    /// live, no waiting provider named); `false` when it matched no row.
+    async fn free(&self, key: &str, owner: &str) -> Result<bool> {
+        let done = self
+            .bounded(with_contention_retry(|| async {
+                self.count();
+                sqlx::query(&self.sql.free).bind(key).bind(owner).execute(&self.pool).await.map_err(map_err)
+            }))
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Who holds `key`, when an acquisition gave up or a release found nothing.

@@ -124,7 +124,7 @@ impl PgLockProvider {
             min_grace,
             gate: Gate::new(),
             waiters: Default::default(),
-            freed: Default::default(),
+            rows: Default::default(),
             expired_taken_over: AtomicU64::new(0),
             rows_reaped: AtomicU64::new(0),
             expired_reaped: AtomicU64::new(0),

@@ -113,6 +113,7 @@ pub(crate) struct Statements {
     pub(crate) create: Vec<String>,
     pub(crate) acquire: String,
     pub(crate) take: String,
+    pub(crate) free: String,
     pub(crate) unlock: String,
     pub(crate) undo: String,
     pub(crate) refresh: String,
@@ -191,8 +192,10 @@ impl Statements {
             // `waiter` names the provider whose waiter the next release wakes, `other_waiter`
             // a second provider known to wait. A busy attempt enters its provider ($4); a
             // take-over hands the turn to the other provider if one waits (so two processes
-            // take turns), keeping its own provider in line if it has more waiters ($5).
-            // Parameters: key, owner, ttl µs, tag, more local waiters (bool).
+            // take turns), keeping its own provider in line if it has more waiters ($5). A
+            // busy attempt that will not wait (`try_lock`: $6 false) leaves both as they are,
+            // so that no release wakes, or keeps its short path from, a provider nobody waits in.
+            // Parameters: key, owner, ttl µs, tag, more local waiters (bool), enlist (bool).
             acquire: format!(
                 "INSERT INTO {t} AS l (lock_key, id, generation, owner, depth, last_op, waiter, other_waiter,
                                         acquired_at, expires_at)
@@ -211,11 +214,12 @@ impl Statements {
                                          THEN GREATEST(l.expires_at, excluded.expires_at)
                                      WHEN {live} THEN l.expires_at ELSE excluded.expires_at END,
                    waiter = CASE WHEN {live} AND l.owner = excluded.owner THEN l.waiter
-                                 WHEN {live} AND l.waiter IN ('', $4) THEN $4
+                                 WHEN {live} AND $6 AND l.waiter IN ('', $4) THEN $4
                                  WHEN {live} THEN l.waiter
                                  WHEN ({other}) <> '' THEN ({other})
                                  WHEN $5 THEN $4 ELSE '' END,
                    other_waiter = CASE WHEN {live} AND l.owner = excluded.owner THEN l.other_waiter
+                                       WHEN {live} AND NOT $6 THEN l.other_waiter
                                        WHEN {live} AND l.waiter IN ('', $4)
                                            THEN CASE WHEN l.other_waiter = $4 THEN '' ELSE l.other_waiter END
                                        WHEN {live} THEN $4
@@ -231,20 +235,27 @@ impl Statements {
                 released = op::TOOK_RELEASED,
                 expired = op::TOOK_EXPIRED,
             ),
-            // The short path of an acquisition: take the key's row if it is free (released or
-            // expired) and names no waiting provider, as the acquire statement would with no
-            // other waiter of this provider ($5 false), in a plain UPDATE that matches no row
-            // otherwise. Parameters: key, owner, ttl µs.
+            // The short path of an acquisition of a key this provider freed (see `rows`): take
+            // the row if it still has the token it had when freed ($4: nobody acquired it
+            // since, as every acquisition adds one to the generation), is free and names no
+            // waiting provider, as the acquire statement would with no other waiter of this
+            // provider ($5 false). No `RETURNING`: one row changed means the new token is $4 + 1.
+            // Parameters: key, owner, ttl µs, token.
             take: format!(
                 "UPDATE {t} SET generation = generation + 1, owner = $2, depth = 1,
-                        last_op = CASE WHEN depth = 0 THEN {released} ELSE {expired} END,
                         acquired_at = clock_timestamp(),
                         expires_at = clock_timestamp() + $3 * INTERVAL '1 microsecond'
-                 WHERE lock_key = $1 AND (depth = 0 OR expires_at <= clock_timestamp())
-                   AND waiter = '' AND other_waiter = ''
-                 RETURNING {TOKEN}, last_op",
-                released = op::TOOK_RELEASED,
-                expired = op::TOOK_EXPIRED,
+                 WHERE lock_key = $1 AND {TOKEN} = $4 AND depth = 0
+                   AND waiter = '' AND other_waiter = ''"
+            ),
+            // The short path of a release: the last level of a live lock whose row names no
+            // waiting provider, marked free as the release below would. No `RETURNING`: one
+            // row changed means the lock is free and nobody is to be woken. Parameters: key,
+            // owner.
+            free: format!(
+                "UPDATE {t} SET depth = 0, owner = '', expires_at = clock_timestamp()
+                 WHERE lock_key = $1 AND owner = $2 AND depth = 1 AND expires_at > clock_timestamp()
+                   AND waiter = ''"
             ),
             // Release one level, owner-checked, in one statement: count the depth down, and at
             // zero mark the row free (no owner, expired now) without deleting it, so the key's

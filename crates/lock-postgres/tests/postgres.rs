@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{LockError, LockOptions, LockProvider, WaitPolicy};
+use lock_core::{FencingToken, LockError, LockOptions, LockProvider, WaitPolicy};
 use lock_postgres::{PgLockConfig, PgLockProvider};
 use lock_testkit::env::postgres_url;
 use lock_testkit::require_or_skip;
@@ -276,7 +276,7 @@ async fn a_grace_period_shorter_than_statements_can_run_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_per_operation() {
     let Some(p) = provider("statements", config(&unique_table("stmts"), 2)).await else { return };
-    let q = PgLockProvider::connect(&postgres_url(), config(p.table(), 1)).await.unwrap();
+    let q = Arc::new(PgLockProvider::connect(&postgres_url(), config(p.table(), 1)).await.unwrap());
     let cost = |before: u64, p: &PgLockProvider| p.statements_sent() - before;
 
     let n = p.statements_sent();
@@ -297,14 +297,20 @@ async fn statements_per_operation() {
     let n = p.statements_sent();
     p.unlock("k", "alice").await.unwrap();
     assert_eq!(cost(n, &p), 1, "a nested level: one UPDATE");
-    p.unlock("k", "alice").await.unwrap();
     let n = p.statements_sent();
     p.unlock("k", "alice").await.unwrap();
-    assert_eq!(cost(n, &p), 1, "the last level: one UPDATE marks the row free and notifies");
+    assert_eq!(cost(n, &p), 1, "the depth the last release returned (2): one UPDATE counts down");
+    let n = p.statements_sent();
+    p.unlock("k", "alice").await.unwrap();
+    assert_eq!(
+        cost(n, &p),
+        1,
+        "the last level: the short release, since the try_lock that found the lock busy named no waiter"
+    );
     assert_eq!(p.is_locked("k").await.unwrap(), None);
     let n = p.statements_sent();
     let lease = p.lock(&opts("k", "bob")).await.unwrap();
-    assert_eq!(cost(n, &p), 1, "a released key: one statement");
+    assert_eq!(cost(n, &p), 1, "a key this provider freed: the short take-over alone");
     let n = p.statements_sent();
     let refreshed = p.refresh_lock("k", "bob", Duration::from_secs(30)).await.unwrap();
     assert_eq!((refreshed.token, refreshed.depth), (lease.token, 1));
@@ -332,7 +338,58 @@ async fn statements_per_operation() {
     let n = p.statements_sent();
     let taken = p.lock(&opts("k2", "bob")).await.unwrap();
     assert_eq!(cost(n, &p), 1, "freed by this provider: the take-over alone");
-    assert!(taken.token > again.token && taken.depth == 1);
+    assert_eq!((taken.token, taken.depth), (FencingToken(again.token.0 + 1), 1), "the next token");
+    assert_eq!(p.is_locked("k2").await.unwrap().map(|i| i.token), Some(taken.token), "as the row has it");
+
+    // Taken and freed elsewhere since this provider freed it: the row is free and names no
+    // waiter again, but its token moved on, so the take-over misses and the upsert issues the
+    // next token (a take-over by the old token would hand out the other provider's token again).
+    p.lock(&opts("k3", "erin")).await.unwrap();
+    p.unlock("k3", "erin").await.unwrap();
+    let other = q.lock(&opts("k3", "frank")).await.unwrap();
+    q.unlock("k3", "frank").await.unwrap();
+    let n = p.statements_sent();
+    let next = p.lock(&opts("k3", "erin")).await.unwrap();
+    assert_eq!(cost(n, &p), 2, "the take-over misses on the token, the upsert takes the row");
+    assert_eq!(next.token, FencingToken(other.token.0 + 1));
+
+    // Re-entered through another provider: this provider knows depth 1, the row says 2. The
+    // short release must not free it; it misses and the full release counts one level down.
+    q.lock(&opts("k3", "erin")).await.unwrap();
+    let n = p.statements_sent();
+    p.unlock("k3", "erin").await.unwrap();
+    assert_eq!(cost(n, &p), 2, "the short release misses on the depth, the full one counts down");
+    assert_eq!(p.is_locked("k3").await.unwrap().map(|i| (i.owner, i.depth)), Some(("erin".into(), 1)));
+    let n = p.statements_sent();
+    p.unlock("k3", "erin").await.unwrap();
+    assert_eq!(cost(n, &p), 1, "the depth the full release returned (1): the short release");
+    assert_eq!(p.is_locked("k3").await.unwrap(), None);
+
+    // A waiter of another provider is named in the row: the short release misses and the full
+    // release frees the lock and wakes that provider (NOTIFY).
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            q.lock(&opts("k2", "dave").wait(WaitPolicy::deadline(Duration::from_secs(20)))).await
+        })
+    };
+    // The waiter's busy attempt has named its provider in the row.
+    let named = format!("SELECT waiter <> '' FROM \"{}\" WHERE lock_key = 'k2'", p.table());
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sqlx::query_scalar::<_, bool>(&named).fetch_one(p.pool()).await.unwrap() {
+        assert!(tokio::time::Instant::now() < until, "the waiter never named its provider");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let n = p.statements_sent();
+    p.unlock("k2", "bob").await.unwrap();
+    assert_eq!(
+        cost(n, &p),
+        2,
+        "a waiter of another provider named: the short release misses, the full one wakes"
+    );
+    let dave = waiting.await.unwrap().unwrap();
+    assert_eq!(dave.token, FencingToken(taken.token.0 + 1));
+    q.unlock("k2", "dave").await.unwrap();
     q.close().await.unwrap();
     drop_table(&p).await;
 }
