@@ -177,9 +177,13 @@ async fn summary(all: Vec<Contender>) {
     println!("|---|---|---|---|---|---|---|---|");
     let mut per_acq = None;
     for ct in &all {
+        bench::uncontended(&*ct.cycle, &ct.uncontended_key(), 200).await; // warm-up
+    }
+    // Latencies in turns (20 rounds of 100 cycles per contender): the WAL flush of each commit
+    // dominates them, and its time swings by tens of percent from one second to the next.
+    let latencies = bench::interleaved_latencies(&all.iter().collect::<Vec<_>>(), 20, 100).await;
+    for (ct, (acq, rel)) in all.iter().zip(latencies) {
         let (cy, u) = (&ct.cycle, ct.uncontended_key());
-        bench::uncontended(&**cy, &u, 200).await; // warm-up
-        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, 2_000).await;
         let un = bench::uncontended(&**cy, &u, 2_000).await;
         let dk = bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, 200).await;
         let before = ct.count();
@@ -231,14 +235,16 @@ async fn summary(all: Vec<Contender>) {
     let two = TwoProviders([Arc::new(provider(POOL / 2).await), Arc::new(provider(POOL / 2).await)]);
     let attempts = |t: &TwoProviders| t.0.iter().map(|p| p.acquire_attempts()).sum::<u64>();
     let notified = |t: &TwoProviders| t.0.iter().map(|p| p.wake_notifications()).sum::<u64>();
+    let handed = |t: &TwoProviders| t.0.iter().map(|p| p.handovers()).sum::<u64>();
     let two = Arc::new(two);
     bench::hot_key(two.clone(), "bench/two/hot", HOT_TASKS, 5).await; // warm-up
-    let (a0, n0) = (attempts(&two), notified(&two));
+    let (a0, n0, h0) = (attempts(&two), notified(&two), handed(&two));
     let hk = bench::hot_key(two.clone(), "bench/two/hot", HOT_TASKS, 40).await;
-    let (a, n) = (attempts(&two) - a0, notified(&two) - n0);
+    let (a, n, h) = (attempts(&two) - a0, notified(&two) - n0, handed(&two) - h0);
     println!(
         "distlock postgres, 16 tasks on one hot key, two providers (8 tasks each): {:.2} acquire attempts per \
-         acquisition, {:.0} cycles/s, hand-over p50 {} p99 {}, {n} wake-ups by NOTIFY for {} acquisitions",
+         acquisition, {:.0} cycles/s, hand-over p50 {} p99 {}, {n} wake-ups by NOTIFY and {h} locks handed over \
+         within a provider for {} acquisitions",
         a as f64 / hk.acquisitions as f64,
         rate(hk.acquisitions, hk.elapsed),
         fmt_dur(hk.handoff.quantile(0.5)),

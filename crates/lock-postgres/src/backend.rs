@@ -53,16 +53,18 @@ impl LockBackend for PgLockProvider {
                 }
             })
         });
-        let me = inner.waiters.join(&opts.key);
-        let first = std::sync::atomic::AtomicBool::new(true);
         // A call that tries once always asks the server.
         let may_wait = !opts.wait.budget().is_zero();
+        let me = inner.waiters.join(&opts.key, &opts.owner, opts.ttl, may_wait, undo.clone());
+        let first = std::sync::atomic::AtomicBool::new(true);
         let result = acquire_with_backoff(opts, &inner.gate, Some(&me.waiter.notify), || {
             let (inner, key, owner, ttl) = (inner.clone(), opts.key.clone(), opts.owner.clone(), opts.ttl);
             // Between wake-ups (the wait loop's fallback timer) a fresh "held by someone else"
             // from the server answers here; so does it for the first attempt of a call that
             // queues behind other waiters of this provider (which keep the provider in line
             // for a wake-up). Woken attempts always ask the server.
+            // A release of this provider handed the lock over: it is this call's already.
+            let granted = me.waiter.take_grant();
             let woken = me.waiter.take_wake();
             let first = first.swap(false, Ordering::Relaxed);
             let known = (may_wait && !woken)
@@ -75,6 +77,9 @@ impl LockBackend for PgLockProvider {
             let limit = inner.client_timeout;
             let undo = undo.clone();
             async move {
+                if let Some(lease) = granted {
+                    return Ok(Attempt::Acquired(lease));
+                }
                 if let Some((holder, left)) = known {
                     // An empty holder: the lock is being handed to a waiter of this provider.
                     let holder = (!holder.is_empty()).then_some(holder);

@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     /// The rows of keys this provider holds or freed last: their next release and
     /// acquisition try the short statements first.
     pub(crate) rows: Rows,
+    /// Locks handed over by a release to a waiter of this provider.
+    pub(crate) handovers: AtomicU64,
     pub(crate) expired_taken_over: AtomicU64,
     pub(crate) rows_reaped: AtomicU64,
     pub(crate) expired_reaped: AtomicU64,
@@ -169,7 +171,7 @@ impl Inner {
             Lease::counted_from(sent, key.clone(), owner.clone(), FencingToken(token), ttl, depth)
         };
         if outcome == op::BUSY {
-            self.rows.forget(key);
+            self.rows.busy(key, &holder);
         } else {
             // Held now, by this caller: what this provider's other waiters of the key may assume.
             self.waiters.saw_held(key, owner, left);
@@ -240,14 +242,36 @@ impl Inner {
     /// Releases one level in one owner-checked statement; `token` restricts it to one
     /// acquisition (the undo of an abandoned one). A release that frees the lock wakes the
     /// next waiter: here when it waits in this provider, by NOTIFY (in the same statement)
-    /// when it waits elsewhere. The last level of a lock this provider took, with no waiter
-    /// of its own, is first tried with the short release `UPDATE`.
-    pub(crate) async fn release(&self, key: &str, owner: &str, token: Option<u64>) -> Result<Released> {
-        let short = token.is_none() && self.waiters.count(key) == 0 && self.rows.held_once(key, owner);
-        if short && self.free(key, owner).await? {
-            self.rows.released(key, owner, 0);
-            return Ok(Released::Free);
+    /// when it waits elsewhere. The last level of a lock this provider took is first tried
+    /// with a short statement: handing the lock over to this provider's next waiter, or, with
+    /// none, the short release `UPDATE`.
+    pub(crate) async fn release(
+        self: &Arc<Self>,
+        key: &str,
+        owner: &str,
+        token: Option<u64>,
+    ) -> Result<Released> {
+        if let Some(held) = token.is_none().then(|| self.rows.held_once(key, owner)).flatten() {
+            let done = match self.waiters.next_in_line(key, owner) {
+                Some((next, more)) => self.hand(key, owner, held, next, more).await?,
+                None if self.waiters.count(key) == 0 => {
+                    let freed = self.free(key, owner).await?;
+                    if freed {
+                        self.rows.released(key, owner, 0);
+                    }
+                    freed
+                }
+                None => false,
+            };
+            if done {
+                return Ok(Released::Free);
+            }
         }
+        self.release_full(key, owner, token).await
+    }
+
+    /// The release statement itself (see [`release`](Self::release)).
+    async fn release_full(&self, key: &str, owner: &str, token: Option<u64>) -> Result<Released> {
         let row = self
             .bounded(with_contention_retry(|| async {
                 self.count();
@@ -283,6 +307,60 @@ impl Inner {
             self.waiters.wake_one(key);
         }
         Ok(Released::Free)
+    }
+
+    /// Hands `owner`'s lock on `key` (at depth 1, with `token`) over to `next`, a waiter of
+    /// this provider, in one statement; `false` when it matched no row (the full release
+    /// follows). `more`: other calls of this provider wait behind `next`.
+    ///
+    /// The statement and what follows it run to their end even if the caller stops waiting
+    /// (dropped, or the client's timeout): a lock handed over is always granted to its waiter,
+    /// or undone by token if the waiter has left.
+    async fn hand(
+        self: &Arc<Self>,
+        key: &str,
+        owner: &str,
+        token: u64,
+        next: Arc<crate::waiters::Waiter>,
+        more: bool,
+    ) -> Result<bool> {
+        let (inner, key, owner): (_, Arc<str>, Arc<str>) = (self.clone(), key.into(), owner.into());
+        let handing = async move {
+            let sent = Instant::now();
+            let done = with_contention_retry(|| async {
+                inner.count();
+                sqlx::query(&inner.sql.hand)
+                    .bind(&*key)
+                    .bind(&*owner)
+                    .bind(token as i64)
+                    .bind(&*next.owner)
+                    .bind(micros(next.ttl))
+                    .bind(more)
+                    .bind(&inner.tag)
+                    .execute(&inner.pool)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(false);
+            }
+            // The row had the releasing acquisition's token: the waiter's is the next one.
+            let token = token + 1;
+            inner.handovers.fetch_add(1, Ordering::Relaxed);
+            inner.rows.held(&key, &next.owner, token, 1);
+            inner.waiters.saw_held(&key, &next.owner, next.ttl);
+            let lease = Lease::counted_from(sent, key, next.owner.clone(), FencingToken(token), next.ttl, 1);
+            if let Err(lease) = next.grant(lease) {
+                // The waiter left while the statement ran: nobody will use the lock.
+                let (key, owner, token) = (&*lease.key, &*lease.owner, lease.token.0);
+                if let Err(e) = inner.release_full(key, owner, Some(token)).await {
+                    tracing::warn!(backend = NAME, key, error = %e, "could not undo a lock handed to a waiter that left");
+                }
+            }
+            Ok(true)
+        };
+        self.bounded(lock_core::raw::finish_on_drop(handing, |_| async {})).await
     }
 
     /// The short release: whether the `UPDATE` freed `owner`'s lock on `key` (the last level,

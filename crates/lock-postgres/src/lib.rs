@@ -52,6 +52,9 @@
 //!   WHERE` the row is at depth 1 and names no waiter. Neither returns a row (the new token is
 //!   the old one plus one), which makes a cycle about 25 % cheaper for the server than the
 //!   upsert and the full release; when one matches no row, the full statement follows.
+//! - **A release hands the lock to a waiting call of the same provider** in its own
+//!   statement (the waiter becomes the owner, one generation on), so a hand-over costs one
+//!   statement instead of a release and an acquisition.
 //! - **Release and refresh compare the owner in the statement that acts** (`... WHERE owner = $2
 //!   AND expires_at > clock_timestamp()`), so a holder whose lease ran out can never touch the
 //!   new holder's lock. A release counts the depth down and, at zero, marks the row free.

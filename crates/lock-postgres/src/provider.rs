@@ -125,6 +125,7 @@ impl PgLockProvider {
             gate: Gate::new(),
             waiters: Default::default(),
             rows: Default::default(),
+            handovers: AtomicU64::new(0),
             expired_taken_over: AtomicU64::new(0),
             rows_reaped: AtomicU64::new(0),
             expired_reaped: AtomicU64::new(0),
@@ -219,6 +220,12 @@ impl PgLockProvider {
     /// Acquire attempts (acquire statements) sent so far: the cost of waiting.
     pub fn acquire_attempts(&self) -> u64 {
         self.inner.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Locks a release of this provider handed over to one of its waiting calls, in the
+    /// release's own statement (the waiter then holds it without a statement of its own).
+    pub fn handovers(&self) -> u64 {
+        self.inner.handovers.load(Ordering::Relaxed)
     }
 
     /// Whether the wake-up listener is connected now (releases in other processes then wake

@@ -10,7 +10,10 @@
 //!   plus one, by construction;
 //! - **free**: the last level of a lock this provider took at depth 1, with no waiter of its
 //!   own, is released with `WHERE` the row is at depth 1 and names no waiter. The owner and
-//!   the lease's liveness are checked as in the full release.
+//!   the lease's liveness are checked as in the full release;
+//! - **hand**: the same release with a waiter of this provider in line hands the lock over to
+//!   it, `WHERE` the row still has the token this provider's acquisition got (the waiter's
+//!   token is that one plus one).
 //!
 //! Only hints: a key taken meanwhile, reaped, re-entered through another provider, or with a
 //! waiter of another provider named in its row makes the plain statement match no row, and the
@@ -64,9 +67,10 @@ impl Rows {
         }
     }
 
-    /// Whether `owner` holds `key` at depth 1 through this provider, as far as it knows.
-    pub(crate) fn held_once(&self, key: &str, owner: &str) -> bool {
-        self.keys().get(key).is_some_and(|row| row.depth == 1 && *row.owner == *owner)
+    /// The token of `owner`'s lock on `key` if it holds it at depth 1 through this provider, as
+    /// far as it knows.
+    pub(crate) fn held_once(&self, key: &str, owner: &str) -> Option<u64> {
+        self.keys().get(key).filter(|row| row.depth == 1 && *row.owner == *owner).map(|row| row.token)
     }
 
     /// A release through this provider left `owner` at `depth` (0: the row is free and names
@@ -74,6 +78,15 @@ impl Rows {
     pub(crate) fn released(&self, key: &str, owner: &str, depth: u32) {
         if let Some(row) = self.keys().get_mut(key).filter(|row| *row.owner == *owner) {
             row.depth = depth;
+        }
+    }
+
+    /// An attempt found `key` held by `holder`: forgets the key unless that is the hold this
+    /// provider knows of.
+    pub(crate) fn busy(&self, key: &str, holder: &str) {
+        let mut keys = self.keys();
+        if keys.get(key).is_some_and(|row| row.depth == 0 || *row.owner != *holder) {
+            keys.remove(key);
         }
     }
 
@@ -97,10 +110,10 @@ mod tests {
         assert_eq!(r.take("k"), None);
         r.held(&arc("k"), &arc("alice"), 7, 1);
         assert_eq!(r.take("k"), None, "held, not free");
-        assert!(r.held_once("k", "alice"));
-        assert!(!r.held_once("k", "bob"), "another owner");
+        assert_eq!(r.held_once("k", "alice"), Some(7));
+        assert_eq!(r.held_once("k", "bob"), None, "another owner");
         r.released("k", "alice", 0);
-        assert!(!r.held_once("k", "alice"));
+        assert_eq!(r.held_once("k", "alice"), None);
         assert_eq!(r.take("k"), Some(7));
         assert_eq!(r.take("k"), None, "forgotten by the take that used it");
     }
@@ -110,13 +123,21 @@ mod tests {
         let r = Rows::default();
         r.held(&arc("k"), &arc("alice"), 7, 1);
         r.held(&arc("k"), &arc("alice"), 7, 2);
-        assert!(!r.held_once("k", "alice"), "nested: the full release");
+        assert_eq!(r.held_once("k", "alice"), None, "nested: the full release");
         r.released("k", "bob", 1);
-        assert!(!r.held_once("k", "alice"), "another owner's release changes nothing");
+        assert_eq!(r.held_once("k", "alice"), None, "another owner's release changes nothing");
         r.released("k", "alice", 1);
-        assert!(r.held_once("k", "alice"));
+        assert_eq!(r.held_once("k", "alice"), Some(7));
+        r.busy("k", "alice");
+        assert_eq!(r.held_once("k", "alice"), Some(7), "busy because of the hold it knows");
+        r.busy("k", "bob");
+        assert_eq!(r.held_once("k", "alice"), None, "held by someone else: forgotten");
+        r.held(&arc("k"), &arc("alice"), 7, 0);
+        r.busy("k", "alice");
+        assert_eq!(r.take("k"), None, "freed, then found held: forgotten");
+        r.held(&arc("k"), &arc("alice"), 7, 1);
         r.forget("k");
-        assert!(!r.held_once("k", "alice"));
+        assert_eq!(r.held_once("k", "alice"), None);
         assert_eq!(r.take("k"), None);
     }
 

@@ -114,6 +114,7 @@ pub(crate) struct Statements {
     pub(crate) acquire: String,
     pub(crate) take: String,
     pub(crate) free: String,
+    pub(crate) hand: String,
     pub(crate) unlock: String,
     pub(crate) undo: String,
     pub(crate) refresh: String,
@@ -256,6 +257,21 @@ impl Statements {
                 "UPDATE {t} SET depth = 0, owner = '', expires_at = clock_timestamp()
                  WHERE lock_key = $1 AND owner = $2 AND depth = 1 AND expires_at > clock_timestamp()
                    AND waiter = ''"
+            ),
+            // A release that hands the lock over: the last level of the releasing owner's lock
+            // (with the token it has: $3) becomes the lock of a waiter of this provider ($4),
+            // one more generation, as the waiter's own take-over would make it. Only when no
+            // other provider is named as waiting, so that two providers still take turns; the
+            // row keeps naming this provider if more of its calls wait ($6). No `RETURNING`:
+            // one row changed means the waiter's token is $3 + 1. Parameters: key, owner,
+            // token, new owner, ttl µs, more local waiters (bool), tag.
+            hand: format!(
+                "UPDATE {t} SET generation = generation + 1, owner = $4, depth = 1,
+                        acquired_at = clock_timestamp(),
+                        expires_at = clock_timestamp() + $5 * INTERVAL '1 microsecond',
+                        waiter = CASE WHEN $6 THEN $7 ELSE '' END, other_waiter = ''
+                 WHERE lock_key = $1 AND owner = $2 AND {TOKEN} = $3 AND depth = 1
+                   AND expires_at > clock_timestamp() AND waiter IN ('', $7) AND other_waiter IN ('', $7)"
             ),
             // Release one level, owner-checked, in one statement: count the depth down, and at
             // zero mark the row free (no owner, expired now) without deleting it, so the key's

@@ -390,6 +390,35 @@ async fn statements_per_operation() {
     let dave = waiting.await.unwrap().unwrap();
     assert_eq!(dave.token, FencingToken(taken.token.0 + 1));
     q.unlock("k2", "dave").await.unwrap();
+
+    // A waiter of this provider in line: the release hands the lock over in its own statement,
+    // and the waiter holds it without a statement of its own.
+    let p = Arc::new(p);
+    let held = p.lock(&opts("k4", "gina")).await.unwrap();
+    let waiting = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            p.lock(&opts("k4", "hank").wait(WaitPolicy::deadline(Duration::from_secs(20)))).await
+        })
+    };
+    let named = format!("SELECT waiter <> '' FROM \"{}\" WHERE lock_key = 'k4'", p.table());
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sqlx::query_scalar::<_, bool>(&named).fetch_one(p.pool()).await.unwrap() {
+        assert!(tokio::time::Instant::now() < until, "the waiter never named its provider");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (n, handed) = (p.statements_sent(), p.handovers());
+    p.unlock("k4", "gina").await.unwrap();
+    let hank = waiting.await.unwrap().unwrap();
+    assert_eq!(cost(n, &p), 1, "the release hands the lock over; the waiter needs no statement");
+    assert_eq!(p.handovers(), handed + 1);
+    assert_eq!((hank.token, hank.depth), (FencingToken(held.token.0 + 1), 1));
+    let row = p.is_locked("k4").await.unwrap().expect("held by the waiter");
+    assert_eq!((row.owner.as_str(), row.token, row.depth), ("hank", hank.token, 1), "as the row has it");
+    let n = p.statements_sent();
+    p.unlock("k4", "hank").await.unwrap();
+    assert_eq!(cost(n, &p), 1, "the lock handed over is released with the short release");
+    assert_eq!(p.is_locked("k4").await.unwrap(), None);
     q.close().await.unwrap();
     drop_table(&p).await;
 }

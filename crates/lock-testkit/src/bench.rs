@@ -260,6 +260,33 @@ pub async fn uncontended_latencies(c: &dyn Cycle, key: &str, iters: usize) -> (L
     (Latencies::new(acq), Latencies::new(rel))
 }
 
+/// [`uncontended_latencies`] of every contender, taken in turns: `rounds` rounds of `per_round`
+/// cycles each, the contenders one after the other in every round. A server whose speed drifts
+/// during the run (a disk's flush time swinging from one second to the next) then weighs on
+/// every contender alike, instead of on whichever ran in its slow seconds.
+pub async fn interleaved_latencies(
+    contenders: &[&Contender],
+    rounds: usize,
+    per_round: usize,
+) -> Vec<(Latencies, Latencies)> {
+    let mut all: Vec<(Vec<Duration>, Vec<Duration>)> =
+        contenders.iter().map(|_| Default::default()).collect();
+    for _ in 0..rounds {
+        for (ct, (acq, rel)) in contenders.iter().zip(&mut all) {
+            let key = ct.uncontended_key();
+            for _ in 0..per_round {
+                let t = Instant::now();
+                ct.cycle.acquire(&key, "bench-owner").await;
+                acq.push(t.elapsed());
+                let t = Instant::now();
+                ct.cycle.release(&key, "bench-owner").await;
+                rel.push(t.elapsed());
+            }
+        }
+    }
+    all.into_iter().map(|(acq, rel)| (Latencies::new(acq), Latencies::new(rel))).collect()
+}
+
 /// `tasks` tasks, each on its own key, doing `iters` cycles each; returns the elapsed time.
 pub async fn distinct_keys(c: Arc<dyn Cycle>, prefix: &str, tasks: usize, iters: u64) -> Duration {
     let start = Instant::now();

@@ -251,6 +251,7 @@ macro_rules! conformance_suite {
             fifo_order,
             dropped_waiting_lock_leaves_no_lock,
             cancel_racing_release_leaves_no_orphan,
+            cancel_racing_release_in_one_provider_leaves_no_orphan,
             dropped_lock_in_flight_leaves_no_lock,
             aborted_lock_task_leaves_no_lock,
             dropped_reentry_keeps_the_first_level,

@@ -45,6 +45,45 @@ pub async fn cancel_racing_release_leaves_no_orphan(ctx: &Ctx) {
     }
 }
 
+/// The same race with the waiter in the holder's own provider, where a release may hand the
+/// lock straight to its waiting call: a waiter cancelled as the lock is handed to it either got
+/// the lock or left nothing, and the key is free for the next caller either way.
+pub async fn cancel_racing_release_in_one_provider_leaves_no_orphan(ctx: &Ctx) {
+    let p = ctx.provider().await;
+    for round in 0..30u64 {
+        let key = ctx.key(&format!("k{round}"));
+        let first = p.lock(&opts(&key, "alice")).await.unwrap();
+        let (q, k2) = (p.clone(), key.clone());
+        let waiter = tokio::spawn(async move { q.lock(&patient(&k2, "bob")).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        p.unlock(&key, "alice").await.unwrap();
+        match round % 3 {
+            0 => {}
+            1 => tokio::task::yield_now().await,
+            _ => tokio::time::sleep(Duration::from_micros(round * 100)).await,
+        }
+        waiter.abort();
+        match waiter.await {
+            Ok(Ok(lease)) => {
+                assert!(
+                    lease.token > first.token,
+                    "round {round}: the waiter's token must follow the holder's"
+                );
+                p.unlock(&key, &lease.owner).await.unwrap();
+            }
+            Ok(Err(e)) => panic!("waiter failed: {e:?}"),
+            Err(_cancelled) => {}
+        }
+        let left = eventually_free(&*p, &key).await;
+        assert_eq!(left, None, "round {round}: a cancelled waiter left a lock behind");
+        // An acquisition of the cancelled waiter still in flight is undone in the background:
+        // the key comes free within moments.
+        let next = p.lock(&patient(&key, "carol")).await.expect("key comes free for the next caller");
+        assert!(next.token > first.token);
+        p.unlock(&key, "carol").await.unwrap();
+    }
+}
+
 /// A `lock` dropped while its request is in flight (the key is free, so the request may well
 /// be granted after the caller left) leaves no lock behind. Only a backend with round trips
 /// has requests in flight (an in-process one answers within its first poll).
