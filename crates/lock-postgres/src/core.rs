@@ -293,7 +293,13 @@ impl Inner {
             self.rows.released(key, owner, depth as u32);
             return Ok(Released::Nested);
         }
-        let waiter: String = row.try_get(1).map_err(map_err)?;
+        self.freed(key, owner, row.try_get(1).map_err(map_err)?);
+        Ok(Released::Free)
+    }
+
+    /// After a release freed `owner`'s lock on `key`, with `waiter` named in the row: the hint
+    /// for the next acquisition, and the wake-up of this provider's next waiter.
+    fn freed(&self, key: &str, owner: &str, waiter: String) {
         if waiter.is_empty() {
             self.rows.released(key, owner, 0);
         } else {
@@ -306,12 +312,13 @@ impl Inner {
         if waiter == self.tag {
             self.waiters.wake_one(key);
         }
-        Ok(Released::Free)
     }
 
-    /// Hands `owner`'s lock on `key` (at depth 1, with `token`) over to `next`, a waiter of
-    /// this provider, in one statement; `false` when it matched no row (the full release
-    /// follows). `more`: other calls of this provider wait behind `next`.
+    /// Releases `owner`'s lock on `key` (at depth 1, with `token`) with `next`, a call of this
+    /// provider, waiting: hands it over to `next` in the same statement unless another
+    /// provider is named as waiting, when it is the plain release (which wakes as the full
+    /// one does). `false` when it matched no row (the full release follows). `more`: other
+    /// calls of this provider wait behind `next`.
     ///
     /// The statement and what follows it run to their end even if the caller stops waiting
     /// (dropped, or the client's timeout): a lock handed over is always granted to its waiter,
@@ -327,7 +334,7 @@ impl Inner {
         let (inner, key, owner): (_, Arc<str>, Arc<str>) = (self.clone(), key.into(), owner.into());
         let handing = async move {
             let sent = Instant::now();
-            let done = with_contention_retry(|| async {
+            let row = with_contention_retry(|| async {
                 inner.count();
                 sqlx::query(&inner.sql.hand)
                     .bind(&*key)
@@ -337,13 +344,17 @@ impl Inner {
                     .bind(micros(next.ttl))
                     .bind(more)
                     .bind(&inner.tag)
-                    .execute(&inner.pool)
+                    .fetch_optional(&inner.pool)
                     .await
                     .map_err(map_err)
             })
             .await?;
-            if done.rows_affected() == 0 {
-                return Ok(false);
+            let Some(row) = row else { return Ok(false) };
+            let handed: bool = row.try_get(0).map_err(map_err)?;
+            if !handed {
+                // Another provider waits too: released, and woken as the full release does.
+                inner.freed(&key, &owner, row.try_get(1).map_err(map_err)?);
+                return Ok(true);
             }
             // The row had the releasing acquisition's token: the waiter's is the next one.
             let token = token + 1;

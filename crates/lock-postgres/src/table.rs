@@ -151,10 +151,11 @@ impl Statements {
         // A release's wake-up: on the channel, a payload of the next waiter's provider tag,
         // the releasing provider's tag ($3) and the key. Only when the lock became free and
         // the next waiter waits in another provider (the releasing one wakes its own).
-        let notify = |depth: &str| {
+        // `tag` is the parameter that holds the releasing provider's tag.
+        let notify = |depth: &str, tag: &str| {
             format!(
-                "CASE WHEN {depth} = 0 AND waiter NOT IN ('', $3)
-                     THEN pg_notify('{chan}', waiter || $3 || lock_key) END IS NULL",
+                "CASE WHEN {depth} = 0 AND waiter NOT IN ('', {tag})
+                     THEN pg_notify('{chan}', waiter || {tag} || lock_key) END IS NULL",
                 chan = table.channel()
             )
         };
@@ -258,21 +259,32 @@ impl Statements {
                  WHERE lock_key = $1 AND owner = $2 AND depth = 1 AND expires_at > clock_timestamp()
                    AND waiter = ''"
             ),
-            // A release that hands the lock over: the last level of the releasing owner's lock
-            // (with the token it has: $3) becomes the lock of a waiter of this provider ($4),
-            // one more generation, as the waiter's own take-over would make it. Only when no
-            // other provider is named as waiting, so that two providers still take turns; the
-            // row keeps naming this provider if more of its calls wait ($6). No `RETURNING`:
-            // one row changed means the waiter's token is $3 + 1. Parameters: key, owner,
-            // token, new owner, ttl µs, more local waiters (bool), tag.
-            hand: format!(
-                "UPDATE {t} SET generation = generation + 1, owner = $4, depth = 1,
-                        acquired_at = clock_timestamp(),
-                        expires_at = clock_timestamp() + $5 * INTERVAL '1 microsecond',
-                        waiter = CASE WHEN $6 THEN $7 ELSE '' END, other_waiter = ''
-                 WHERE lock_key = $1 AND owner = $2 AND {TOKEN} = $3 AND depth = 1
-                   AND expires_at > clock_timestamp() AND waiter IN ('', $7) AND other_waiter IN ('', $7)"
-            ),
+            // The release of the last level of the releasing owner's lock (with the token it
+            // has: $3) while a call of this provider waits for the key ($4, with its TTL $5).
+            // When no other provider is named as waiting, the lock becomes the waiter's, one
+            // more generation on, as the waiter's own take-over would make it, and the row keeps
+            // naming this provider if more of its calls wait ($6). Otherwise (so that two
+            // providers still take turns) it is the plain release: the row free, its waiter
+            // kept and woken as the release below would. Either way one statement; `RETURNING`
+            // tells which (an owner: handed over, the waiter's token $3 + 1) and the waiter.
+            // Parameters: key, owner, token, new owner, ttl µs, more local waiters (bool), tag.
+            hand: {
+                let mine = "(waiter IN ('', $7) AND other_waiter IN ('', $7))";
+                format!(
+                    "UPDATE {t} SET generation = CASE WHEN {mine} THEN generation + 1 ELSE generation END,
+                            owner = CASE WHEN {mine} THEN $4 ELSE '' END,
+                            depth = CASE WHEN {mine} THEN 1 ELSE 0 END,
+                            acquired_at = CASE WHEN {mine} THEN clock_timestamp() ELSE acquired_at END,
+                            expires_at = CASE WHEN {mine} THEN clock_timestamp() + $5 * INTERVAL '1 microsecond'
+                                              ELSE clock_timestamp() END,
+                            waiter = CASE WHEN NOT {mine} THEN waiter WHEN $6 THEN $7 ELSE '' END,
+                            other_waiter = CASE WHEN {mine} THEN '' ELSE other_waiter END
+                     WHERE lock_key = $1 AND owner = $2 AND {TOKEN} = $3 AND depth = 1
+                       AND expires_at > clock_timestamp()
+                     RETURNING owner <> '', waiter, {}",
+                    notify("depth", "$7")
+                )
+            },
             // Release one level, owner-checked, in one statement: count the depth down, and at
             // zero mark the row free (no owner, expired now) without deleting it, so the key's
             // token stays, and wake the next waiter's provider. Parameters: key, owner, tag.
@@ -282,7 +294,7 @@ impl Statements {
                         expires_at = CASE WHEN depth = 1 THEN clock_timestamp() ELSE expires_at END
                  WHERE lock_key = $1 AND owner = $2 AND depth > 0 AND expires_at > clock_timestamp()
                  RETURNING depth, waiter, {}",
-                notify("depth")
+                notify("depth", "$3")
             ),
             // The same for exactly one acquisition (owner and token): undoes a lock whose
             // caller went away, never a later acquisition of the key. Parameters: key, owner,
@@ -294,7 +306,7 @@ impl Statements {
                  WHERE lock_key = $1 AND owner = $2 AND {TOKEN} = $4 AND depth > 0
                    AND expires_at > clock_timestamp()
                  RETURNING depth, waiter, {}",
-                notify("depth")
+                notify("depth", "$3")
             ),
             // Parameters: ttl µs, key, owner.
             refresh: format!(

@@ -419,6 +419,43 @@ async fn statements_per_operation() {
     p.unlock("k4", "hank").await.unwrap();
     assert_eq!(cost(n, &p), 1, "the lock handed over is released with the short release");
     assert_eq!(p.is_locked("k4").await.unwrap(), None);
+
+    // Waiters in both providers: the other provider's turn comes first, so the release does not
+    // hand the lock over; the same one statement frees it and wakes that provider (NOTIFY).
+    let first = p.lock(&opts("k5", "ivy")).await.unwrap();
+    let patient = |owner: &str| opts("k5", owner).wait(WaitPolicy::deadline(Duration::from_secs(20)));
+    let named = |column: &str| format!("SELECT {column} <> '' FROM \"{}\" WHERE lock_key = 'k5'", p.table());
+    let enlisted = |sql: String| {
+        let pool = p.pool().clone();
+        async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !sqlx::query_scalar::<_, bool>(&sql).fetch_one(&pool).await.unwrap() {
+                assert!(tokio::time::Instant::now() < until, "the waiter never named its provider");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // The other provider's waiter first (its provider named in `waiter`), then this one's.
+    let jack = {
+        let (q, o) = (q.clone(), patient("jack"));
+        tokio::spawn(async move { q.lock(&o).await })
+    };
+    enlisted(named("waiter")).await;
+    let kim = {
+        let (p, o) = (p.clone(), patient("kim"));
+        tokio::spawn(async move { p.lock(&o).await })
+    };
+    enlisted(named("other_waiter")).await;
+    let (n, handed) = (p.statements_sent(), p.handovers());
+    p.unlock("k5", "ivy").await.unwrap();
+    assert_eq!(cost(n, &p), 1, "one statement: released, not handed over, the other provider woken");
+    assert_eq!(p.handovers(), handed, "nothing handed over while another provider waits");
+    let jack = jack.await.unwrap().unwrap();
+    assert_eq!(jack.token, FencingToken(first.token.0 + 1), "the other provider's turn");
+    q.unlock("k5", "jack").await.unwrap();
+    let kim = kim.await.unwrap().unwrap();
+    assert!(kim.token > jack.token);
+    p.unlock("k5", "kim").await.unwrap();
     q.close().await.unwrap();
     drop_table(&p).await;
 }
