@@ -273,6 +273,17 @@ async fn a_grace_period_shorter_than_statements_can_run_is_rejected() {
     }
 }
 
+/// Waits (bounded) until the row of `key` names a waiting provider in `column` (`waiter` or
+/// `other_waiter`): a waiting call's busy attempt has reached the server.
+async fn named_in_row(p: &PgLockProvider, key: &str, column: &str) {
+    let sql = format!("SELECT {column} <> '' FROM \"{}\" WHERE lock_key = $1", p.table());
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sqlx::query_scalar::<_, bool>(&sql).bind(key).fetch_one(p.pool()).await.unwrap() {
+        assert!(tokio::time::Instant::now() < until, "no waiting provider named in {column} of {key}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_per_operation() {
     let Some(p) = provider("statements", config(&unique_table("stmts"), 2)).await else { return };
@@ -374,12 +385,7 @@ async fn statements_per_operation() {
         })
     };
     // The waiter's busy attempt has named its provider in the row.
-    let named = format!("SELECT waiter <> '' FROM \"{}\" WHERE lock_key = 'k2'", p.table());
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sqlx::query_scalar::<_, bool>(&named).fetch_one(p.pool()).await.unwrap() {
-        assert!(tokio::time::Instant::now() < until, "the waiter never named its provider");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    named_in_row(&p, "k2", "waiter").await;
     let n = p.statements_sent();
     p.unlock("k2", "bob").await.unwrap();
     assert_eq!(
@@ -401,12 +407,7 @@ async fn statements_per_operation() {
             p.lock(&opts("k4", "hank").wait(WaitPolicy::deadline(Duration::from_secs(20)))).await
         })
     };
-    let named = format!("SELECT waiter <> '' FROM \"{}\" WHERE lock_key = 'k4'", p.table());
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sqlx::query_scalar::<_, bool>(&named).fetch_one(p.pool()).await.unwrap() {
-        assert!(tokio::time::Instant::now() < until, "the waiter never named its provider");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    named_in_row(&p, "k4", "waiter").await;
     let (n, handed) = (p.statements_sent(), p.handovers());
     p.unlock("k4", "gina").await.unwrap();
     let hank = waiting.await.unwrap().unwrap();
@@ -424,28 +425,17 @@ async fn statements_per_operation() {
     // hand the lock over; the same one statement frees it and wakes that provider (NOTIFY).
     let first = p.lock(&opts("k5", "ivy")).await.unwrap();
     let patient = |owner: &str| opts("k5", owner).wait(WaitPolicy::deadline(Duration::from_secs(20)));
-    let named = |column: &str| format!("SELECT {column} <> '' FROM \"{}\" WHERE lock_key = 'k5'", p.table());
-    let enlisted = |sql: String| {
-        let pool = p.pool().clone();
-        async move {
-            let until = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !sqlx::query_scalar::<_, bool>(&sql).fetch_one(&pool).await.unwrap() {
-                assert!(tokio::time::Instant::now() < until, "the waiter never named its provider");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
     // The other provider's waiter first (its provider named in `waiter`), then this one's.
     let jack = {
         let (q, o) = (q.clone(), patient("jack"));
         tokio::spawn(async move { q.lock(&o).await })
     };
-    enlisted(named("waiter")).await;
+    named_in_row(&p, "k5", "waiter").await;
     let kim = {
         let (p, o) = (p.clone(), patient("kim"));
         tokio::spawn(async move { p.lock(&o).await })
     };
-    enlisted(named("other_waiter")).await;
+    named_in_row(&p, "k5", "other_waiter").await;
     let (n, handed) = (p.statements_sent(), p.handovers());
     p.unlock("k5", "ivy").await.unwrap();
     assert_eq!(cost(n, &p), 1, "one statement: released, not handed over, the other provider woken");

@@ -20,43 +20,29 @@ pub async fn dropped_waiting_lock_leaves_no_lock(ctx: &Ctx) {
 /// A waiter cancelled right as the lock is released either got the lock (and releases it) or
 /// left nothing: the key never stays locked by a caller that is gone.
 pub async fn cancel_racing_release_leaves_no_orphan(ctx: &Ctx) {
-    let p = ctx.provider().await;
-    for round in 0..30u64 {
-        let key = ctx.key(&format!("k{round}"));
-        p.lock(&opts(&key, "alice")).await.unwrap();
-        let (q, k2) = (ctx.provider().await, key.clone());
-        let waiter = tokio::spawn(async move { q.lock(&patient(&k2, "bob")).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        p.unlock(&key, "alice").await.unwrap();
-        // Vary the race window: abort right at, just after and well after the hand-over.
-        match round % 3 {
-            0 => {}
-            1 => tokio::task::yield_now().await,
-            _ => tokio::time::sleep(Duration::from_micros(round * 100)).await,
-        }
-        waiter.abort();
-        match waiter.await {
-            Ok(Ok(lease)) => p.unlock(&key, &lease.owner).await.unwrap(),
-            Ok(Err(e)) => panic!("waiter failed: {e:?}"),
-            Err(_cancelled) => {}
-        }
-        let left = eventually_free(&*p, &key).await;
-        assert_eq!(left, None, "round {round}: a cancelled waiter left a lock behind");
-    }
+    cancel_racing_release(ctx, false).await
 }
 
 /// The same race with the waiter in the holder's own provider, where a release may hand the
-/// lock straight to its waiting call: a waiter cancelled as the lock is handed to it either got
-/// the lock or left nothing, and the key is free for the next caller either way.
+/// lock straight to its waiting call.
 pub async fn cancel_racing_release_in_one_provider_leaves_no_orphan(ctx: &Ctx) {
+    cancel_racing_release(ctx, true).await
+}
+
+/// 30 rounds: the holder releases while a waiter (in its own provider or another) is
+/// cancelled at, just after or well after the release. The waiter either got the lock, with
+/// the next token, or left nothing, and the key comes free for the next caller either way.
+async fn cancel_racing_release(ctx: &Ctx, one_provider: bool) {
     let p = ctx.provider().await;
     for round in 0..30u64 {
         let key = ctx.key(&format!("k{round}"));
         let first = p.lock(&opts(&key, "alice")).await.unwrap();
-        let (q, k2) = (p.clone(), key.clone());
+        let q = if one_provider { p.clone() } else { ctx.provider().await };
+        let k2 = key.clone();
         let waiter = tokio::spawn(async move { q.lock(&patient(&k2, "bob")).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         p.unlock(&key, "alice").await.unwrap();
+        // Vary the race window: abort right at, just after and well after the hand-over.
         match round % 3 {
             0 => {}
             1 => tokio::task::yield_now().await,
