@@ -150,12 +150,16 @@ async fn summary(all: Vec<Contender>) {
     println!("\n## summary (2 worker threads, etcd at {})", etcd_endpoints());
     println!("| contender | uncontended cycles/s | acquire p50 | acquire p99 | release p50 | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over p99 |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for ct in all {
-        const N: u64 = 400;
+    const N: u64 = 400;
+    for ct in &all {
+        bench::uncontended(&*ct.cycle, &ct.uncontended_key(), N / 10).await; // warm-up
+    }
+    // Latencies in turns (20 rounds of 20 cycles per contender), so that the server's speed
+    // drifting during the run (its WAL's fsync time) weighs on every contender alike.
+    let latencies = bench::interleaved_latencies(&all.iter().collect::<Vec<_>>(), 20, 20).await;
+    for (ct, (acq, rel)) in all.into_iter().zip(latencies) {
         let (cy, u) = (&ct.cycle, ct.uncontended_key());
-        bench::uncontended(&**cy, &u, N / 10).await; // warm-up
         let un = bench::uncontended(&**cy, &u, N).await;
-        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, 400).await;
         let dk = bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, 20).await;
         let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, 25).await;
         println!(

@@ -127,9 +127,13 @@ async fn summary(all: Vec<Contender>) {
     println!("|---|---|---|---|---|---|---|---|");
     let mut per_acq = None;
     for ct in &all {
+        bench::uncontended(&*ct.cycle, &ct.uncontended_key(), 200).await; // warm-up
+    }
+    // Latencies in turns (20 rounds of 100 cycles per contender), so that the server's speed
+    // drifting during the run (the redo log's flush time) weighs on every contender alike.
+    let latencies = bench::interleaved_latencies(&all.iter().collect::<Vec<_>>(), 20, 100).await;
+    for (ct, (acq, rel)) in all.iter().zip(latencies) {
         let (cy, u) = (&ct.cycle, ct.uncontended_key());
-        bench::uncontended(&**cy, &u, 200).await; // warm-up
-        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, 2_000).await;
         let un = bench::uncontended(&**cy, &u, 2_000).await;
         let dk = bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, 200).await;
         let before = ct.count();

@@ -92,12 +92,16 @@ async fn summary(all: Vec<Contender>) {
     println!("\n## summary (2 worker threads, pool of {POOL_SIZE} connections, {})", redis_url());
     println!("| contender | uncontended cycles/s | acquire p50 | release p50 | 32 tasks distinct keys cycles/s | 16 tasks hot key cycles/s | hand-over p50 | hand-over mean | hand-over p99 | hot-key acquire round trips per acquisition |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for ct in all {
-        const N: u64 = 10_000;
+    const N: u64 = 10_000;
+    for ct in &all {
+        bench::uncontended(&*ct.cycle, &ct.uncontended_key(), N / 10).await; // warm-up
+    }
+    // Latencies in turns (20 rounds of 250 cycles per contender), so that the machine's speed
+    // drifting during the run weighs on every contender alike.
+    let latencies = bench::interleaved_latencies(&all.iter().collect::<Vec<_>>(), 20, 250).await;
+    for (ct, (acq, rel)) in all.into_iter().zip(latencies) {
         let (cy, u) = (&ct.cycle, ct.uncontended_key());
-        bench::uncontended(&**cy, &u, N / 10).await; // warm-up
         let un = bench::uncontended(&**cy, &u, N).await;
-        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, 5_000).await;
         let dk = bench::distinct_keys(
             cy.clone(),
             &ct.distinct_prefix(),
