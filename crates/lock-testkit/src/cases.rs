@@ -16,8 +16,9 @@ use crate::Ctx;
 
 pub use crate::faults::{
     fault_chaos_mix, fault_hung_refresh, fault_killed_connections, fault_lost_answer_on_acquire,
-    fault_lost_answer_on_reentry, fault_lost_answer_on_refresh, fault_lost_answer_on_unlock,
-    fault_partitioned_holder, fault_server_killed_connections, fault_slow_server,
+    fault_lost_answer_on_handover, fault_lost_answer_on_reentry, fault_lost_answer_on_refresh,
+    fault_lost_answer_on_unlock, fault_partitioned_holder, fault_server_killed_connections,
+    fault_slow_server,
 };
 pub use crate::restart::{
     pause_minority_while_held_and_awaited, pause_server_while_held_and_awaited,

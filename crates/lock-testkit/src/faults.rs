@@ -26,6 +26,7 @@
 //! | [`fault_lost_answer_on_reentry`] | the answer to a re-entry is lost | the holder keeps its lock; its levels can be released; nothing held past the TTL |
 //! | [`fault_lost_answer_on_refresh`] | the answer to a refresh is lost | the holder keeps its lock and releases it |
 //! | [`fault_lost_answer_on_unlock`] | the answer to an unlock is lost | a retried unlock never releases the next holder's lock |
+//! | [`fault_lost_answer_on_handover`] | the answer to an unlock is lost while a call of the same provider waits (a release may hand the lock straight to it) | the waiter acquires with a larger token; a retried unlock never releases its lock; its levels can be released |
 //! | [`fault_killed_connections`] | every connection reset (by the proxy) while holding and while waiting | the lock stays held and is released; the waiter acquires or fails retryably |
 //! | [`fault_server_killed_connections`] | the server kills every connection of the provider (MariaDB `KILL`, Redis `CLIENT KILL`) while holding and while waiting | as above |
 //! | [`fault_slow_server`] | answers later than the request timeout | the call fails retryably; nothing held past the TTL |
@@ -345,6 +346,41 @@ pub async fn fault_lost_answer_on_unlock(ctx: &Ctx) {
     assert!(denied(&late), "alice's late unlock: {late:?}");
     assert_eq!(observer.is_locked(&key).await.unwrap().map(|i| i.token), Some(bob.token));
     observer.unlock(&key, "bob").await.unwrap();
+}
+
+/// The answer to an unlock is lost while a call of the same provider waits for the key, where a
+/// release may hand the lock straight to the waiter: the waiter still acquires (with a larger
+/// token), the holder's retried unlock never releases the waiter's lock, and the waiter's
+/// levels (one, or two if it re-entered a lock handed to it unawares) can be released.
+pub async fn fault_lost_answer_on_handover(ctx: &Ctx) {
+    let Some(f) = faulty(ctx).await else { return };
+    let observer = ctx.provider().await;
+    let (key, ttl) = (ctx.key("k"), fault_ttl(ctx));
+    let first = f.provider.lock(&opts(&key, "alice", ttl)).await.expect("lock");
+    let waiter = {
+        let (p, o) =
+            (f.provider.clone(), opts(&key, "bob", ttl).wait(WaitPolicy::deadline(Duration::from_secs(60))));
+        // The lost answer may be one of the waiter's own polls: it tries again, as a caller would.
+        tokio::spawn(async move { settled(|| p.lock(&o)).await })
+    };
+    // The waiter's first attempt has found the lock held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.lose_next_answer_about(&key);
+    let outcome = f.provider.unlock(&key, "alice").await;
+    assert!(f.answers_lost() > 0, "no answer was lost: the case tested nothing");
+    if let Err(e) = &outcome {
+        assert!(e.is_retryable(), "a lost answer must be a retryable error: {e:?}");
+    }
+    // Alice does not know whether it worked and tries again: never the waiter's lock.
+    let again = settled(|| f.provider.unlock(&key, "alice")).await;
+    assert!(again.is_ok() || denied(&again), "{again:?}");
+    let bob = waiter.await.expect("waiter task").expect("the waiter acquires");
+    assert!(bob.token > first.token, "the waiter's token must follow the holder's");
+    let info = observer.is_locked(&key).await.unwrap().expect("the waiter's lock");
+    assert_eq!((info.owner.as_str(), info.token), ("bob", bob.token));
+    let levels = release_all(&*f.provider, &key, "bob").await;
+    assert!((1..=2).contains(&levels), "bob released {levels} levels");
+    assert_nothing_held(&*observer, &key, Duration::from_secs(5)).await;
 }
 
 /// Every connection is reset (by the proxy) while a lock is held and while a caller waits.

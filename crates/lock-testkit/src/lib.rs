@@ -285,6 +285,7 @@ macro_rules! conformance_suite {
             fault_lost_answer_on_reentry,
             fault_lost_answer_on_refresh,
             fault_lost_answer_on_unlock,
+            fault_lost_answer_on_handover,
             fault_killed_connections,
             fault_server_killed_connections,
             fault_slow_server,
