@@ -207,44 +207,28 @@ impl Inner {
     /// The live holder of `key` and its lease left, by a read that takes no lock; `None` when
     /// the lock is free (or expired).
     pub(crate) async fn peek(&self, key: &str) -> Result<Option<(String, Duration)>> {
-        self.count();
-        let row = self
-            .bounded(async {
-                sqlx::query(&self.sql.peek)
-                    .bind(key.as_bytes())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map_err)
-            })
-            .await?;
-        row.map(|r| {
-            let owner: Vec<u8> = r.try_get(0)?;
-            let left: i64 = r.try_get(1)?;
-            Ok((String::from_utf8_lossy(&owner).into_owned(), remaining(left)))
-        })
-        .transpose()
-        .map_err(map_err)
+        self.read_row(&self.sql.peek, key, |r| Ok((owner_of(r)?, remaining(r.try_get(1)?)))).await
     }
 
     /// Who holds `key`, when an acquisition gave up or a release found nothing.
     pub(crate) async fn holder(&self, key: &str) -> Result<Option<(String, bool)>> {
+        self.read_row(&self.sql.holder, key, |r| Ok((owner_of(r)?, r.try_get(1)?))).await
+    }
+
+    /// The one row `sql` (with `key` as its only parameter) reads, decoded; `None` without one.
+    async fn read_row<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        decode: impl FnOnce(&MySqlRow) -> std::result::Result<T, sqlx::Error>,
+    ) -> Result<Option<T>> {
         self.count();
         let row = self
             .bounded(async {
-                sqlx::query(&self.sql.holder)
-                    .bind(key.as_bytes())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map_err)
+                sqlx::query(sql).bind(key.as_bytes()).fetch_optional(&self.pool).await.map_err(map_err)
             })
             .await?;
-        row.map(|r| {
-            let owner: Vec<u8> = r.try_get(0)?;
-            let live: bool = r.try_get(1)?;
-            Ok((String::from_utf8_lossy(&owner).into_owned(), live))
-        })
-        .transpose()
-        .map_err(map_err)
+        row.as_ref().map(decode).transpose().map_err(map_err)
     }
 
     pub(crate) async fn reap(&self, grace: Duration) -> Result<u64> {
@@ -264,4 +248,10 @@ impl Inner {
         self.reap_waits().await?;
         Ok(total)
     }
+}
+
+/// The owner in a row's first column (stored as bytes).
+fn owner_of(row: &MySqlRow) -> std::result::Result<String, sqlx::Error> {
+    let owner: Vec<u8> = row.try_get(0)?;
+    Ok(String::from_utf8_lossy(&owner).into_owned())
 }

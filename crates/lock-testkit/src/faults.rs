@@ -175,6 +175,20 @@ async fn free_after_ttl(ctx: &Ctx, observer: &dyn LockProvider, key: &str, since
     assert_nothing_held(observer, key, Duration::from_secs(5)).await;
 }
 
+/// `owner` unlocks `key` and the answer is lost; not knowing whether it worked, it tries once
+/// more (at most one more level may go; never someone else's lock). Each outcome is a success,
+/// a retryable error or, for the second, a denial.
+async fn unlock_with_lost_answer(f: &Faulty, key: &str, owner: &str) {
+    f.lose_next_answer_about(key);
+    let outcome = f.provider.unlock(key, owner).await;
+    assert!(f.answers_lost() > 0, "no answer was lost: the case tested nothing");
+    if let Err(e) = &outcome {
+        assert!(e.is_retryable(), "a lost answer must be a retryable error: {e:?}");
+    }
+    let again = settled(|| f.provider.unlock(key, owner)).await;
+    assert!(again.is_ok() || denied(&again), "{again:?}");
+}
+
 fn denied(r: &lock_core::Result<impl std::fmt::Debug>) -> bool {
     matches!(r, Err(LockError::NotHeld { .. } | LockError::NotOwner { .. } | LockError::LeaseLost { .. }))
 }
@@ -330,15 +344,7 @@ pub async fn fault_lost_answer_on_unlock(ctx: &Ctx) {
     let observer = ctx.provider().await;
     let (key, ttl) = (ctx.key("k"), fault_ttl(ctx));
     f.provider.lock(&opts(&key, "alice", ttl)).await.expect("lock");
-    f.lose_next_answer_about(&key);
-    let outcome = f.provider.unlock(&key, "alice").await;
-    assert!(f.answers_lost() > 0, "no answer was lost: the case tested nothing");
-    if let Err(e) = &outcome {
-        assert!(e.is_retryable(), "a lost answer must be a retryable error: {e:?}");
-    }
-    // Alice does not know whether it worked and tries again: at most one more level goes.
-    let again = settled(|| f.provider.unlock(&key, "alice")).await;
-    assert!(again.is_ok() || denied(&again), "{again:?}");
+    unlock_with_lost_answer(&f, &key, "alice").await;
     assert_nothing_held(&*observer, &key, Duration::from_secs(5)).await;
     let bob = observer.lock(&opts(&key, "bob", ttl)).await.expect("free for bob");
     // A late duplicate of alice's unlock finds bob's lock and leaves it alone.
@@ -365,15 +371,7 @@ pub async fn fault_lost_answer_on_handover(ctx: &Ctx) {
     };
     // The waiter's first attempt has found the lock held.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    f.lose_next_answer_about(&key);
-    let outcome = f.provider.unlock(&key, "alice").await;
-    assert!(f.answers_lost() > 0, "no answer was lost: the case tested nothing");
-    if let Err(e) = &outcome {
-        assert!(e.is_retryable(), "a lost answer must be a retryable error: {e:?}");
-    }
-    // Alice does not know whether it worked and tries again: never the waiter's lock.
-    let again = settled(|| f.provider.unlock(&key, "alice")).await;
-    assert!(again.is_ok() || denied(&again), "{again:?}");
+    unlock_with_lost_answer(&f, &key, "alice").await;
     let bob = waiter.await.expect("waiter task").expect("the waiter acquires");
     assert!(bob.token > first.token, "the waiter's token must follow the holder's");
     let info = observer.is_locked(&key).await.unwrap().expect("the waiter's lock");
