@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use lock_core::raw::Heard;
 use tokio::time::Instant;
 
 /// How long a "held" answer stands in for the server's.
@@ -27,7 +28,7 @@ const PRUNE_AT: usize = 1024;
 #[derive(Debug, Default)]
 struct Key {
     /// When the question was asked, the holder, when the holder's lease ends.
-    held: Option<(Instant, String, Instant)>,
+    held: Option<Heard>,
     /// When this provider last released the key.
     freed: Option<Instant>,
 }
@@ -52,7 +53,7 @@ impl Seen {
         if k.freed.is_some_and(|freed| freed >= asked) {
             return;
         }
-        k.held = Some((asked, holder.to_owned(), asked + left));
+        k.held = Some(Heard::new(asked, holder, left));
     }
 
     /// This provider released `key`: what was heard of it before no longer stands, nor does
@@ -75,7 +76,7 @@ impl Seen {
         if map.len() >= PRUNE_AT {
             let now = Instant::now();
             map.retain(|_, k| {
-                k.held.as_ref().is_some_and(|(at, _, _)| now.duration_since(*at) < FRESH)
+                k.held.as_ref().is_some_and(|h| h.is_fresh(FRESH))
                     || k.freed.is_some_and(|at| now.duration_since(at) < FRESH)
             });
         }
@@ -84,10 +85,7 @@ impl Seen {
 
     /// The holder of `key` and its lease left, as heard less than [`FRESH`] ago.
     pub(crate) fn fresh(&self, key: &str) -> Option<(String, Duration)> {
-        let now = Instant::now();
-        let map = self.map();
-        let (at, holder, until) = map.get(key)?.held.as_ref()?;
-        (now.duration_since(*at) < FRESH && *until > now).then(|| (holder.clone(), *until - now))
+        self.map().get(key)?.held.as_ref()?.fresh(FRESH)
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lock_core::raw::Undo;
+use lock_core::raw::{Heard, Undo};
 use lock_core::Lease;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -101,7 +101,7 @@ struct Key {
     queue: VecDeque<Arc<Waiter>>,
     /// The last time a waiter here heard the key was held, with the holder and when its lease
     /// ends.
-    held: Option<(Instant, String, Instant)>,
+    held: Option<Heard>,
 }
 
 /// The waiters of one provider.
@@ -226,7 +226,7 @@ impl Waiters {
     pub(crate) fn saw_held(&self, key: &str, holder: &str, left: Duration) {
         let now = Instant::now();
         if let Some(k) = self.map().get_mut(key) {
-            k.held = Some((now, holder.to_owned(), now + left));
+            k.held = Some(Heard::new(now, holder, left));
         }
     }
 
@@ -236,10 +236,7 @@ impl Waiters {
         if !self.listening.load(Ordering::Acquire) {
             return None;
         }
-        let now = Instant::now();
-        let map = self.map();
-        let (at, holder, until) = map.get(key)?.held.as_ref()?;
-        (now.duration_since(*at) < FRESH && *until > now).then(|| (holder.clone(), *until - now))
+        self.map().get(key)?.held.as_ref()?.fresh(FRESH)
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`wait`]: the attempt schedule ([`Backoff`]) and the wait loop
 //!   ([`acquire_with_backoff`]) that retries on a wake-up or on the timer;
 //! - [`wake`]: per-key wake-up signals ([`Wakers`]) for the waiters of one process;
+//! - [`heard`]: the server's last "held by H for T more" about a key ([`Heard`]), which
+//!   answers a waiter's timer attempts while it is fresh;
 //! - [`bounded`](bounded()): a round trip with a time limit, past which it is `Unavailable`;
 //! - [`detach`]: cancel safety for server round trips ([`finish_on_drop`],
 //!   [`attempt_detached`] and its [`Undo`]);
@@ -22,6 +24,7 @@ pub mod backend;
 pub mod bounded;
 pub mod detach;
 pub mod gate;
+pub mod heard;
 pub mod reaper;
 pub mod wait;
 pub mod wake;
@@ -30,6 +33,7 @@ pub use backend::LockBackend;
 pub use bounded::bounded;
 pub use detach::{attempt_detached, finish_on_drop, FinishOnDrop, Undo};
 pub use gate::Gate;
+pub use heard::Heard;
 pub use reaper::{report_expired_cleaned, spawn_reaper};
 pub use wait::{acquire_with_backoff, Attempt, Backoff};
 pub use wake::Wakers;
