@@ -179,8 +179,8 @@ impl Waiters {
     }
 
     /// The waiter a release of `key` by `owner` may hand the lock to: the first that waits,
-    /// was not woken yet and holds no grant, with another owner; and whether others wait
-    /// behind it.
+    /// was not woken yet and holds no grant, with another owner; and whether other calls wait
+    /// for the key besides it (single `try_lock` attempts do not count: they wait for nothing).
     pub(crate) fn next_in_line(&self, key: &str, owner: &str) -> Option<(Arc<Waiter>, bool)> {
         let map = self.map();
         let k = map.get(key)?;
@@ -190,7 +190,7 @@ impl Waiters {
                 && *w.owner != *owner
                 && matches!(*w.grant.lock().unwrap_or_else(|e| e.into_inner()), Grant::None)
         })?;
-        Some((next.clone(), k.queue.len() > 1))
+        Some((next.clone(), k.queue.iter().filter(|w| w.waits).count() > 1))
     }
 
     /// How many calls of this provider wait for `key`.
@@ -322,7 +322,13 @@ mod tests {
         drop(once);
         assert_eq!(w.next_in_line("k", "zed").map(|_| ()), None);
 
+        let once = w.join(&key, &Arc::from("once"), Duration::from_secs(1), false, noop());
         let c = join(&w, &key, "c");
+        assert!(
+            w.next_in_line("k", "zed").is_some_and(|(n, more)| Arc::ptr_eq(&n, &c.waiter) && !more),
+            "a single attempt beside it is no other waiter"
+        );
+        drop(once);
         let waiter = c.waiter.clone();
         drop(c);
         assert!(waiter.grant(lease("k", "c", 9)).is_err(), "a waiter that left gets nothing");
