@@ -95,8 +95,9 @@ pub(crate) struct Node {
     builder: Builder,
     resolver: Option<Arc<ConnectTo>>,
     scripts: Scripts,
-    /// [`Settings::fence_idle`] in milliseconds, as the acquire script takes it.
-    fence_idle_ms: String,
+    /// [`Settings::fence_idle`] in milliseconds, which the acquire script's counter outlives
+    /// the lease by.
+    fence_idle_ms: u128,
     /// Acquire script calls made (each is one round trip).
     pub(crate) attempts: AtomicU64,
     /// Fail at once while disconnected instead of queueing until the connection is back.
@@ -104,9 +105,13 @@ pub(crate) struct Node {
 }
 
 fn ms(d: Duration) -> String {
-    // validate::ttl guarantees at least 1 ms; round up so a lease is never shorter than asked.
-    let ms = d.as_micros().div_ceil(1000).max(1);
-    ms.to_string()
+    whole_ms(d).to_string()
+}
+
+/// `d` in whole milliseconds, rounded up: validate::ttl guarantees at least 1 ms, and a lease
+/// is never shorter than asked.
+fn whole_ms(d: Duration) -> u128 {
+    d.as_micros().div_ceil(1000).max(1)
 }
 
 /// The URL with any password replaced, for messages.
@@ -183,7 +188,7 @@ impl Node {
             builder,
             resolver,
             scripts: Scripts::default(),
-            fence_idle_ms: ms(settings.fence_idle),
+            fence_idle_ms: whole_ms(settings.fence_idle),
             attempts: AtomicU64::new(0),
             fail_fast,
         })
@@ -222,7 +227,8 @@ impl Node {
     pub(crate) async fn acquire(&self, names: &KeyNames, owner: &str, ttl: Duration) -> Result<Grant, Error> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         let keys = [names.lock.as_str(), names.fence.as_str()];
-        let args = [owner, &ms(ttl), &self.fence_idle_ms];
+        let ttl_ms = whole_ms(ttl);
+        let args = [owner, &ttl_ms.to_string(), &(ttl_ms + self.fence_idle_ms).to_string()];
         let text = scripts::call(self.client()?, &self.scripts.acquire, &keys, &args).await?;
         // The holder in "0 <pttl> <holder>" may contain spaces: split off the status first.
         let mut r = Reply::new(&text, 2, "acquire");

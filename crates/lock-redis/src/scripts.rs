@@ -26,7 +26,8 @@ use fred::types::Value;
 
 /// Acquires or re-enters a lock.
 ///
-/// `KEYS`: lock, fencing counter. `ARGV`: owner, TTL in ms, the counter's idle time in ms.
+/// `KEYS`: lock, fencing counter. `ARGV`: owner, TTL in ms, the counter's lifetime in ms (the
+/// TTL plus the counter's idle time).
 ///
 /// Replies `"1 <token> <depth> <ttl_ms>"` when granted, `"0 <pttl_ms> <holder>"` when busy.
 ///
@@ -36,21 +37,35 @@ use fred::types::Value;
 /// server's clock does not step back. The same time is the hold's start. The counter expires
 /// the idle time after the new lease would: by then the time floor alone is above every token
 /// the key had, unless the clock stepped back by more than that, and a key locked once does
-/// not keep a counter for ever. Re-entry keeps the
-/// token and the start, and extends the lease to the longer of what is left and the TTL asked
-/// for.
+/// not keep a counter for ever. Re-entry keeps the token and the start, and extends the lease
+/// to the longer of what is left and the TTL asked for.
+///
+/// The common case costs three commands: `TIME`, the lock's `SET NX` with the time as its
+/// token, and the counter's `SET ... GET`. Only when the counter was already at or past the
+/// time (the clock stepped back, or two acquisitions fell in one microsecond) are the two
+/// rewritten with the counter's next value, in the same script, so nobody sees the first
+/// token. Times are kept as the digits `TIME` gives: a Lua number conversion costs the server
+/// more than the rest of the script's logic, so the counter is compared as text of equal
+/// length and converted only in that rare case.
 pub(crate) const ACQUIRE: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v then
-  local now = redis.call('TIME')
-  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  local t = (tonumber(redis.call('GET', KEYS[2])) or 0) + 1
-  if t < floor then t = floor end
-  local ts = string.format('%d', t)
-  redis.call('SET', KEYS[2], ts, 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
-  redis.call('SET', KEYS[1], ts .. ' 1 ' .. ARGV[1] .. '\0' .. string.format('%d', floor), 'PX', ARGV[2])
-  return '1 ' .. ts .. ' 1 ' .. ARGV[2]
+local now = redis.call('TIME')
+local us = now[2]
+local fs = now[1] .. string.rep('0', 6 - #us) .. us
+if redis.call('SET', KEYS[1], fs .. ' 1 ' .. ARGV[1] .. '\0' .. fs, 'NX', 'PX', ARGV[2]) then
+  local c = redis.call('SET', KEYS[2], fs, 'PX', ARGV[3], 'GET')
+  if c and #c >= #fs and (#c > #fs or c >= fs) then
+    local n = tonumber(c)
+    if n then
+      local ts = string.format('%d', n + 1)
+      redis.call('SET', KEYS[2], ts, 'PX', ARGV[3])
+      redis.call('SET', KEYS[1], ts .. ' 1 ' .. ARGV[1] .. '\0' .. fs, 'KEEPTTL')
+      return '1 ' .. ts .. ' 1 ' .. ARGV[2]
+    end
+  end
+  return '1 ' .. fs .. ' 1 ' .. ARGV[2]
 end
+local v = redis.call('GET', KEYS[1])
+if not v then return '0 0 ' end
 local t, d, o = string.match(v, '^(%d+) (%d+) (.*)$')
 local s = ''
 local z = o and string.find(o, '\0', 1, true)

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, PubsubInterface};
+use fred::types::Expiration;
 use lock_core::{LockError, LockOptions, LockProvider};
 use lock_redis::{RedisConfig, RedisLockProvider};
 
@@ -152,6 +153,42 @@ async fn the_fencing_counter_outlives_its_lock_by_the_idle_time_and_then_goes() 
     let third = p.lock(&opts(&key, "carol")).await.unwrap();
     assert!(third.token > next.token, "{} after {}", third.token, next.token);
     p.unlock(&key, "carol").await.unwrap();
+    let _: () = raw.quit().await.unwrap();
+}
+
+/// The acquire script takes the server's time as the token and reads the counter only as text;
+/// a counter at or past the clock (which stepped back, or gave two acquisitions one
+/// microsecond) must still win, in the lock and in the counter alike.
+#[tokio::test]
+async fn a_counter_ahead_of_the_clock_still_raises_the_token() {
+    let Some(p) = shared("a_counter_ahead_of_the_clock_still_raises_the_token").await else { return };
+    let raw = raw_client(&lock_testkit::env::redis_url()).await;
+    let key = format!("{}k", run_prefix());
+    let fence = format!("distlock:{{{key}}}:fence");
+    // Same number of digits as today's time in µs, and far ahead of it (below 2^53, where Lua
+    // numbers are exact).
+    let ahead: u64 = 9_000_000_000_000_000;
+    let _: () = raw.set(&fence, ahead, Some(Expiration::PX(60_000)), None, false).await.unwrap();
+    let first = p.lock(&opts(&key, "alice")).await.unwrap();
+    assert_eq!(first.token.0, ahead + 1);
+    let counter: Option<u64> = raw.get(&fence).await.unwrap();
+    assert_eq!(counter, Some(ahead + 1), "the counter keeps the token it gave");
+    assert_eq!(p.is_locked(&key).await.unwrap().unwrap().token, first.token, "the lock holds it too");
+    let again = p.lock(&opts(&key, "alice")).await.unwrap();
+    assert_eq!((again.token, again.depth), (first.token, 2), "re-entry keeps the token");
+    p.unlock(&key, "alice").await.unwrap();
+    p.unlock(&key, "alice").await.unwrap();
+    let next = p.lock(&opts(&key, "bob")).await.unwrap();
+    assert_eq!(next.token.0, ahead + 2);
+    p.unlock(&key, "bob").await.unwrap();
+    // A counter behind the clock gives way to the time floor.
+    let _: () = raw.set(&fence, 5u64, Some(Expiration::PX(60_000)), None, false).await.unwrap();
+    let floored = p.lock(&opts(&key, "carol")).await.unwrap();
+    assert!(floored.token.0 > 1_700_000_000_000_000, "{}", floored.token);
+    let counter: Option<u64> = raw.get(&fence).await.unwrap();
+    assert_eq!(counter, Some(floored.token.0));
+    p.unlock(&key, "carol").await.unwrap();
+    let _: i64 = raw.del(&fence).await.unwrap();
     let _: () = raw.quit().await.unwrap();
 }
 
