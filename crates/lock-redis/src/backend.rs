@@ -51,11 +51,28 @@ impl LockBackend for RedisLockProvider {
         // Only a caller whose policy lets it wait listens for releases (and may be answered
         // from local knowledge); one that tries once always asks the server.
         let may_wait = !opts.wait.budget().is_zero();
+        // When no local caller is interested in the key, there is no local knowledge to answer
+        // from and no local queue to keep: ask the server at once, and only register an
+        // interest (and subscribe) if the key turns out to be busy. An uncontended lock then
+        // costs no bookkeeping at all.
+        let busy_before = if may_wait && !inner.listener.watched(&names.channel) {
+            match inner.attempt(&names, opts).await? {
+                Attempt::Acquired(lease) => return Ok(lease),
+                Attempt::Busy { .. } => true,
+            }
+        } else {
+            false
+        };
         let interest: Option<Interest> = may_wait.then(|| inner.listener.interest(&names.channel));
         let first = AtomicBool::new(true);
         let attempt = || async {
             let Some(interest) = &interest else { return inner.attempt(&names, opts).await };
-            if let Some(settled) = interest.settled(&opts.owner, first.swap(false, Ordering::Relaxed)) {
+            let first = first.swap(false, Ordering::Relaxed);
+            if busy_before && first {
+                // Busy a moment ago: subscribe, then look again (a release before the
+                // subscription sends no message).
+                interest.ensure_subscribed().await;
+            } else if let Some(settled) = interest.settled(&opts.owner, first) {
                 return Ok(settled);
             }
             let mut answer = inner.attempt(&names, opts).await?;

@@ -58,10 +58,16 @@ impl KeySpace {
         s
     }
 
-    /// Every name of `key`.
+    /// Every name of `key` (on every lock and unlock: built without the formatting machinery).
     pub(crate) fn names(&self, key: &str) -> KeyNames {
         let lock = self.lock_key(key);
-        KeyNames { fence: format!("{lock}{FENCE_SUFFIX}"), channel: format!("{lock}{CHANNEL_SUFFIX}"), lock }
+        let with = |suffix: &str| {
+            let mut s = String::with_capacity(lock.len() + suffix.len());
+            s.push_str(&lock);
+            s.push_str(suffix);
+            s
+        };
+        KeyNames { fence: with(FENCE_SUFFIX), channel: with(CHANNEL_SUFFIX), lock }
     }
 
     /// The `SCAN MATCH` pattern that finds every lock key whose user key starts with
@@ -105,6 +111,10 @@ impl KeySpace {
 }
 
 fn encode_into(key: &str, out: &mut String) {
+    if !key.contains(['%', '{', '}']) {
+        out.push_str(key);
+        return;
+    }
     for c in key.chars() {
         match c {
             '%' => out.push_str("%25"),

@@ -175,6 +175,11 @@ impl ReleaseListener {
         }
     }
 
+    /// Whether any local caller has an interest in `channel` now.
+    pub(crate) fn watched(&self, channel: &str) -> bool {
+        self.registry.entries().contains_key(channel)
+    }
+
     /// Registers a local caller's interest in `channel` for as long as the returned value lives.
     pub(crate) fn interest(self: &Arc<Self>, channel: &str) -> Interest {
         let mut entries = self.registry.entries();
