@@ -3,7 +3,10 @@
 //! `cargo bench -p lock-redis --bench redis` (or `cargo xtask bench`), against
 //! `DISTLOCK_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). The floor is the textbook
 //! Redis lock with no extras: `SET key owner NX PX ttl` to acquire (polling every ~1 ms while
-//! busy) and an `EVALSHA` compare-and-delete to release. After criterion's groups a summary
+//! busy) and an `EVALSHA` compare-and-delete to release. A second floor is the least a lock
+//! with fencing tokens costs: one script that sets the lock `NX PX` and, when it did, `INCR`s a
+//! counter for the token (no time floor, no re-entry, no hold start), and the same release.
+//! After criterion's groups a summary
 //! prints throughput, hand-over percentiles and, for the hot key, how many acquire round trips
 //! each acquisition cost.
 
@@ -68,6 +71,46 @@ impl Cycle for RawFred {
     }
 }
 
+const RAW_FENCED_ACQUIRE: &str =
+    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('INCR', KEYS[2]) end return 0";
+
+/// The least a fenced lock costs: one script for the lock and its token.
+struct RawFenced {
+    raw: Arc<RawFred>,
+    acquire: Script,
+}
+
+impl RawFenced {
+    async fn connect(raw: Arc<RawFred>) -> RawFenced {
+        let acquire = Script::from_lua(RAW_FENCED_ACQUIRE);
+        acquire.load(raw.pool.next()).await.expect("script load");
+        RawFenced { raw, acquire }
+    }
+}
+
+impl Cycle for RawFenced {
+    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let fence = format!("{key}:fence");
+            loop {
+                self.raw.attempts.fetch_add(1, Ordering::Relaxed);
+                let token: i64 = self
+                    .acquire
+                    .evalsha(self.raw.pool.next(), vec![key, fence.as_str()], vec![owner, "30000"])
+                    .await
+                    .expect("EVALSHA fenced acquire");
+                if token > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_micros(500 + fastrand::u64(..1000))).await;
+            }
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        self.raw.release(key, owner)
+    }
+}
+
 /// Each contender counts its acquire round trips, and has a key prefix of its own in this
 /// run: the raw floor's plain keys and the provider's keys never meet.
 async fn contenders() -> Option<Vec<Contender>> {
@@ -75,7 +118,8 @@ async fn contenders() -> Option<Vec<Contender>> {
         .await
         .expect("connect to redis");
     let raw = Arc::new(RawFred::connect().await);
-    let (counted, raw_counted) = (provider.clone(), raw.clone());
+    let fenced = Arc::new(RawFenced::connect(Arc::new(RawFred::connect().await)).await);
+    let (counted, raw_counted, fenced_counted) = (provider.clone(), raw.clone(), fenced.clone());
     let run = format!("distlock-bench/{:08x}/", fastrand::u32(..));
     Some(vec![
         Contender::new("distlock redis", Arc::new(ProviderCycle::new(Arc::new(provider))))
@@ -84,6 +128,9 @@ async fn contenders() -> Option<Vec<Contender>> {
         Contender::new("raw fred SET NX PX", raw)
             .prefix(format!("{run}raw-fred/"))
             .counted(move || raw_counted.attempts.load(Ordering::Relaxed)),
+        Contender::new("raw fred fenced script", fenced)
+            .prefix(format!("{run}raw-fenced/"))
+            .counted(move || fenced_counted.raw.attempts.load(Ordering::Relaxed)),
     ])
 }
 
