@@ -1,6 +1,11 @@
 //! MySQL backend against the raw SQL doing the minimal equivalent, same server, same run:
 //! - raw INSERT + DELETE on a table of the same shape (busy = duplicate key, retried with the
 //!   same backoff schedule the provider uses);
+//! - raw fenced UPDATEs: the least a lock with fencing tokens costs on InnoDB, where a new
+//!   `AUTO_INCREMENT` row per acquisition cannot give ordered tokens (the id is drawn before the
+//!   duplicate-key check) and a key's row therefore stays: one `UPDATE` takes a free or expired
+//!   row and counts its generation up (the token, read back through `LAST_INSERT_ID`), one
+//!   `UPDATE` frees it. No re-entry, no hold start, no lost-answer undo, no statement guard;
 //! - `GET_LOCK` / `RELEASE_LOCK` (connection-bound; the connection is held while locked).
 //!
 //! `cargo bench -p lock-mysql --bench mysql` (or `cargo xtask bench`); server from
@@ -23,6 +28,7 @@ use sqlx::MySql;
 
 const TABLE: &str = "distlock_bench";
 const RAW_TABLE: &str = "distlock_bench_raw";
+const FENCED_TABLE: &str = "distlock_bench_fenced";
 const POOL: u32 = 34;
 
 /// INSERT to acquire (a duplicate key means busy), DELETE to release.
@@ -66,6 +72,60 @@ impl Cycle for RawInsertDelete {
     }
 }
 
+/// One `UPDATE` takes the key's row (created free the first time), one frees it.
+struct RawFencedUpdate {
+    pool: MySqlPool,
+}
+
+impl Cycle for RawFencedUpdate {
+    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let take = format!(
+                "UPDATE `{FENCED_TABLE}` SET owner = ?, depth = 1,
+                        generation = generation + 1 + 0 * LAST_INSERT_ID(generation + 1),
+                        acquired_at = UTC_TIMESTAMP(6), expires_at = UTC_TIMESTAMP(6) + INTERVAL 30 SECOND
+                 WHERE lock_key = ? AND (depth = 0 OR expires_at <= UTC_TIMESTAMP(6))"
+            );
+            let mut backoff = Backoff::new(&WaitPolicy::deadline(Duration::from_secs(60)));
+            loop {
+                let done = sqlx::query(&take)
+                    .bind(owner.as_bytes())
+                    .bind(key.as_bytes())
+                    .execute(&self.pool)
+                    .await
+                    .expect("raw fenced take");
+                if done.rows_affected() == 1 {
+                    std::hint::black_box(done.last_insert_id());
+                    return;
+                }
+                let created = sqlx::query(&format!(
+                    "INSERT IGNORE INTO `{FENCED_TABLE}` (lock_key, owner, depth, acquired_at, expires_at)
+                     VALUES (?, '', 0, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+                ))
+                .bind(key.as_bytes())
+                .execute(&self.pool)
+                .await
+                .expect("raw fenced row");
+                if created.rows_affected() == 0 {
+                    tokio::time::sleep(backoff.next_delay().expect("raw fenced lock timed out")).await;
+                }
+            }
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(&format!(
+                "UPDATE `{FENCED_TABLE}` SET depth = 0, owner = '' WHERE lock_key = ? AND owner = ? AND depth = 1"
+            ))
+            .bind(key.as_bytes())
+            .bind(owner.as_bytes())
+            .execute(&self.pool)
+            .await
+            .expect("raw fenced release");
+        })
+    }
+}
+
 /// `GET_LOCK` holds the lock on a connection, which stays checked out until `RELEASE_LOCK`.
 struct GetLock {
     pool: MySqlPool,
@@ -101,12 +161,17 @@ async fn contenders() -> Option<Vec<Contender>> {
     let config = MySqlLockConfig::default().table_name(TABLE);
     let provider = Arc::new(MySqlLockProvider::from_pool(pool.clone(), config).await.expect("provider"));
     // The raw table has exactly the provider's shape.
-    for sql in
-        [format!("DROP TABLE IF EXISTS `{RAW_TABLE}`"), format!("CREATE TABLE `{RAW_TABLE}` LIKE `{TABLE}`")]
-    {
+    for sql in [
+        format!("DROP TABLE IF EXISTS `{RAW_TABLE}`"),
+        format!("CREATE TABLE `{RAW_TABLE}` LIKE `{TABLE}`"),
+        format!("DROP TABLE IF EXISTS `{FENCED_TABLE}`"),
+        format!("CREATE TABLE `{FENCED_TABLE}` LIKE `{TABLE}`"),
+    ] {
         sqlx::query(&sql).execute(&pool).await.expect("raw table");
     }
     let raw_pool =
+        MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
+    let fenced_pool =
         MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
     let gl_pool = MySqlPoolOptions::new().max_connections(POOL).connect(&mysql_url()).await.expect("connect");
     let counted = provider.clone();
@@ -115,6 +180,8 @@ async fn contenders() -> Option<Vec<Contender>> {
             .prefix("bench/")
             .counted(move || counted.statements_sent()),
         Contender::new("raw INSERT+DELETE", Arc::new(RawInsertDelete { pool: raw_pool })).prefix("bench/"),
+        Contender::new("raw fenced UPDATEs", Arc::new(RawFencedUpdate { pool: fenced_pool }))
+            .prefix("bench/"),
         Contender::new("GET_LOCK/RELEASE_LOCK", Arc::new(GetLock { pool: gl_pool, held: Mutex::default() }))
             .prefix("bench/"),
     ])

@@ -50,6 +50,7 @@ impl LockBackend for MySqlLockProvider {
                 match inner.release(key, owner, Some(token)).await {
                     Ok(Released::Free) => {
                         inner.seen.forget(&lease.key);
+                        inner.freed.freed(&lease.key);
                         inner.wakers.wake_one(&lease.key)
                     }
                     Ok(_) => {}
@@ -108,6 +109,7 @@ impl LockBackend for MySqlLockProvider {
         match inner.release(key.as_bytes(), owner.as_bytes(), None).await? {
             Released::Free => {
                 inner.seen.forget(key);
+                inner.freed.freed(key);
                 inner.wakers.wake_one(key);
                 return Ok(());
             }

@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub(crate) wakers: Wakers,
     /// What waiters of this provider last heard about the keys they wait for.
     pub(crate) seen: crate::seen::Seen,
+    /// Keys whose rows this provider's releases left free: tried with the plain take first.
+    pub(crate) freed: crate::freed::Freed,
     pub(crate) expired_taken_over: AtomicU64,
     pub(crate) rows_reaped: AtomicU64,
     pub(crate) statements: AtomicU64,
@@ -103,7 +105,9 @@ impl Inner {
     }
 
     /// One acquisition attempt: the `INSERT ... ON DUPLICATE KEY UPDATE` decides every outcome
-    /// in one statement; a re-entry adds one read for its depth.
+    /// in one statement; a re-entry adds one read for its depth. A key this provider freed
+    /// last is tried with the plain take first (see [`freed`](crate::freed)), and goes on to
+    /// the full statement only if that matched no row.
     ///
     /// Runs detached (see `lock`), so it is not bounded by the client's timeout here, only by
     /// the server's statement timeout and, as a last resort, a much longer one.
@@ -112,6 +116,23 @@ impl Inner {
         let us = micros(ttl);
         let sent = Instant::now();
         let backstop = self.client_timeout * 4;
+        let lease = |token: u64, depth: u32, ttl: Duration| {
+            Lease::counted_from(sent, key.clone(), owner.clone(), FencingToken(token), ttl, depth)
+        };
+        if self.freed.take(key) {
+            let took = bounded(
+                backstop,
+                with_contention_retry(|| {
+                    self.exec(
+                        sqlx::query(&self.sql.take).bind(owner.as_bytes()).bind(us).bind(key.as_bytes()),
+                    )
+                }),
+            )
+            .await?;
+            if took.rows_affected() == 1 {
+                return Ok(Attempt::Acquired(lease(took.last_insert_id() >> 3, 1, ttl)));
+            }
+        }
         let res = bounded(
             backstop,
             with_contention_retry(|| {
@@ -128,9 +149,6 @@ impl Inner {
             }),
         )
         .await?;
-        let lease = |token: u64, depth: u32, ttl: Duration| {
-            Lease::counted_from(sent, key.clone(), owner.clone(), FencingToken(token), ttl, depth)
-        };
         if res.rows_affected() == 1 {
             // A new row: its token is its fresh id with generation 0.
             return Ok(Attempt::Acquired(lease(res.last_insert_id() << GENERATION_BITS, 1, ttl)));

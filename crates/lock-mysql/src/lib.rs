@@ -46,7 +46,9 @@
 //!   for a new key, or, under the row lock, takes a released or expired row, re-enters the
 //!   owner's live lock, or reports busy. A re-entry adds one read for its depth; if only that
 //!   read fails, the committed re-entry is still reported (with depth 2, the least it can be),
-//!   never as an error.
+//!   never as an error. A key this provider's own release freed is first tried with a plain
+//!   `UPDATE` of the free row (the same generation step, cheaper for the server); if the row
+//!   is no longer free, the upsert follows.
 //! - **Release and refresh compare the owner in the statement that acts** (`... WHERE owner = ?
 //!   AND expires_at > UTC_TIMESTAMP(6)`), so a holder whose lease ran out can never touch the
 //!   new holder's lock. A release is one `UPDATE` that counts the depth down and, at zero,
@@ -89,6 +91,7 @@ mod backend;
 mod config;
 mod core;
 mod error;
+mod freed;
 mod provider;
 mod seen;
 mod table;

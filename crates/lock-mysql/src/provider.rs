@@ -123,6 +123,7 @@ impl MySqlLockProvider {
             gate: Gate::new(),
             wakers: Wakers::new(),
             seen: Default::default(),
+            freed: Default::default(),
             expired_taken_over: AtomicU64::new(0),
             rows_reaped: AtomicU64::new(0),
             statements: AtomicU64::new(0),

@@ -71,6 +71,7 @@ impl TableName {
 pub(crate) struct Statements {
     pub(crate) create: String,
     pub(crate) acquire: String,
+    pub(crate) take: String,
     pub(crate) reentry: String,
     pub(crate) unlock: String,
     pub(crate) undo: String,
@@ -163,6 +164,21 @@ impl Statements {
                 released = op::TOOK_RELEASED,
                 expired = op::TOOK_EXPIRED,
                 busy = op::BUSY,
+            ),
+            // The acquire statement's "released row taken" case on its own, for a key this
+            // provider freed last (see `freed`): a plain UPDATE of a free row costs the server
+            // less than the INSERT that finds the duplicate and then updates. It counts the
+            // generation up under the row lock exactly as the acquire statement does, and
+            // matches no row if the key was taken, re-entered or reaped since.
+            // LAST_INSERT_ID carries the token and outcome back, in the acquire's form.
+            // Parameters: owner, ttl µs, key.
+            take: format!(
+                "{g}UPDATE `{t}` SET owner = ?, depth = 1, generation = generation + 1,
+                        last_op = {released}, acquired_at = UTC_TIMESTAMP(6),
+                        expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
+                        waits = waits + 0 * LAST_INSERT_ID(({TOKEN} << 3) | last_op)
+                 WHERE lock_key = ? AND depth = 0",
+                released = op::TOOK_RELEASED,
             ),
             // After a re-entry: the depth and TTL the lease reports.
             reentry: format!(

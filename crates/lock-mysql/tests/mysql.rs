@@ -255,7 +255,7 @@ async fn statements_per_operation() {
     let cost = |before: u64, p: &MySqlLockProvider| p.statements_sent() - before;
 
     let n = p.statements_sent();
-    p.lock(&opts("k", "alice")).await.unwrap();
+    let first = p.lock(&opts("k", "alice")).await.unwrap();
     assert_eq!(cost(n, &p), 1, "a new key: one upsert");
     let n = p.statements_sent();
     assert_eq!(p.lock(&opts("k", "alice")).await.unwrap().depth, 2);
@@ -276,10 +276,38 @@ async fn statements_per_operation() {
     assert_eq!(p.is_locked("k").await.unwrap(), None);
     let n = p.statements_sent();
     let lease = p.lock(&opts("k", "bob")).await.unwrap();
-    assert_eq!(cost(n, &p), 1, "a released key: one upsert");
+    assert_eq!(cost(n, &p), 1, "a key this provider freed: one plain take");
+    assert_eq!(lease.token.0, first.token.0 + 1, "the take counts the generation up");
+    assert_eq!(
+        p.is_locked("k").await.unwrap().map(|i| (i.owner, i.token)),
+        Some(("bob".into(), lease.token))
+    );
     let n = p.statements_sent();
     assert_eq!(p.refresh_lock("k", "bob", Duration::from_secs(30)).await.unwrap().token, lease.token);
     assert_eq!(cost(n, &p), 2, "refresh: the UPDATE and a read of the depth");
+    // A key this provider freed and another took meanwhile: the take matches no row, and the
+    // upsert answers (busy); the hint is gone after that.
+    p.unlock("k", "bob").await.unwrap();
+    let held = q.lock(&opts("k", "carol")).await.unwrap();
+    assert_eq!(held.token.0, lease.token.0 + 1);
+    let n = p.statements_sent();
+    assert!(p.try_lock(&opts("k", "dave")).await.unwrap_err().is_timeout());
+    assert_eq!(cost(n, &p), 3, "the take that missed, the upsert, the read naming the holder");
+    let n = p.statements_sent();
+    assert!(p.try_lock(&opts("k", "dave")).await.unwrap_err().is_timeout());
+    assert_eq!(cost(n, &p), 2, "no hint left: the upsert and the read");
+    // Freed by this provider and then taken and freed elsewhere: the row is free, so the
+    // take is right, with the token after the other provider's.
+    q.unlock("k", "carol").await.unwrap();
+    p.lock(&opts("k", "erin")).await.unwrap();
+    p.unlock("k", "erin").await.unwrap();
+    let other = q.lock(&opts("k", "frank")).await.unwrap();
+    q.unlock("k", "frank").await.unwrap();
+    let n = p.statements_sent();
+    let again = p.lock(&opts("k", "grace")).await.unwrap();
+    assert_eq!(cost(n, &p), 1);
+    assert_eq!(again.token.0, other.token.0 + 1);
+    p.unlock("k", "grace").await.unwrap();
     drop_table(&p).await;
 }
 
