@@ -12,9 +12,11 @@
 //! local waiter of a key is gone, the channel is unsubscribed.
 //!
 //! While subscribed, the provider also keeps what it knows about the key: the lease it
-//! granted and has not seen end, and the holder of the last busy answer. With it, a waiter's
-//! timer retry while a local lease runs costs no round trip, and a new caller queues behind
-//! the local waiters instead of racing the one a release wakes (see [`Interest::settled`]).
+//! granted and has not seen end, and the holder and lease end of the last busy answer. With
+//! it, a waiter's timer retry while a lease it knows of runs costs no round trip, and a new
+//! caller queues behind the local waiters instead of racing the one a release wakes (see
+//! [`Interest::settled`]). Every release heard of forgets the busy answer, and an answer to an
+//! attempt sent before a release it missed is not kept.
 //! That knowledge only ever delays an attempt; every grant is the server's.
 //!
 //! Subscribe and unsubscribe commands go through one task in the order they were asked for,
@@ -49,6 +51,10 @@ struct Entry {
     /// The release (by token) a waiter was last woken for: the local `unlock` and the
     /// message both report a release, and only the first of the two wakes a waiter.
     woken_for: Option<u64>,
+    /// How many releases of the key (or losses of what was known) this provider has heard
+    /// of: a busy answer to an attempt sent before the latest one may name a holder that is
+    /// gone, and is not kept.
+    releases: u64,
     notify: Arc<Notify>,
     sub: Arc<Subscription>,
 }
@@ -116,9 +122,10 @@ impl Registry {
             if ended {
                 e.holder = None;
             }
-            if e.seen.as_ref().is_some_and(|s| owner.is_none_or(|o| s.holder == o)) {
-                e.seen = None;
-            }
+            // Any release may have ended the lease the last busy answer named (that answer
+            // may even be older than the release it missed): forget it.
+            e.seen = None;
+            e.releases += 1;
         }
     }
 
@@ -139,6 +146,7 @@ impl Registry {
         for e in self.entries().values_mut() {
             e.holder = None;
             e.seen = None;
+            e.releases += 1;
             e.notify.notify_one();
         }
     }
@@ -189,6 +197,7 @@ impl ReleaseListener {
             holder: None,
             seen: None,
             woken_for: None,
+            releases: 0,
             notify: Arc::new(Notify::new()),
             sub: Arc::default(),
         });
@@ -322,11 +331,18 @@ impl Interest {
     /// - a lease this provider granted to another owner is still running: busy;
     /// - on a caller's `first` attempt, other local callers already wait for the key held by
     ///   another owner: busy, so the newcomer queues behind them instead of racing the one a
-    ///   release wakes.
+    ///   release wakes;
+    /// - on a later attempt (a timer retry), the last busy answer named another owner whose
+    ///   lease still runs: busy, so idle waiters do not poll the server while a lease they
+    ///   know of lasts. A release of the key (its message, or this provider's own unlock)
+    ///   forgets that answer before it wakes a waiter, and a refreshed lease is asked about
+    ///   again when the time the answer gave is up.
     ///
     /// Only while the key's channel is subscribed, which is how a release elsewhere ends that
     /// knowledge. Being wrong costs latency only (the caller tries again when woken, on its
-    /// timer, or when the lease would end), never safety: the server decides every grant.
+    /// timer, or when the lease would end), never safety: the server decides every grant. A
+    /// key deleted without a release (by an operator) is noticed when the lease it had would
+    /// have ended.
     pub(crate) fn settled(&self, owner: &str, first: bool) -> Option<Attempt> {
         if self.sub.ready.get() != Some(&true) {
             return None;
@@ -337,7 +353,13 @@ impl Interest {
         let busy = if let Some(h) = e.holder.as_ref().filter(|h| h.until > now) {
             (*h.owner != *owner)
                 .then(|| Attempt::Busy { holder: Some(h.owner.to_string()), expires_in: Some(h.until - now) })
-        } else if first && e.waiting > 0 {
+        } else if !first {
+            e.seen
+                .as_ref()
+                .filter(|s| s.holder != owner)
+                .and_then(|s| Some((s.holder.clone(), s.until.filter(|u| *u > now)?)))
+                .map(|(holder, until)| Attempt::Busy { holder: Some(holder), expires_in: Some(until - now) })
+        } else if e.waiting > 0 {
             match &e.seen {
                 // The holder's lease may have run out; or it may be the caller re-entering.
                 Some(s) if s.holder == owner || s.until.is_some_and(|u| u <= now) => None,
@@ -362,8 +384,16 @@ impl Interest {
         }
     }
 
-    /// Records the answer of an attempt that went to the server.
-    pub(crate) fn record(&self, answer: &Attempt) {
+    /// The releases heard of so far, to be read before an attempt is sent and handed to
+    /// [`record`](Self::record) with its answer.
+    pub(crate) fn heard(&self) -> u64 {
+        self.listener.registry.entries().get(&self.channel).map_or(0, |e| e.releases)
+    }
+
+    /// Records the answer of an attempt that went to the server, sent when `heard` releases
+    /// had been heard of. A busy answer is kept only if no release was heard of since: one
+    /// that came in between may have ended the lease it names.
+    pub(crate) fn record(&self, answer: &Attempt, heard: u64) {
         let mut entries = self.listener.registry.entries();
         let Some(e) = entries.get_mut(&self.channel) else { return };
         match answer {
@@ -371,6 +401,7 @@ impl Interest {
             Attempt::Busy { holder, expires_in } => {
                 e.seen = holder
                     .clone()
+                    .filter(|_| e.releases == heard)
                     .map(|holder| Seen { holder, until: expires_in.map(|d| Instant::now() + d) });
                 self.count_waiting(e);
             }
@@ -425,5 +456,60 @@ impl Drop for Interest {
                 let _ = tx.send(Command::Unsubscribe(std::mem::take(&mut self.channel)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A listener whose channels count as subscribed without a server.
+    fn subscribed(channel: &str) -> (Arc<ReleaseListener>, Interest) {
+        let listener = Arc::new(ReleaseListener::new(true, || -> BoxFuture<'static, SubscriberClient> {
+            panic!("these tests open no subscriber connection")
+        }));
+        let interest = listener.interest(channel);
+        interest.sub.ready.set(true).expect("not yet set");
+        (listener, interest)
+    }
+
+    fn busy(holder: &str) -> Attempt {
+        Attempt::Busy { holder: Some(holder.into()), expires_in: Some(Duration::from_secs(30)) }
+    }
+
+    #[test]
+    fn a_timer_retry_is_answered_from_the_last_busy_answer_until_a_release() {
+        let (listener, interest) = subscribed("ch");
+        let heard = interest.heard();
+        interest.record(&busy("h"), heard);
+        let answer = interest.settled("me", false);
+        assert!(matches!(&answer, Some(Attempt::Busy { holder: Some(h), .. }) if h == "h"), "{answer:?}");
+        assert!(interest.settled("h", false).is_none(), "the holder itself asks the server (re-entry)");
+        listener.released("ch", None, Some(7));
+        assert!(interest.settled("me", false).is_none(), "a release forgets the answer");
+    }
+
+    #[test]
+    fn a_busy_answer_to_an_attempt_sent_before_a_release_is_not_kept() {
+        let (listener, interest) = subscribed("ch");
+        let heard = interest.heard();
+        // The release message overtakes the busy answer of an attempt already on its way.
+        listener.released("ch", None, Some(7));
+        interest.record(&busy("h"), heard);
+        assert!(interest.settled("me", false).is_none(), "the answer may name a holder that is gone");
+        let heard = interest.heard();
+        interest.record(&busy("h2"), heard);
+        assert!(interest.settled("me", false).is_some());
+    }
+
+    #[test]
+    fn a_lost_connection_forgets_every_busy_answer() {
+        let (listener, interest) = subscribed("ch");
+        let heard = interest.heard();
+        interest.record(&busy("h"), heard);
+        listener.registry.forget_all();
+        assert!(interest.settled("me", false).is_none());
     }
 }

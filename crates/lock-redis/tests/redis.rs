@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, PubsubInterface};
 use fred::types::Expiration;
-use lock_core::{LockError, LockOptions, LockProvider};
+use lock_core::{LockError, LockOptions, LockProvider, WaitPolicy};
 use lock_redis::{RedisConfig, RedisLockProvider};
 
 fn opts(key: &str, owner: &str) -> LockOptions {
@@ -190,6 +190,39 @@ async fn a_counter_ahead_of_the_clock_still_raises_the_token() {
     p.unlock(&key, "carol").await.unwrap();
     let _: i64 = raw.del(&fence).await.unwrap();
     let _: () = raw.quit().await.unwrap();
+}
+
+/// Waiters of a key held through another provider ask the server once or twice, then wait for
+/// the release message (or the end of the lease the server told them of) instead of polling
+/// it on their timers; the release still hands the lock on to every one of them in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_waiters_do_not_poll_while_the_lease_they_know_of_runs() {
+    let test = "idle_waiters_do_not_poll_while_the_lease_they_know_of_runs";
+    let Some(holder) = shared(test).await else { return };
+    let Some(waiters) = shared(test).await else { return };
+    let key = format!("{}k", run_prefix());
+    holder.lock(&opts(&key, "holder")).await.unwrap();
+    let before = waiters.acquire_attempts();
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let (w, key) = (waiters.clone(), key.clone());
+            tokio::spawn(async move {
+                let o =
+                    opts(&key, &format!("waiter {i}")).wait(WaitPolicy::deadline(Duration::from_secs(20)));
+                let lease = w.lock(&o).await.expect("acquired after the release");
+                w.unlock(&key, &lease.owner).await.unwrap();
+            })
+        })
+        .collect();
+    // On their timers alone (5 ms doubling to 250 ms) five waiters would ask about 50 times.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let asked = waiters.acquire_attempts() - before;
+    assert!(asked <= 10, "5 idle waiters asked the server {asked} times in 1.5 s");
+    holder.unlock(&key, "holder").await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(holder.is_locked(&key).await.unwrap(), None);
 }
 
 #[test]
