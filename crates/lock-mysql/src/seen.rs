@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use lock_core::raw::Heard;
+use lock_core::raw::KeyNews;
 use tokio::time::Instant;
 
 /// How long a "held" answer stands in for the server's.
@@ -24,23 +24,14 @@ pub(crate) const FRESH: Duration = Duration::from_millis(100);
 /// Keys kept at most; past that, answers older than [`FRESH`] are dropped.
 const PRUNE_AT: usize = 1024;
 
-/// What is known of one key.
-#[derive(Debug, Default)]
-struct Key {
-    /// When the question was asked, the holder, when the holder's lease ends.
-    held: Option<Heard>,
-    /// When this provider last released the key.
-    freed: Option<Instant>,
-}
-
 /// See the [module docs](self).
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
-    map: Mutex<HashMap<Arc<str>, Key>>,
+    map: Mutex<HashMap<Arc<str>, KeyNews>>,
 }
 
 impl Seen {
-    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, Key>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyNews>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -48,44 +39,32 @@ impl Seen {
     /// to a question asked before this provider's last release of the key is dropped: the
     /// release may have come after it, and the waiter it woke must ask the server.
     pub(crate) fn held(&self, key: &Arc<str>, holder: &str, left: Duration, asked: Instant) {
-        let mut map = self.pruned();
-        let k = map.entry(key.clone()).or_default();
-        if k.freed.is_some_and(|freed| freed >= asked) {
-            return;
-        }
-        k.held = Some(Heard::new(asked, holder, left));
+        self.pruned().entry(key.clone()).or_default().held(asked, holder, left);
     }
 
     /// This provider released `key`: what was heard of it before no longer stands, nor does
     /// an answer to a question asked before now.
     pub(crate) fn forget(&self, key: &str) {
-        let now = Instant::now();
         let mut map = self.pruned();
         match map.get_mut(key) {
-            Some(k) => *k = Key { held: None, freed: Some(now) },
-            None => {
-                map.insert(key.into(), Key { held: None, freed: Some(now) });
-            }
+            Some(k) => k.released(),
+            None => map.entry(key.into()).or_default().released(),
         }
     }
 
     /// The map, without the keys whose news is older than [`FRESH`] once it has grown to
     /// [`PRUNE_AT`] (an answer asked before such a release would be stale by now anyway).
-    fn pruned(&self) -> MutexGuard<'_, HashMap<Arc<str>, Key>> {
+    fn pruned(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyNews>> {
         let mut map = self.map();
         if map.len() >= PRUNE_AT {
-            let now = Instant::now();
-            map.retain(|_, k| {
-                k.held.as_ref().is_some_and(|h| h.is_fresh(FRESH))
-                    || k.freed.is_some_and(|at| now.duration_since(at) < FRESH)
-            });
+            map.retain(|_, k| k.is_recent(FRESH));
         }
         map
     }
 
     /// The holder of `key` and its lease left, as heard less than [`FRESH`] ago.
     pub(crate) fn fresh(&self, key: &str) -> Option<(String, Duration)> {
-        self.map().get(key)?.held.as_ref()?.fresh(FRESH)
+        self.map().get(key)?.heard()?.fresh(FRESH)
     }
 }
 

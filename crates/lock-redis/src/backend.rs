@@ -75,15 +75,15 @@ impl LockBackend for RedisLockProvider {
             } else if let Some(settled) = interest.settled(&opts.owner, first) {
                 return Ok(settled);
             }
-            let mut heard = interest.heard();
+            let mut asked = Instant::now();
             let mut answer = inner.attempt(&names, opts).await?;
             // First time this key is busy for a local waiter: subscribe to its releases, then
             // look again, since a release before the subscription sends no message.
             if matches!(answer, Attempt::Busy { .. }) && interest.ensure_subscribed().await {
-                heard = interest.heard();
+                asked = Instant::now();
                 answer = inner.attempt(&names, opts).await?;
             }
-            interest.record(&answer, heard);
+            interest.record(&answer, asked);
             Ok(answer)
         };
         acquire_with_backoff(opts, &inner.gate, interest.as_ref().map(Interest::notify), attempt).await

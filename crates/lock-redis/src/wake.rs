@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use futures::future::BoxFuture;
-use lock_core::raw::Attempt;
+use lock_core::raw::{Attempt, KeyNews};
 use lock_core::Lease;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify, OnceCell};
 use tokio::time::Instant;
@@ -46,15 +46,11 @@ struct Entry {
     waiting: usize,
     /// A lease this provider granted and has not seen end.
     holder: Option<LocalHolder>,
-    /// The last busy answer.
-    seen: Option<Seen>,
+    /// The last busy answer that stands (see [`KeyNews`]).
+    seen: KeyNews,
     /// The release (by token) a waiter was last woken for: the local `unlock` and the
     /// message both report a release, and only the first of the two wakes a waiter.
     woken_for: Option<u64>,
-    /// How many releases of the key (or losses of what was known) this provider has heard
-    /// of: a busy answer to an attempt sent before the latest one may name a holder that is
-    /// gone, and is not kept.
-    releases: u64,
     notify: Arc<Notify>,
     sub: Arc<Subscription>,
 }
@@ -73,13 +69,6 @@ impl LocalHolder {
     fn of(lease: &Lease) -> Self {
         LocalHolder { owner: lease.owner.clone(), token: lease.token.0, until: lease.valid_until }
     }
-}
-
-/// The holder named by the last busy answer and when its lease ends.
-#[derive(Debug)]
-struct Seen {
-    holder: String,
-    until: Option<Instant>,
 }
 
 /// The state of one key's channel subscription.
@@ -124,8 +113,7 @@ impl Registry {
             }
             // Any release may have ended the lease the last busy answer named (that answer
             // may even be older than the release it missed): forget it.
-            e.seen = None;
-            e.releases += 1;
+            e.seen.released();
         }
     }
 
@@ -145,8 +133,7 @@ impl Registry {
     fn forget_all(&self) {
         for e in self.entries().values_mut() {
             e.holder = None;
-            e.seen = None;
-            e.releases += 1;
+            e.seen.released();
             e.notify.notify_one();
         }
     }
@@ -195,9 +182,8 @@ impl ReleaseListener {
             refs: 0,
             waiting: 0,
             holder: None,
-            seen: None,
+            seen: KeyNews::default(),
             woken_for: None,
-            releases: 0,
             notify: Arc::new(Notify::new()),
             sub: Arc::default(),
         });
@@ -354,18 +340,17 @@ impl Interest {
             (*h.owner != *owner)
                 .then(|| Attempt::Busy { holder: Some(h.owner.to_string()), expires_in: Some(h.until - now) })
         } else if !first {
-            e.seen
-                .as_ref()
-                .filter(|s| s.holder != owner)
-                .and_then(|s| Some((s.holder.clone(), s.until.filter(|u| *u > now)?)))
-                .map(|(holder, until)| Attempt::Busy { holder: Some(holder), expires_in: Some(until - now) })
+            e.seen.heard().filter(|h| h.holder() != owner && h.until() > now).map(|h| Attempt::Busy {
+                holder: Some(h.holder().to_owned()),
+                expires_in: Some(h.until() - now),
+            })
         } else if e.waiting > 0 {
-            match &e.seen {
+            match e.seen.heard() {
                 // The holder's lease may have run out; or it may be the caller re-entering.
-                Some(s) if s.holder == owner || s.until.is_some_and(|u| u <= now) => None,
-                Some(s) => Some(Attempt::Busy {
-                    holder: Some(s.holder.clone()),
-                    expires_in: s.until.map(|u| u - now),
+                Some(h) if h.holder() == owner || h.until() <= now => None,
+                Some(h) => Some(Attempt::Busy {
+                    holder: Some(h.holder().to_owned()),
+                    expires_in: Some(h.until() - now),
                 }),
                 None => Some(Attempt::Busy { holder: None, expires_in: None }),
             }
@@ -384,25 +369,18 @@ impl Interest {
         }
     }
 
-    /// The releases heard of so far, to be read before an attempt is sent and handed to
-    /// [`record`](Self::record) with its answer.
-    pub(crate) fn heard(&self) -> u64 {
-        self.listener.registry.entries().get(&self.channel).map_or(0, |e| e.releases)
-    }
-
-    /// Records the answer of an attempt that went to the server, sent when `heard` releases
-    /// had been heard of. A busy answer is kept only if no release was heard of since: one
-    /// that came in between may have ended the lease it names.
-    pub(crate) fn record(&self, answer: &Attempt, heard: u64) {
+    /// Records the answer of an attempt that went to the server, sent at `asked`. A busy
+    /// answer naming the holder and its lease is kept unless a release was heard of since
+    /// `asked` (see [`KeyNews`]); one without them leaves what was known as it was.
+    pub(crate) fn record(&self, answer: &Attempt, asked: Instant) {
         let mut entries = self.listener.registry.entries();
         let Some(e) = entries.get_mut(&self.channel) else { return };
         match answer {
             Attempt::Acquired(lease) => e.holder = Some(LocalHolder::of(lease)),
             Attempt::Busy { holder, expires_in } => {
-                e.seen = holder
-                    .clone()
-                    .filter(|_| e.releases == heard)
-                    .map(|holder| Seen { holder, until: expires_in.map(|d| Instant::now() + d) });
+                if let (Some(holder), Some(left)) = (holder, expires_in) {
+                    e.seen.held(asked, holder, *left);
+                }
                 self.count_waiting(e);
             }
         }
@@ -479,11 +457,16 @@ mod tests {
         Attempt::Busy { holder: Some(holder.into()), expires_in: Some(Duration::from_secs(30)) }
     }
 
-    #[test]
-    fn a_timer_retry_is_answered_from_the_last_busy_answer_until_a_release() {
+    /// Instants one millisecond apart, so that "asked before" and "after" are never equal.
+    async fn tick() -> Instant {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_retry_is_answered_from_the_last_busy_answer_until_a_release() {
         let (listener, interest) = subscribed("ch");
-        let heard = interest.heard();
-        interest.record(&busy("h"), heard);
+        interest.record(&busy("h"), tick().await);
         let answer = interest.settled("me", false);
         assert!(matches!(&answer, Some(Attempt::Busy { holder: Some(h), .. }) if h == "h"), "{answer:?}");
         assert!(interest.settled("h", false).is_none(), "the holder itself asks the server (re-entry)");
@@ -491,24 +474,23 @@ mod tests {
         assert!(interest.settled("me", false).is_none(), "a release forgets the answer");
     }
 
-    #[test]
-    fn a_busy_answer_to_an_attempt_sent_before_a_release_is_not_kept() {
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_answer_to_an_attempt_sent_before_a_release_is_not_kept() {
         let (listener, interest) = subscribed("ch");
-        let heard = interest.heard();
+        let asked = tick().await;
         // The release message overtakes the busy answer of an attempt already on its way.
+        tick().await;
         listener.released("ch", None, Some(7));
-        interest.record(&busy("h"), heard);
+        interest.record(&busy("h"), asked);
         assert!(interest.settled("me", false).is_none(), "the answer may name a holder that is gone");
-        let heard = interest.heard();
-        interest.record(&busy("h2"), heard);
+        interest.record(&busy("h2"), tick().await);
         assert!(interest.settled("me", false).is_some());
     }
 
-    #[test]
-    fn a_lost_connection_forgets_every_busy_answer() {
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_forgets_every_busy_answer() {
         let (listener, interest) = subscribed("ch");
-        let heard = interest.heard();
-        interest.record(&busy("h"), heard);
+        interest.record(&busy("h"), tick().await);
         listener.registry.forget_all();
         assert!(interest.settled("me", false).is_none());
     }

@@ -10,7 +10,8 @@
 //!   ([`acquire_with_backoff`]) that retries on a wake-up or on the timer;
 //! - [`wake`]: per-key wake-up signals ([`Wakers`]) for the waiters of one process;
 //! - [`heard`]: the server's last "held by H for T more" about a key ([`Heard`]), which
-//!   answers a waiter's timer attempts while it is fresh;
+//!   answers a waiter's timer attempts while it is fresh, and [`KeyNews`], which keeps it
+//!   only if no release was heard of after the question was asked;
 //! - [`bounded`](bounded()): a round trip with a time limit, past which it is `Unavailable`;
 //! - [`detach`]: cancel safety for server round trips ([`finish_on_drop`],
 //!   [`attempt_detached`] and its [`Undo`]);
@@ -33,7 +34,7 @@ pub use backend::LockBackend;
 pub use bounded::bounded;
 pub use detach::{attempt_detached, finish_on_drop, FinishOnDrop, Undo};
 pub use gate::Gate;
-pub use heard::Heard;
+pub use heard::{Heard, KeyNews};
 pub use reaper::{report_expired_cleaned, spawn_reaper};
 pub use wait::{acquire_with_backoff, Attempt, Backoff};
 pub use wake::Wakers;
