@@ -43,6 +43,7 @@ pub mod cases;
 pub mod env;
 pub mod faults;
 pub mod history;
+pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod restart;

@@ -17,7 +17,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,11 +98,6 @@ pub(crate) fn find_program(name: &str, env: Option<&str>, candidates: &[&str]) -
             env.map(|e| format!("; or set {e}")).unwrap_or_default()
         )
     })
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
 /// TLS and authentication of a [`PrivateServer`] ([`PrivateServer::start_secured`]).
@@ -205,8 +200,8 @@ impl PrivateServer {
             kind,
             security,
             bin,
-            port: free_port()?,
-            peer_port: free_port()?,
+            port: crate::ports::free_port()?,
+            peer_port: crate::ports::free_port()?,
             dir,
             child: None,
         };

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a part
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ pub(crate) struct Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    lock_testkit::ports::free_port().expect("a free port")
 }
 
 fn reachable(port: u16) -> bool {

@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -137,11 +136,6 @@ pub fn host_network() -> bool {
     std::env::var(env::DOCKER_NETWORK_ENV).is_ok_and(|v| v == "host")
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("find a free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
-}
-
 /// The container port of `service` when the network is not the host's.
 fn container_port(service: Service) -> u16 {
     match service {
@@ -155,7 +149,7 @@ fn container_port(service: Service) -> u16 {
 /// Starts the container of `service` (on [`runtime`]).
 async fn start(service: Service) -> Result<Running, String> {
     let host = host_network();
-    let port = if host { free_port()? } else { container_port(service) };
+    let port = if host { crate::ports::free_port()? } else { container_port(service) };
     let image = image_override(service);
     let (url_of, container): (fn(u16) -> String, _) = match service {
         Service::MySql => {
@@ -200,7 +194,7 @@ async fn start(service: Service) -> Result<Running, String> {
             if !host {
                 generic = generic.with_exposed_port(2379.tcp());
             }
-            let peer = if host { free_port()? } else { 2380 };
+            let peer = if host { crate::ports::free_port()? } else { 2380 };
             let req = generic.with_cmd(etcd_cmd(port, peer, host));
             (|p| format!("http://127.0.0.1:{p}"), run(req, service, host).await?)
         }
