@@ -55,10 +55,8 @@ impl Drop for Pending {
         // in which case the acquiring task takes it back itself.
         rx.close();
         if let Ok(Ok(got)) = rx.try_recv() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let inner = self.inner.clone();
-                rt.spawn(async move { inner.take_back(got.take_back).await });
-            }
+            let inner = self.inner.clone();
+            self.inner.inflight.spawn(async move { inner.take_back(got.take_back).await });
         }
     }
 }
@@ -69,7 +67,9 @@ impl Inner {
     pub(crate) async fn lock(self: &Arc<Self>, opts: &LockOptions) -> Result<Lease> {
         let (mut tx, rx) = oneshot::channel();
         let (inner, task_opts) = (self.clone(), opts.clone());
+        let guard = self.inflight.enter();
         tokio::spawn(async move {
+            let _counted = guard;
             let result = inner.acquire(&task_opts, &mut tx).await;
             if let Err(Ok(unreceived)) = tx.send(result) {
                 inner.take_back(unreceived.take_back).await;

@@ -9,6 +9,7 @@ use lock_core::{Capabilities, Health, Lease, LockInfo, LockOptions, Result, Wait
 
 use crate::error::NAME;
 use crate::provider::EtcdLockProvider;
+use crate::takeback::BACKGROUND_TIMEOUT_FLOOR;
 
 impl LockBackend for EtcdLockProvider {
     const NAME: &'static str = NAME;
@@ -76,6 +77,16 @@ impl LockBackend for EtcdLockProvider {
             self.inner.wait_leases.lock().unwrap().drain().map(|(_, lease)| lease).collect();
         for lease in waits {
             self.inner.revoke_in_background(lease);
+        }
+        // Acquisitions still running see the close and end; what they, or callers who left,
+        // were granted is taken back, and the leases above are revoked: let that finish,
+        // boundedly, so that nothing waits for a lease to run out.
+        let bound = self.inner.request_timeout.max(BACKGROUND_TIMEOUT_FLOOR) * 2;
+        if !self.inner.inflight.wait_idle(bound).await {
+            tracing::debug!(
+                left = self.inner.inflight.count(),
+                "close: background work unfinished; its entries end with their leases"
+            );
         }
         Ok(())
     }

@@ -127,9 +127,8 @@ impl Inner {
     /// [`revoke`](Self::revoke) in the background, retried while the cluster is unreachable;
     /// a lease that cannot be revoked runs out on its own.
     pub(crate) fn revoke_in_background(self: &Arc<Self>, id: i64) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let inner = self.clone();
-        rt.spawn(async move {
+        self.inflight.spawn(async move {
             for attempt in 0..5u32 {
                 match inner.revoke(id).await {
                     Ok(()) => return,

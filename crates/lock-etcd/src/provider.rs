@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget, Txn, TxnOpResponse, TxnResponse};
-use lock_core::raw::Gate;
+use lock_core::raw::{Gate, Inflight};
 use lock_core::{validate, LockError, Result};
 use tokio::sync::watch;
 
@@ -74,6 +74,10 @@ pub(crate) struct Inner {
     pub(crate) spares: Mutex<Vec<Spare>>,
     /// The lease of each wait this provider published, by wait id.
     pub(crate) wait_leases: Mutex<HashMap<u64, i64>>,
+    /// Work under way in tasks of its own: acquisitions, take-backs of what a caller who left
+    /// was granted, lease revocations. `close` lets it finish (boundedly) so that a closed
+    /// provider leaves no entry behind to wait for its lease.
+    pub(crate) inflight: Inflight,
 }
 
 impl fmt::Debug for EtcdLockProvider {
@@ -116,6 +120,7 @@ impl EtcdLockProvider {
                 request_timeout: config.request_timeout,
                 gate: Gate::new(),
                 closed: watch::channel(false).0,
+                inflight: Inflight::new(),
                 held: Mutex::new(HashMap::new()),
                 spares: Mutex::new(Vec::new()),
                 wait_leases: Mutex::new(HashMap::new()),

@@ -23,7 +23,7 @@ use crate::keys::{Entry, Value};
 use crate::provider::{gets, revision, Inner, RETRY_PAUSE};
 
 /// The least a background take-back waits for one answer, whatever the request timeout.
-const BACKGROUND_TIMEOUT_FLOOR: Duration = Duration::from_millis(250);
+pub(crate) const BACKGROUND_TIMEOUT_FLOOR: Duration = Duration::from_millis(250);
 
 /// Taking back an acquisition (first or re-entry) releases exactly one level of its entry,
 /// and only while the entry is still that acquisition (same create revision): never the
@@ -102,9 +102,8 @@ impl Drop for LeaseGuard {
         match self.mine.take() {
             None => self.inner.revoke_in_background(id),
             Some(mine) => {
-                let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
                 let inner = self.inner.clone();
-                rt.spawn(async move { inner.leave(id, Some(mine)).await });
+                self.inner.inflight.spawn(async move { inner.leave(id, Some(mine)).await });
             }
         }
     }
@@ -231,9 +230,8 @@ impl Inner {
     /// caller was told it failed: a level that was added is taken back, a lease that carries
     /// nothing is revoked.
     pub(crate) fn settle_in_background(self: &Arc<Self>, mine: Mine, head: Entry, target: i64) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let inner = self.clone();
-        rt.spawn(async move {
+        self.inflight.spawn(async move {
             // Nobody waits for this: each try may take far longer than a caller's request
             // timeout (which may be a few milliseconds), so that a loaded server still answers.
             let base = inner.request_timeout.max(BACKGROUND_TIMEOUT_FLOOR);

@@ -88,7 +88,9 @@ impl LockBackend for MySqlLockProvider {
                 // The attempt runs detached: if the client gives up waiting for it, it still
                 // runs to its end, and an acquisition nobody will use is undone by owner and
                 // token.
-                let attempt = attempt_detached(async move { inner.attempt(&key, &owner, ttl).await }, undo);
+                let counted = inner.inflight.clone();
+                let attempt = attempt_detached(async move { inner.attempt(&key, &owner, ttl).await }, undo)
+                    .counted(&counted);
                 bounded(limit, attempt).await
             }
         })
@@ -226,6 +228,9 @@ impl LockBackend for MySqlLockProvider {
         if let Some(r) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             r.abort();
         }
+        // Attempts still under way, and undoing what callers who left were granted, need
+        // the pool: let them finish (boundedly) before it closes.
+        self.inner.inflight.wait_idle(self.inner.client_timeout * 2).await;
         if self.inner.owns_pool {
             self.inner.pool.close().await;
         }

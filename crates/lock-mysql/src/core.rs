@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::raw::{Attempt, Gate, Wakers};
+use lock_core::raw::{Attempt, Gate, Inflight, Wakers};
 use lock_core::{FencingToken, Lease, LockError, LockInfo, Result};
 use sqlx::mysql::{MySqlPool, MySqlQueryResult, MySqlRow};
 use sqlx::Row;
@@ -32,6 +32,10 @@ pub(crate) struct Inner {
     /// How long the client waits for one operation's statements before it gives up.
     pub(crate) client_timeout: Duration,
     pub(crate) gate: Gate,
+    /// Acquire attempts under way, including those finished in the background for a caller
+    /// that left (and the undo of what they were granted): `close` lets them end before it
+    /// closes the pool, so that nothing is left to wait for its TTL.
+    pub(crate) inflight: Inflight,
     /// Waiters of this process, woken by this process's releases. Releases
     /// by other processes are noticed by polling.
     pub(crate) wakers: Wakers,

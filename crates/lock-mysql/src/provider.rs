@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_core::raw::{spawn_reaper, Gate, Wakers};
+use lock_core::raw::{spawn_reaper, Gate, Inflight, Wakers};
 use lock_core::{LockError, Result};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::Row;
@@ -121,6 +121,7 @@ impl MySqlLockProvider {
             min_grace,
             client_timeout,
             gate: Gate::new(),
+            inflight: Inflight::new(),
             wakers: Wakers::new(),
             seen: Default::default(),
             freed: Default::default(),

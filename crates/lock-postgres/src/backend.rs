@@ -88,10 +88,12 @@ impl LockBackend for PgLockProvider {
                 // The attempt runs detached: if the client gives up waiting for it, it still
                 // runs to its end, and an acquisition nobody will use is undone by owner and
                 // token.
+                let counted = inner.inflight.clone();
                 let attempt = attempt_detached(
                     async move { inner.attempt(&key, &owner, ttl, more_waiters, may_wait).await },
                     undo,
-                );
+                )
+                .counted(&counted);
                 bounded(limit, attempt).await
             }
         })
@@ -201,6 +203,9 @@ impl LockBackend for PgLockProvider {
     async fn shutdown(&self) -> Result<()> {
         self.stop_tasks();
         self.inner.waiters.wake_all();
+        // Attempts still under way, hand-overs, and undoing what callers who left were
+        // granted, need the pool: let them finish (boundedly) before it closes.
+        self.inner.inflight.wait_idle(self.inner.client_timeout * 2).await;
         if let Some(pool) = &self.listener_pool {
             pool.close().await;
         }

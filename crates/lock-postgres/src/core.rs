@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::raw::{Attempt, Gate};
+use lock_core::raw::{Attempt, Gate, Inflight};
 use lock_core::{FencingToken, Lease, LockError, LockInfo, Result};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
@@ -39,6 +39,11 @@ pub(crate) struct Inner {
     /// How long the client waits for one statement before it gives up.
     pub(crate) client_timeout: Duration,
     pub(crate) gate: Gate,
+    /// Acquire attempts under way, including those finished in the background for a caller
+    /// that left (and the undo of what they were granted), and hand-overs to a waiter that may
+    /// leave: `close` lets them end before it
+    /// closes the pool, so that nothing is left to wait for its TTL.
+    pub(crate) inflight: Inflight,
     /// Waiters of this provider, woken by its releases and by the notifications of other
     /// providers' releases.
     pub(crate) waiters: Waiters,
@@ -371,7 +376,7 @@ impl Inner {
             }
             Ok(true)
         };
-        self.bounded(lock_core::raw::finish_on_drop(handing, |_| async {})).await
+        self.bounded(lock_core::raw::finish_on_drop(handing, |_| async {}).counted(&self.inflight)).await
     }
 
     /// The short release: whether the `UPDATE` freed `owner`'s lock on `key` (the last level,

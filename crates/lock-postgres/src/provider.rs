@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_core::raw::{spawn_reaper, Gate};
+use lock_core::raw::{spawn_reaper, Gate, Inflight};
 use lock_core::{LockError, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
@@ -123,6 +123,7 @@ impl PgLockProvider {
             config,
             min_grace,
             gate: Gate::new(),
+            inflight: Inflight::new(),
             waiters: Default::default(),
             rows: Default::default(),
             handovers: AtomicU64::new(0),

@@ -1,13 +1,11 @@
 //! [`RedisLockProvider`]: the public type, its shared state and connecting; the acquire
 //! request that survives a caller who leaves.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::raw::{finish_on_drop, Attempt, FinishOnDrop, Gate};
+use lock_core::raw::{finish_on_drop, Attempt, FinishOnDrop, Gate, Inflight};
 use lock_core::{FencingToken, Lease, LockOptions, Result};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{RedisConfig, RedisMode};
@@ -31,51 +29,11 @@ pub(crate) struct Inner {
     pub(crate) deployment: Deployment,
     pub(crate) listener: Arc<ReleaseListener>,
     pub(crate) gate: Gate,
+    /// Acquire requests in flight (including those finished in the background for a caller
+    /// that left), so that `close` lets them give their locks back before it closes the
+    /// connections.
     pub(crate) inflight: Inflight,
     pub(crate) command_timeout: Duration,
-}
-
-/// Counts acquire requests in flight (including those finished in the background for a
-/// caller that left), so that `close` lets them give their locks back before it closes the
-/// connections.
-#[derive(Debug, Default)]
-pub(crate) struct Inflight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl Inflight {
-    pub(crate) async fn wait_idle(&self, bound: Duration) {
-        let _ = tokio::time::timeout(bound, async {
-            loop {
-                let idle = self.idle.notified();
-                tokio::pin!(idle);
-                idle.as_mut().enable();
-                if self.count.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                idle.await;
-            }
-        })
-        .await;
-    }
-}
-
-struct InflightGuard(Arc<Inner>);
-
-impl InflightGuard {
-    fn new(inner: &Arc<Inner>) -> Self {
-        inner.inflight.count.fetch_add(1, Ordering::AcqRel);
-        InflightGuard(inner.clone())
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        if self.0.inflight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.inflight.idle.notify_waiters();
-        }
-    }
 }
 
 /// One acquire round trip, polled in place by its caller. If the caller's future is dropped
@@ -89,16 +47,14 @@ fn acquire_request(
     owner: &Arc<str>,
     ttl: Duration,
 ) -> FinishOnDrop<Result<Acquire>> {
-    let guard = InflightGuard::new(inner);
     let (request_inner, request_names, request_owner) = (inner.clone(), names.clone(), owner.clone());
-    let (names, owner) = (names.clone(), owner.clone());
+    let (orphan_inner, names, owner) = (inner.clone(), names.clone(), owner.clone());
     finish_on_drop(
         async move { request_inner.deployment.acquire(&request_names, &request_owner, ttl).await },
         move |outcome| async move {
             let Ok(Acquire::Granted(granted)) = outcome else { return };
-            let inner = &guard.0;
-            inner.listener.released(&names.channel, Some(&owner), Some(granted.token));
-            match inner.deployment.give_back(&names, &owner, &granted.receipts).await {
+            orphan_inner.listener.released(&names.channel, Some(&owner), Some(granted.token));
+            match orphan_inner.deployment.give_back(&names, &owner, &granted.receipts).await {
                 Ok(()) => {
                     tracing::debug!(key = %names.lock, token = granted.token, "gave back a lock whose caller left")
                 }
@@ -108,6 +64,7 @@ fn acquire_request(
             }
         },
     )
+    .counted(&inner.inflight)
 }
 
 impl RedisLockProvider {

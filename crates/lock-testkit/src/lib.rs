@@ -266,6 +266,7 @@ macro_rules! conformance_suite {
             operations_after_close_fail_closed,
             close_fails_waiters,
             close_during_acquire_leaves_no_lock,
+            close_after_dropped_lock_leaves_no_lock,
             list_shows_held_locks_by_prefix,
             health_reports_backend,
             metrics_record_each_operation,

@@ -6,6 +6,10 @@
 //! drops it unfinished does the rest of it run in a task of its own, handing its outcome to a
 //! clean-up closure. [`attempt_detached`] is the common case: an acquisition that completes
 //! for nobody is released by the backend's [`Undo`].
+//!
+//! A request [`counted`](FinishOnDrop::counted) in the provider's [`Inflight`] counts as work
+//! under way from its start until it completes in place or, dropped, until its clean-up has
+//! run; the provider's `close` waits for that before it closes its connections.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +18,7 @@ use std::task::{Context, Poll};
 
 use crate::error::Result;
 use crate::lease::Lease;
+use crate::raw::inflight::{Inflight, InflightGuard};
 use crate::raw::wait::Attempt;
 
 /// Releases one acquisition nobody will use. It must compare owner **and** fencing token, so
@@ -29,6 +34,7 @@ type Orphaned<T> = Box<dyn FnOnce(T) -> BoxFuture<()> + Send>;
 pub struct FinishOnDrop<T: Send + 'static> {
     fut: Option<BoxFuture<T>>,
     orphaned: Option<Orphaned<T>>,
+    counted: Option<InflightGuard>,
 }
 
 impl<T: Send + 'static> std::fmt::Debug for FinishOnDrop<T> {
@@ -50,7 +56,20 @@ where
     O: FnOnce(F::Output) -> OF + Send + 'static,
     OF: Future<Output = ()> + Send + 'static,
 {
-    FinishOnDrop { fut: Some(Box::pin(fut)), orphaned: Some(Box::new(move |out| Box::pin(orphaned(out)))) }
+    FinishOnDrop {
+        fut: Some(Box::pin(fut)),
+        orphaned: Some(Box::new(move |out| Box::pin(orphaned(out)))),
+        counted: None,
+    }
+}
+
+impl<T: Send + 'static> FinishOnDrop<T> {
+    /// Counts the request in `inflight` until it completes in place or, if its caller drops
+    /// it, until the clean-up closure has run.
+    pub fn counted(mut self, inflight: &Inflight) -> Self {
+        self.counted = Some(inflight.enter());
+        self
+    }
 }
 
 impl<T: Send + 'static> Future for FinishOnDrop<T> {
@@ -62,6 +81,7 @@ impl<T: Send + 'static> Future for FinishOnDrop<T> {
         let out = std::task::ready!(fut.as_mut().poll(cx));
         this.fut = None;
         this.orphaned = None;
+        this.counted = None;
         Poll::Ready(out)
     }
 }
@@ -71,7 +91,11 @@ impl<T: Send + 'static> Drop for FinishOnDrop<T> {
         let (Some(fut), Some(orphaned)) = (self.fut.take(), self.orphaned.take()) else { return };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(async move { orphaned(fut.await).await });
+                let counted = self.counted.take();
+                rt.spawn(async move {
+                    orphaned(fut.await).await;
+                    drop(counted);
+                });
             }
             Err(_) => tracing::warn!(
                 "a lock request was abandoned outside a runtime; a lock it got expires with its TTL"
@@ -143,6 +167,32 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(seen.load(Ordering::SeqCst), 9, "the orphaned lease was released");
+    }
+
+    #[tokio::test]
+    async fn a_counted_request_counts_until_its_clean_up_has_run() {
+        let inflight = Inflight::new();
+        let seen = Arc::new(AtomicU64::new(0));
+        // Completed in place: counted while it runs, not after.
+        let done = attempt_detached(async { Ok(Attempt::Acquired(lease(3))) }, recording_undo(seen.clone()))
+            .counted(&inflight);
+        assert_eq!(inflight.count(), 1);
+        assert!(done.await.is_ok());
+        assert_eq!(inflight.count(), 0);
+        // Dropped: counted until the undo has run, so waiting for idle sees the undo done.
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(Attempt::Acquired(lease(9)))
+        };
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(5),
+            attempt_detached(slow, recording_undo(seen.clone())).counted(&inflight),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        assert_eq!(inflight.count(), 1, "the orphaned request is still under way");
+        assert!(inflight.wait_idle(Duration::from_secs(5)).await);
+        assert_eq!(seen.load(Ordering::SeqCst), 9, "idle only once the undo has run");
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@
 //! - [`bounded`](bounded()): a round trip with a time limit, past which it is `Unavailable`;
 //! - [`detach`]: cancel safety for server round trips ([`finish_on_drop`],
 //!   [`attempt_detached`] and its [`Undo`]);
+//! - [`inflight`]: the work under way for callers that may have left ([`Inflight`]), which
+//!   `close` lets finish before it closes the connections;
 //! - [`reaper`]: the periodic clean-up loop ([`spawn_reaper`]) and the count of what it
 //!   cleaned ([`report_expired_cleaned`]).
 //!
@@ -26,6 +28,7 @@ pub mod bounded;
 pub mod detach;
 pub mod gate;
 pub mod heard;
+pub mod inflight;
 pub mod reaper;
 pub mod wait;
 pub mod wake;
@@ -35,6 +38,7 @@ pub use bounded::bounded;
 pub use detach::{attempt_detached, finish_on_drop, FinishOnDrop, Undo};
 pub use gate::Gate;
 pub use heard::{Heard, KeyNews};
+pub use inflight::{Inflight, InflightGuard};
 pub use reaper::{report_expired_cleaned, spawn_reaper};
 pub use wait::{acquire_with_backoff, Attempt, Backoff};
 pub use wake::Wakers;
