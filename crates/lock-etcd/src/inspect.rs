@@ -17,6 +17,38 @@ use crate::keys::Entry;
 use crate::leases::secs;
 use crate::provider::Inner;
 
+/// The most lease questions (`TimeToLive`) one `list` has in flight: a list of thousands of
+/// locks asks them a window at a time instead of all at once, which kept the answers of every
+/// one of them in the client's memory and queued them all on the server together.
+const IN_FLIGHT: usize = 64;
+
+/// Runs `ask` on every item, at most [`IN_FLIGHT`] at a time, each in a task of its own; the
+/// answers in the items' order. The first error ends it (the tasks still running are
+/// aborted).
+pub(crate) async fn each_in_flight<I, T, F, Fut>(items: Vec<I>, ask: F) -> Result<Vec<T>>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut answers: Vec<Option<T>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    let mut waiting = items.into_iter().enumerate();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, item) in waiting.by_ref().take(IN_FLIGHT) {
+        let asked = ask(item);
+        tasks.spawn(async move { (i, asked.await) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (i, answer) = done.map_err(|e| LockError::backend(NAME, e))?;
+        answers[i] = Some(answer?);
+        if let Some((i, item)) = waiting.next() {
+            let asked = ask(item);
+            tasks.spawn(async move { (i, asked.await) });
+        }
+    }
+    Ok(answers.into_iter().map(|a| a.expect("every item was answered")).collect())
+}
+
 impl Inner {
     /// What `h`, the holder of `key`, says about the lock, with its lease's remaining TTL;
     /// `None` when the entry ended meanwhile.
@@ -80,20 +112,13 @@ impl Inner {
                 _ => heads.push((key.to_string(), e)),
             }
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, (key, h)) in heads.into_iter().enumerate() {
-            let inner = self.clone();
-            tasks.spawn(async move { (i, inner.info(key, h).await) });
-        }
-        let mut found = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            let (i, info) = done.map_err(|e| LockError::backend(NAME, e))?;
-            if let Some(info) = info? {
-                found.push((i, info));
-            }
-        }
-        found.sort_by_key(|(i, _)| *i);
-        Ok(found.into_iter().map(|(_, info)| info).collect())
+        let inner = self.clone();
+        let infos = each_in_flight(heads, move |(key, h)| {
+            let inner = inner.clone();
+            async move { inner.info(key, h).await }
+        })
+        .await?;
+        Ok(infos.into_iter().flatten().collect())
     }
 
     /// The member's status and the round trip it took.
@@ -112,5 +137,47 @@ impl Inner {
                 status.raft_term()
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_come_in_order_with_a_bounded_number_in_flight() {
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (n, m) = (now.clone(), most.clone());
+        let answers = each_in_flight((0..300u64).collect(), move |i| {
+            let (now, most) = (n.clone(), m.clone());
+            async move {
+                let in_flight = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(in_flight, Ordering::SeqCst);
+                // Later items answer sooner, so completion order is not item order.
+                tokio::time::sleep(std::time::Duration::from_micros(300 - i)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(i * 2)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(answers, (0..300u64).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(most.load(Ordering::SeqCst), IN_FLIGHT, "the window is filled, never exceeded");
+    }
+
+    #[tokio::test]
+    async fn the_first_error_ends_it() {
+        let answer = each_in_flight((0..10u32).collect(), |i| async move {
+            if i == 7 {
+                Err(LockError::backend(NAME, "no answer"))
+            } else {
+                Ok(i)
+            }
+        })
+        .await;
+        assert!(answer.is_err());
     }
 }

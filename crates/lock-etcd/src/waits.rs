@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use etcd_client::{GetOptions, PutOptions};
 use lock_core::{LockError, Result, WaitInfo};
 
-use crate::error::NAME;
+use crate::inspect::each_in_flight;
 use crate::leases::secs;
 use crate::provider::Inner;
 
@@ -81,7 +81,7 @@ impl Inner {
         let end = prefix_end(&start);
         let resp =
             self.call(self.client.kv_client().get(start, Some(GetOptions::new().with_range(end)))).await?;
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut posted = Vec::new();
         for kv in resp.kvs() {
             let Some(rest) = kv.key().strip_prefix(dir.as_slice()) else { continue };
             let Some(nul) = rest.iter().rposition(|&b| b == 0) else { continue };
@@ -96,9 +96,12 @@ impl Inner {
                 continue;
             };
             let Ok(since) = since.parse::<u64>() else { continue };
-            let (key, owner, lease) = (key.to_owned(), owner.to_owned(), kv.lease());
-            let inner = self.clone();
-            tasks.spawn(async move {
+            posted.push((key.to_owned(), owner.to_owned(), id, since, kv.lease()));
+        }
+        let inner = self.clone();
+        let answers = each_in_flight(posted, move |(key, owner, id, since, lease)| {
+            let inner = inner.clone();
+            async move {
                 let resp = inner.call(inner.client.lease_client().time_to_live(lease, None)).await?;
                 Ok::<_, LockError>((resp.ttl() >= 0).then(|| WaitInfo {
                     key,
@@ -107,12 +110,10 @@ impl Inner {
                     since: UNIX_EPOCH + Duration::from_millis(since),
                     remaining_ttl: secs(resp.ttl()),
                 }))
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            out.extend(done.map_err(|e| LockError::backend(NAME, e))??);
-        }
+            }
+        })
+        .await?;
+        let mut out: Vec<WaitInfo> = answers.into_iter().flatten().collect();
         out.sort_by(|a, b| (&a.key, a.since, a.id).cmp(&(&b.key, b.since, b.id)));
         Ok(out)
     }
