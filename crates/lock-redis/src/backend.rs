@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lock_core::raw::{acquire_with_backoff, Attempt, Gate, LockBackend};
+use lock_core::raw::{acquire_with_backoff_since, Attempt, Gate, LockBackend};
 use lock_core::{
     Capabilities, FencingToken, Health, Lease, LockError, LockInfo, LockOptions, Result, WaitInfo,
 };
@@ -51,6 +51,8 @@ impl LockBackend for RedisLockProvider {
         // Only a caller whose policy lets it wait listens for releases (and may be answered
         // from local knowledge); one that tries once always asks the server.
         let may_wait = !opts.wait.budget().is_zero();
+        // The call's wait starts now, whatever the first attempt below costs.
+        let started = Instant::now();
         // When no local caller is interested in the key, there is no local knowledge to answer
         // from and no local queue to keep: ask the server at once, and only register an
         // interest (and subscribe) if the key turns out to be busy. An uncontended lock then
@@ -86,7 +88,14 @@ impl LockBackend for RedisLockProvider {
             interest.record(&answer, asked);
             Ok(answer)
         };
-        acquire_with_backoff(opts, &inner.gate, interest.as_ref().map(Interest::notify), attempt).await
+        acquire_with_backoff_since(
+            started,
+            opts,
+            &inner.gate,
+            interest.as_ref().map(Interest::notify),
+            attempt,
+        )
+        .await
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<()> {

@@ -40,5 +40,5 @@ pub use gate::Gate;
 pub use heard::{Heard, KeyNews};
 pub use inflight::{Inflight, InflightGuard};
 pub use reaper::{report_expired_cleaned, spawn_reaper};
-pub use wait::{acquire_with_backoff, Attempt, Backoff};
+pub use wait::{acquire_with_backoff, acquire_with_backoff_since, Attempt, Backoff};
 pub use wake::Wakers;

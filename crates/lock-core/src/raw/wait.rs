@@ -60,12 +60,17 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
 impl Backoff {
     /// Starts the schedule now.
     pub fn new(policy: &WaitPolicy) -> Self {
+        Self::started_at(policy, Instant::now())
+    }
+
+    /// A schedule that started at `started`: the time since then counts against a deadline.
+    pub fn started_at(policy: &WaitPolicy, started: Instant) -> Self {
         let next = match policy {
             WaitPolicy::Deadline { min_delay, .. } => *min_delay,
             WaitPolicy::Retry { delay, .. } => *delay,
             WaitPolicy::NoWait => Duration::ZERO,
         };
-        Backoff { policy: policy.clone(), started: Instant::now(), steps: 0, next }
+        Backoff { policy: policy.clone(), started, steps: 0, next }
     }
 
     /// Time since the schedule started.
@@ -118,13 +123,30 @@ pub async fn acquire_with_backoff<F, Fut>(
     opts: &LockOptions,
     gate: &Gate,
     wake: Option<&Notify>,
+    attempt: F,
+) -> Result<Lease>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Attempt>>,
+{
+    acquire_with_backoff_since(Instant::now(), opts, gate, wake, attempt).await
+}
+
+/// [`acquire_with_backoff`] for a call that started at `started`, e.g. with an attempt of its
+/// own before the loop: the time since then counts against the policy's deadline, and a
+/// [`LockError::Timeout`] reports it as waited.
+pub async fn acquire_with_backoff_since<F, Fut>(
+    started: Instant,
+    opts: &LockOptions,
+    gate: &Gate,
+    wake: Option<&Notify>,
     mut attempt: F,
 ) -> Result<Lease>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Attempt>>,
 {
-    let mut backoff = Backoff::new(&opts.wait);
+    let mut backoff = Backoff::started_at(&opts.wait, started);
     loop {
         gate.check()?;
         let mut notified = std::pin::pin!(wake.map(Notify::notified));
@@ -218,6 +240,24 @@ mod tests {
         assert_eq!(Backoff::new(&WaitPolicy::NoWait).deadline(), start);
         let policy = WaitPolicy::deadline(Duration::from_secs(3));
         assert_eq!(Backoff::new(&policy).deadline(), start + Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_before_the_loop_counts_against_the_deadline() {
+        let opts = LockOptions::new("k", "o").wait(WaitPolicy::deadline(Duration::from_secs(3)));
+        let started = Instant::now();
+        // A first attempt of the caller's own took 2 s before the loop began.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let err = acquire_with_backoff_since(started, &opts, &Gate::new(), None, || async {
+            Ok(Attempt::Busy { holder: Some("h".into()), expires_in: None })
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, LockError::Timeout { waited, .. } if waited == Duration::from_secs(3)),
+            "{err:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(3), "the loop used only what was left");
     }
 
     #[tokio::test(start_paused = true)]
