@@ -72,7 +72,8 @@ impl Inner {
             let _counted = guard;
             let result = inner.acquire(&task_opts, &mut tx).await;
             if let Err(Ok(unreceived)) = tx.send(result) {
-                inner.take_back(unreceived.take_back).await;
+                // Boxed, as the rare path it is (see `acquire`).
+                Box::pin(inner.take_back(unreceived.take_back)).await;
             }
         });
         let mut pending = Pending { rx: Some(rx), inner: self.clone() };
@@ -101,7 +102,10 @@ impl Inner {
         loop {
             let grant = self.lease_for(opts.ttl).await?;
             let guard = LeaseGuard::new(self, grant.id);
-            if let Some(got) = self.attempt(opts, grant, guard, &mut budget).await? {
+            // Boxed: an attempt's future holds etcd-client's request futures (about 5 KB),
+            // and an unboxed one would be stored twice over in this future and moved, whole,
+            // in and out of the task that runs it (over 10 KB copied per acquisition).
+            if let Some(got) = Box::pin(self.attempt(opts, grant, guard, &mut budget)).await? {
                 return Ok(got);
             }
             // The attempt's lease is gone: a reused spare had expired, or the queued entry
@@ -221,7 +225,10 @@ impl Inner {
             let resp = if grant.reused {
                 // A spare is renewed in the same round trip; only a live lease is trusted.
                 let sent = Instant::now();
-                let (alive, resp) = tokio::join!(self.keep_alive(grant.id), self.txn(take));
+                // Boxed, like the other paths an uncontended attempt rarely takes, so that the
+                // acquisition's future (moved into its task) stays the size of the fast path.
+                let (alive, resp) =
+                    Box::pin(async { tokio::join!(self.keep_alive(grant.id), self.txn(take)) }).await;
                 if !alive? {
                     return Ok(None);
                 }
@@ -246,7 +253,7 @@ impl Inner {
             guard.mine = None;
             match gets(&resp).pop().and_then(|mut g| g.pop()) {
                 Some(head) if head.value.owner == *opts.owner => {
-                    match self.reenter(opts, &head, grant, &mut guard).await {
+                    match Box::pin(self.reenter(opts, &head, grant, &mut guard)).await {
                         Ok(Some(got)) => return Ok(Some(got)),
                         Ok(None) => continue,
                         // A kept lease that died, met when moving to it: start over.
@@ -262,7 +269,7 @@ impl Inner {
         };
         let holder = head.value.owner;
         if !budget.left() {
-            guard.revoke().await;
+            Box::pin(guard.revoke()).await;
             return Err(timeout(opts, holder, budget));
         }
 
@@ -311,6 +318,6 @@ impl Inner {
         };
 
         // Wait for each predecessor in turn to go away.
-        self.wait_turn(opts, Queued { grant, guard, mine, ahead: p, holder }, budget).await
+        Box::pin(self.wait_turn(opts, Queued { grant, guard, mine, ahead: p, holder }, budget)).await
     }
 }

@@ -174,7 +174,9 @@ impl Inner {
             }
             self.revoke_in_background(s.id);
         }
-        self.grant(ttl).await
+        // Boxed: a grant is the rare path, and its future would make every acquisition's
+        // future (moved into its task) as large as its own.
+        Box::pin(self.grant(ttl)).await
     }
 
     /// Keeps the lease of a released lock for reuse, or revokes it.
