@@ -52,9 +52,9 @@ pub async fn poll_pause() {
 pub struct Rounds {
     /// Cycles of the uncontended throughput run (a tenth of it again as warm-up).
     pub uncontended: u64,
-    /// Cycles whose acquire and release latencies are measured one by one.
+    /// Cycles whose acquire and release latencies are measured one by one (in 20 rounds).
     pub latencies: usize,
-    /// Cycles of each task of the distinct-keys workload.
+    /// Cycles of each task of the distinct-keys workload (in each of 7 rounds).
     pub distinct_per_task: u64,
     /// Cycles of each task of the hot-key workload.
     pub hot_per_task: u64,
@@ -69,14 +69,19 @@ pub async fn summary(heading: &str, all: Vec<Contender>, rounds: Rounds) {
         "| contender | uncontended cycles/s | acquire p50 | release p50 | {DISTINCT_TASKS} tasks distinct keys cycles/s | {HOT_TASKS} tasks hot key cycles/s | hand-over p50 | hand-over mean | hand-over p99 | acquire requests per hot-key acquisition |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for ct in all {
+    for ct in &all {
+        bench::uncontended(&*ct.cycle, &ct.uncontended_key(), rounds.uncontended / 10).await;
+        // warm-up
+    }
+    // Latencies and distinct keys in turns (20 rounds of latencies, 7 of distinct keys, the
+    // median of those), so that the machine's and the server's drifting speed weighs on every
+    // contender alike.
+    let refs = all.iter().collect::<Vec<_>>();
+    let latencies = bench::interleaved_latencies(&refs, 20, rounds.latencies / 20).await;
+    let distinct = bench::interleaved_distinct_keys(&refs, DISTINCT_TASKS, 7, rounds.distinct_per_task).await;
+    for ((ct, (acq, rel)), dk) in all.iter().zip(latencies).zip(distinct) {
         let (cy, u) = (&ct.cycle, ct.uncontended_key());
-        bench::uncontended(&**cy, &u, rounds.uncontended / 10).await; // warm-up
         let un = bench::uncontended(&**cy, &u, rounds.uncontended).await;
-        let (acq, rel) = bench::uncontended_latencies(&**cy, &u, rounds.latencies).await;
-        let dk =
-            bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, rounds.distinct_per_task)
-                .await;
         let before = ct.count();
         let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, rounds.hot_per_task).await;
         let per_acq = match (before, ct.count()) {
@@ -89,7 +94,7 @@ pub async fn summary(heading: &str, all: Vec<Contender>, rounds: Rounds) {
             rate(rounds.uncontended, un),
             fmt_dur(acq.quantile(0.5)),
             fmt_dur(rel.quantile(0.5)),
-            rate(DISTINCT_TASKS as u64 * rounds.distinct_per_task, dk),
+            dk,
             rate(hk.acquisitions, hk.elapsed),
             fmt_dur(hk.handoff.quantile(0.5)),
             fmt_dur(hk.handoff.mean()),

@@ -157,10 +157,12 @@ async fn summary(all: Vec<Contender>) {
     // Latencies in turns (20 rounds of 20 cycles per contender), so that the server's speed
     // drifting during the run (its WAL's fsync time) weighs on every contender alike.
     let latencies = bench::interleaved_latencies(&all.iter().collect::<Vec<_>>(), 20, 20).await;
-    for (ct, (acq, rel)) in all.into_iter().zip(latencies) {
+    // Distinct keys in turns too: 7 rounds of 32 tasks x 20 cycles, the median round.
+    let distinct =
+        bench::interleaved_distinct_keys(&all.iter().collect::<Vec<_>>(), DISTINCT_TASKS, 7, 20).await;
+    for ((ct, (acq, rel)), dk) in all.into_iter().zip(latencies).zip(distinct) {
         let (cy, u) = (&ct.cycle, ct.uncontended_key());
         let un = bench::uncontended(&**cy, &u, N).await;
-        let dk = bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, 20).await;
         let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, 25).await;
         println!(
             "| {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
@@ -169,7 +171,7 @@ async fn summary(all: Vec<Contender>) {
             fmt_dur(acq.quantile(0.5)),
             fmt_dur(acq.quantile(0.99)),
             fmt_dur(rel.quantile(0.5)),
-            rate(DISTINCT_TASKS as u64 * 20, dk),
+            dk,
             rate(hk.acquisitions, hk.elapsed),
             fmt_dur(hk.handoff.quantile(0.5)),
             fmt_dur(hk.handoff.quantile(0.99)),

@@ -199,10 +199,12 @@ async fn summary(all: Vec<Contender>) {
     // Latencies in turns (20 rounds of 100 cycles per contender), so that the server's speed
     // drifting during the run (the redo log's flush time) weighs on every contender alike.
     let latencies = bench::interleaved_latencies(&all.iter().collect::<Vec<_>>(), 20, 100).await;
-    for (ct, (acq, rel)) in all.iter().zip(latencies) {
+    // Distinct keys in turns too: 7 rounds of 32 tasks x 100 cycles, the median round.
+    let distinct =
+        bench::interleaved_distinct_keys(&all.iter().collect::<Vec<_>>(), DISTINCT_TASKS, 7, 100).await;
+    for ((ct, (acq, rel)), dk) in all.iter().zip(latencies).zip(distinct) {
         let (cy, u) = (&ct.cycle, ct.uncontended_key());
         let un = bench::uncontended(&**cy, &u, 2_000).await;
-        let dk = bench::distinct_keys(cy.clone(), &ct.distinct_prefix(), DISTINCT_TASKS, 200).await;
         let before = ct.count();
         let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, 40).await;
         if let (Some(before), Some(after)) = (before, ct.count()) {
@@ -215,7 +217,7 @@ async fn summary(all: Vec<Contender>) {
             fmt_dur(acq.quantile(0.5)),
             fmt_dur(rel.quantile(0.5)),
             rate(2_000, un),
-            rate(DISTINCT_TASKS as u64 * 200, dk),
+            dk,
             rate(hk.acquisitions, hk.elapsed),
             fmt_dur(hk.handoff.quantile(0.5)),
             fmt_dur(hk.handoff.quantile(0.99)),

@@ -146,16 +146,13 @@ async fn summary(all: Vec<Contender>) {
     // Latencies in turns (20 rounds of 250 cycles per contender), so that the machine's speed
     // drifting during the run weighs on every contender alike.
     let latencies = bench::interleaved_latencies(&all.iter().collect::<Vec<_>>(), 20, 250).await;
-    for (ct, (acq, rel)) in all.into_iter().zip(latencies) {
+    // Distinct keys in turns too: 7 rounds of 32 tasks x 312 cycles, the median round.
+    let per_task = N / DISTINCT_TASKS as u64;
+    let distinct =
+        bench::interleaved_distinct_keys(&all.iter().collect::<Vec<_>>(), DISTINCT_TASKS, 7, per_task).await;
+    for ((ct, (acq, rel)), dk) in all.into_iter().zip(latencies).zip(distinct) {
         let (cy, u) = (&ct.cycle, ct.uncontended_key());
         let un = bench::uncontended(&**cy, &u, N).await;
-        let dk = bench::distinct_keys(
-            cy.clone(),
-            &ct.distinct_prefix(),
-            DISTINCT_TASKS,
-            N / DISTINCT_TASKS as u64,
-        )
-        .await;
         let before = ct.count().expect("counted");
         let hk = bench::hot_key(cy.clone(), &ct.hot_key(), HOT_TASKS, 200).await;
         let per_acq = (ct.count().expect("counted") - before) as f64 / hk.acquisitions as f64;
@@ -165,7 +162,7 @@ async fn summary(all: Vec<Contender>) {
             rate(N, un),
             fmt_dur(acq.quantile(0.5)),
             fmt_dur(rel.quantile(0.5)),
-            rate(N, dk),
+            dk,
             rate(hk.acquisitions, hk.elapsed),
             fmt_dur(hk.handoff.quantile(0.5)),
             fmt_dur(hk.handoff.mean()),

@@ -287,6 +287,40 @@ pub async fn interleaved_latencies(
     all.into_iter().map(|(acq, rel)| (Latencies::new(acq), Latencies::new(rel))).collect()
 }
 
+/// Distinct-key throughput in turns: `rounds` rounds, each running [`distinct_keys`]
+/// (`tasks` tasks, `iters` cycles each) for every contender in turn, starting one contender
+/// later each round; the median of each contender's rates, in cycles/s. A single run of a
+/// second or less moves by a quarter from one run to the next on a shared machine; in turns,
+/// the machine's and the server's drifting speed weighs on every contender alike, and no
+/// single round decides.
+pub async fn interleaved_distinct_keys(
+    contenders: &[&Contender],
+    tasks: usize,
+    rounds: usize,
+    iters: u64,
+) -> Vec<f64> {
+    let n = contenders.len();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds {
+        for i in (0..n).map(|k| (k + round) % n) {
+            let ct = contenders[i];
+            let took = distinct_keys(ct.cycle.clone(), &ct.distinct_prefix(), tasks, iters).await;
+            rates[i].push(rate(tasks as u64 * iters, took));
+        }
+    }
+    rates.into_iter().map(median).collect()
+}
+
+/// The median of `v` (the mean of the middle two for an even count); 0 for none.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// `tasks` tasks, each on its own key, doing `iters` cycles each; returns the elapsed time.
 pub async fn distinct_keys(c: Arc<dyn Cycle>, prefix: &str, tasks: usize, iters: u64) -> Duration {
     let start = Instant::now();
@@ -424,5 +458,50 @@ mod tests {
         assert_eq!(l.mean(), Duration::from_nanos(50_500));
         assert_eq!(Latencies::default().quantile(0.5), Duration::ZERO);
         assert_eq!(fmt_dur(Duration::from_nanos(1_500)), "1.50 µs");
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    /// Records which contender ran, in order, and how many cycles on which keys.
+    struct Recorder {
+        id: usize,
+        log: Arc<std::sync::Mutex<Vec<(usize, String)>>>,
+    }
+
+    impl Cycle for Recorder {
+        fn acquire<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
+            Box::pin(async move { self.log.lock().unwrap().push((self.id, key.to_string())) })
+        }
+        fn release<'a>(&'a self, _key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn distinct_keys_run_in_turns_on_each_contenders_own_keys() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let all: Vec<Contender> = (0..3)
+            .map(|id| {
+                Contender::new("recorder", Arc::new(Recorder { id, log: log.clone() }))
+                    .prefix(format!("c{id}/"))
+            })
+            .collect();
+        let rates = interleaved_distinct_keys(&all.iter().collect::<Vec<_>>(), 2, 3, 5).await;
+        assert_eq!(rates.len(), 3);
+        assert!(rates.iter().all(|r| *r > 0.0), "{rates:?}");
+        let log = log.lock().unwrap();
+        // 3 rounds x 3 contenders x 2 tasks x 5 cycles, each contender on its own keys.
+        assert_eq!(log.len(), 90);
+        for (id, key) in log.iter() {
+            assert!(key.starts_with(&all[*id].distinct_prefix()), "{id} used {key}");
+        }
+        // Runs in turns, one contender later each round: 0 1 2, 1 2 0, 2 0 1.
+        let order: Vec<usize> = log.chunks(10).map(|c| c[0].0).collect();
+        assert_eq!(order, [0, 1, 2, 1, 2, 0, 2, 0, 1]);
     }
 }
