@@ -27,11 +27,11 @@ const PRUNE_AT: usize = 1024;
 /// See the [module docs](self).
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
-    map: Mutex<HashMap<Arc<str>, KeyNews>>,
+    map: Mutex<HashMap<Arc<str>, KeyNews, foldhash::fast::RandomState>>,
 }
 
 impl Seen {
-    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyNews>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyNews, foldhash::fast::RandomState>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -54,7 +54,7 @@ impl Seen {
 
     /// The map, without the keys whose news is older than [`FRESH`] once it has grown to
     /// [`PRUNE_AT`] (an answer asked before such a release would be stale by now anyway).
-    fn pruned(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyNews>> {
+    fn pruned(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyNews, foldhash::fast::RandomState>> {
         let mut map = self.map();
         if map.len() >= PRUNE_AT {
             map.retain(|_, k| k.is_recent(FRESH));

@@ -107,7 +107,7 @@ struct Key {
 /// The waiters of one provider.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    map: Mutex<HashMap<Arc<str>, Key>>,
+    map: Mutex<HashMap<Arc<str>, Key, foldhash::fast::RandomState>>,
     /// The listener is connected: releases elsewhere reach this provider.
     pub(crate) listening: AtomicBool,
 }
@@ -151,7 +151,7 @@ impl Drop for Registration<'_> {
 }
 
 impl Waiters {
-    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, Key>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, Key, foldhash::fast::RandomState>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -90,14 +90,14 @@ enum Command {
 /// The local waiters of one provider, by channel.
 #[derive(Debug, Default)]
 struct Registry {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<String, Entry, foldhash::fast::RandomState>>,
     /// Whether a release's token identifies the lease this provider recorded (one node), or
     /// is only one master's token among several (Redlock).
     match_tokens: bool,
 }
 
 impl Registry {
-    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry, foldhash::fast::RandomState>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -8,6 +8,8 @@
 //! that never comes.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
@@ -15,7 +17,7 @@ use tokio::sync::Notify;
 /// Wake-up signals by key; an entry lives as long as some waiter holds its signal.
 #[derive(Debug, Default)]
 pub struct Wakers {
-    map: Mutex<HashMap<Arc<str>, Weak<Notify>>>,
+    map: Mutex<HashMap<Arc<str>, Weak<Notify>, RandomState>>,
 }
 
 impl Wakers {
@@ -24,7 +26,7 @@ impl Wakers {
         Self::default()
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Weak<Notify>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Weak<Notify>, RandomState>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
