@@ -21,8 +21,7 @@ use std::sync::Arc;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use lock_core::{LockOptions, LockProvider};
 use lock_etcd::{EtcdConfig, EtcdLockProvider};
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
+use lock_testkit::bench::{in_tasks, BoxError as Error};
 
 /// `cycles` lock/unlock cycles on `key` in the way `mode` names (the raw keys under `run`).
 async fn cycle(
@@ -72,17 +71,11 @@ fn main() -> Result<(), Error> {
         let run = format!("distlock-client-cycles/{:08x}/", fastrand::u32(..));
         let config = EtcdConfig::from_list(&endpoints).prefix(format!("{run}distlock/"));
         let provider = Arc::new(EtcdLockProvider::connect(config).await?);
-        let mut all = Vec::new();
-        for t in 0..tasks.max(1) {
+        in_tasks(tasks, cycles, |t, n| {
             let (mode, provider, run) = (mode.clone(), provider.clone(), run.clone());
-            let n = cycles / tasks.max(1);
-            all.push(tokio::spawn(
-                async move { cycle(&mode, &provider, &run, format!("cycles:{t}"), n).await },
-            ));
-        }
-        for task in all {
-            task.await??;
-        }
+            async move { cycle(&mode, &provider, &run, format!("cycles:{t}"), n).await }
+        })
+        .await?;
         provider.close().await?;
         Ok::<_, Error>(())
     })?;

@@ -22,9 +22,8 @@ use std::sync::Arc;
 
 use lock_core::{LockOptions, LockProvider};
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
+use lock_testkit::bench::{in_tasks, BoxError as Error};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const TABLE: &str = "distlock_client_cycles";
 const RAW: &str = "distlock_client_cycles_raw";
@@ -111,17 +110,11 @@ fn main() -> Result<(), Error> {
         for sql in [format!("DROP TABLE IF EXISTS `{RAW}`"), format!("CREATE TABLE `{RAW}` LIKE `{TABLE}`")] {
             sqlx::query(&sql).execute(&pool).await?;
         }
-        let mut all = Vec::new();
-        for t in 0..tasks {
+        in_tasks(u64::from(tasks), cycles, |t, n| {
             let (mode, provider, pool) = (mode.clone(), provider.clone(), pool.clone());
-            let n = cycles / u64::from(tasks);
-            all.push(tokio::spawn(
-                async move { cycle(&mode, &provider, &pool, &format!("cycles:{t}"), n).await },
-            ));
-        }
-        for task in all {
-            task.await??;
-        }
+            async move { cycle(&mode, &provider, &pool, &format!("cycles:{t}"), n).await }
+        })
+        .await?;
         provider.close().await?;
         Ok::<_, Error>(())
     })?;

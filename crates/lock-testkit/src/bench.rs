@@ -287,6 +287,26 @@ pub async fn interleaved_latencies(
     all.into_iter().map(|(acq, rel)| (Latencies::new(acq), Latencies::new(rel))).collect()
 }
 
+/// An error of a measuring program's own work.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Shares `cycles` out between `tasks` tasks (at least one), task `t` running `work(t, its
+/// share)`, and waits for all of them: the distinct-key workload's shape for programs that
+/// measure one contender per run (the backends' `client_cycles` examples). The first error
+/// (or panic) is the answer.
+pub async fn in_tasks<F, Fut>(tasks: u64, cycles: u64, work: F) -> Result<(), BoxError>
+where
+    F: Fn(u64, u64) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let tasks = tasks.max(1);
+    let all: Vec<_> = (0..tasks).map(|t| tokio::spawn(work(t, cycles / tasks))).collect();
+    for task in all {
+        task.await??;
+    }
+    Ok(())
+}
+
 /// Distinct-key throughput in turns: `rounds` rounds, each running [`distinct_keys`]
 /// (`tasks` tasks, `iters` cycles each) for every contender in turn, starting one contender
 /// later each round; the median of each contender's rates, in cycles/s. A single run of a
@@ -480,6 +500,30 @@ mod tests {
         fn release<'a>(&'a self, _key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
             Box::pin(async {})
         }
+    }
+
+    #[tokio::test]
+    async fn in_tasks_shares_the_cycles_out_and_reports_the_first_error() {
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = done.clone();
+        in_tasks(4, 20, move |t, n| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((t, n));
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+        let mut done = done.lock().unwrap().clone();
+        done.sort();
+        assert_eq!(done, [(0, 5), (1, 5), (2, 5), (3, 5)]);
+        let failed = in_tasks(0, 3, |t, n| async move {
+            assert_eq!((t, n), (0, 3), "no task count means one task with every cycle");
+            Err::<(), BoxError>("the server went away".into())
+        })
+        .await;
+        assert_eq!(failed.unwrap_err().to_string(), "the server went away");
     }
 
     #[tokio::test]
