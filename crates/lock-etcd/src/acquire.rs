@@ -226,7 +226,7 @@ impl Inner {
                 // A spare is renewed in the same round trip; only a live lease is trusted.
                 let sent = Instant::now();
                 // Boxed, like the other paths an uncontended attempt rarely takes, so that the
-                // acquisition's future (moved into its task) stays the size of the fast path.
+                // attempt's future (allocated once per acquisition) is the fast path's size.
                 let (alive, resp) =
                     Box::pin(async { tokio::join!(self.keep_alive(grant.id), self.txn(take)) }).await;
                 if !alive? {
