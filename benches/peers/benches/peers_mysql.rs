@@ -7,8 +7,8 @@
 //!
 //! - `distlock mysql`: [`MySqlLockProvider`] on the table [`TABLE`];
 //! - `raw INSERT+DELETE` and `GET_LOCK/RELEASE_LOCK`: the floors of lock-mysql's own bench
-//!   (`crates/lock-mysql/benches/mysql.rs`), copied here because a bench file cannot be shared
-//!   between packages; the first on a table of the provider's shape, [`RAW_TABLE`];
+//!   (`lock_testkit::floors::mysql`), the first on a table of the provider's shape,
+//!   [`RAW_TABLE`];
 //! - `distributed-lock-mysql`: `MySqlLockProvider::create_lock` and `acquire` with a timeout
 //!   (`GET_LOCK(name, timeout)`: the server queues the waiter), the handle's `release`.
 //!
@@ -21,14 +21,12 @@ use std::time::Duration;
 
 use distlock_peer_benches::{summary, Held, Rounds};
 use distributed_lock_core::traits::{DistributedLock, LockHandle, LockProvider as _};
-use lock_core::raw::Backoff;
-use lock_core::{LockProvider, WaitPolicy};
+use lock_core::LockProvider;
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
 use lock_testkit::bench::{self, BoxFut, Contender, Cycle, ProviderCycle, Spec};
 use lock_testkit::env::mysql_url;
+use lock_testkit::floors::mysql::{GetLock, RawInsertDelete};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
-use sqlx::pool::PoolConnection;
-use sqlx::MySql;
 
 /// distlock's table in this bench (lock-mysql's own bench uses other names).
 const TABLE: &str = "distlock_peers_bench";
@@ -37,75 +35,6 @@ const RAW_TABLE: &str = "distlock_peers_bench_raw";
 /// Connections of each contender's pool (as in lock-mysql's bench: every task gets one, and
 /// `GET_LOCK` holds one per held lock).
 const POOL: u32 = 34;
-
-/// INSERT to acquire (a duplicate key means busy), DELETE to release (a copy of lock-mysql's
-/// floor).
-struct RawInsertDelete {
-    pool: MySqlPool,
-}
-
-impl Cycle for RawInsertDelete {
-    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let sql = format!(
-                "INSERT INTO `{RAW_TABLE}` (lock_key, owner, depth, acquired_at, expires_at)
-                 VALUES (?, ?, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 30 SECOND)"
-            );
-            let mut backoff = Backoff::new(&WaitPolicy::deadline(Duration::from_secs(60)));
-            loop {
-                match sqlx::query(&sql).bind(key.as_bytes()).bind(owner.as_bytes()).execute(&self.pool).await
-                {
-                    Ok(_) => return,
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        tokio::time::sleep(backoff.next_delay().expect("raw lock timed out")).await;
-                    }
-                    // InnoDB can report a deadlock between concurrent inserts and deletes of
-                    // one key; the statement did nothing and is simply repeated.
-                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40001") => {}
-                    Err(e) => panic!("raw insert: {e}"),
-                }
-            }
-        })
-    }
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(&format!("DELETE FROM `{RAW_TABLE}` WHERE lock_key = ? AND owner = ?"))
-                .bind(key.as_bytes())
-                .bind(owner.as_bytes())
-                .execute(&self.pool)
-                .await
-                .expect("raw delete");
-        })
-    }
-}
-
-/// `GET_LOCK` holds the lock on a connection, which stays checked out until `RELEASE_LOCK` (a
-/// copy of lock-mysql's floor).
-struct GetLock {
-    pool: MySqlPool,
-    held: Held<PoolConnection<MySql>>,
-}
-
-impl Cycle for GetLock {
-    fn acquire<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let mut conn = self.pool.acquire().await.expect("connection");
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
-                .bind(key)
-                .fetch_one(&mut *conn)
-                .await
-                .expect("GET_LOCK");
-            assert_eq!(got, Some(1), "GET_LOCK timed out");
-            self.held.put(key, conn);
-        })
-    }
-    fn release<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let mut conn = self.held.take(key);
-            sqlx::query("SELECT RELEASE_LOCK(?)").bind(key).execute(&mut *conn).await.expect("RELEASE_LOCK");
-        })
-    }
-}
 
 /// `distributed-lock-mysql`: a lock object per acquisition, `acquire` with a timeout as its
 /// docs show, the handle (which holds the connection) kept until release.
@@ -177,13 +106,10 @@ async fn contenders() -> Option<Vec<Contender>> {
         Contender::new("distlock mysql", distlock)
             .prefix(format!("{run}distlock/"))
             .counted(move || provider.statements_sent() - counted.releases.load(Ordering::Relaxed)),
-        Contender::new("raw INSERT+DELETE", Arc::new(RawInsertDelete { pool: self::pool().await }))
+        Contender::new("raw INSERT+DELETE", Arc::new(RawInsertDelete::new(self::pool().await, RAW_TABLE)))
             .prefix(format!("{run}raw/")),
-        Contender::new(
-            "GET_LOCK/RELEASE_LOCK",
-            Arc::new(GetLock { pool: self::pool().await, held: Held::default() }),
-        )
-        .prefix(format!("{run}get-lock/")),
+        Contender::new("GET_LOCK/RELEASE_LOCK", Arc::new(GetLock::new(self::pool().await)))
+            .prefix(format!("{run}get-lock/")),
         Contender::new(
             "distributed-lock-mysql",
             Arc::new(DistributedLockMySql { provider: dlm, held: Held::default() }),

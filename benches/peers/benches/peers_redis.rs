@@ -5,9 +5,9 @@
 //! `DISTLOCK_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). The contenders:
 //!
 //! - `distlock redis`: [`RedisLockProvider`], a pool of [`POOL_SIZE`] connections;
-//! - `raw fred SET NX PX`: the floor of lock-redis's own bench (`crates/lock-redis/benches/redis.rs`),
-//!   copied here because a bench file cannot be shared between packages: `SET NX PX` polled
-//!   every 0.5 to 1.5 ms while busy, an `EVALSHA` compare-and-delete to release, the same pool;
+//! - `raw fred SET NX PX`: the floor of lock-redis's own bench (`lock_testkit::floors::redis`):
+//!   `SET NX PX` polled every 0.5 to 1.5 ms while busy, an `EVALSHA` compare-and-delete to
+//!   release, the same pool;
 //! - `rslock`: its `LockManager` on the one server, `acquire` (which loops until it holds the
 //!   lock) and `LockGuard::release`, one multiplexed connection (the crate's own);
 //! - `distributed-lock-redis`: `RedisLockProvider::create_lock` and the handle's `release`, one
@@ -24,70 +24,16 @@ use std::time::Duration;
 
 use distlock_peer_benches::{poll_pause, summary, Held, Rounds};
 use distributed_lock_core::traits::{DistributedLock, LockHandle, LockProvider as _};
-use fred::clients::Pool;
-use fred::interfaces::{ClientLike, KeysInterface};
-use fred::types::scripts::Script;
-use fred::types::{Builder, Expiration, SetOptions};
 use lock_redis::{RedisConfig, RedisLockProvider};
 use lock_testkit::bench::{self, BoxFut, Contender, Cycle, ProviderCycle, Spec};
 use lock_testkit::env::redis_url;
+use lock_testkit::floors::redis::RawFred;
 
 /// Connections of distlock's pool and of the raw floor's.
 const POOL_SIZE: usize = 4;
 
 /// Lock TTL of every contender (distlock's bench leases last 30 s too).
 const TTL: Duration = Duration::from_secs(30);
-
-/// The textbook single-instance Redis lock on a fred pool (a copy of lock-redis's floor).
-struct RawFred {
-    pool: Pool,
-    release: Script,
-    attempts: AtomicU64,
-}
-
-const RAW_RELEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-
-impl RawFred {
-    async fn connect() -> RawFred {
-        let config = fred::types::config::Config::from_url(&redis_url()).expect("redis URL");
-        let pool = Builder::from_config(config).build_pool(POOL_SIZE).expect("pool");
-        pool.init().await.expect("connect to redis");
-        let release = Script::from_lua(RAW_RELEASE);
-        release.load(pool.next()).await.expect("script load");
-        RawFred { pool, release, attempts: AtomicU64::new(0) }
-    }
-}
-
-impl Cycle for RawFred {
-    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            loop {
-                self.attempts.fetch_add(1, Ordering::Relaxed);
-                let set: Option<String> = self
-                    .pool
-                    .set(
-                        key,
-                        owner,
-                        Some(Expiration::PX(TTL.as_millis() as i64)),
-                        Some(SetOptions::NX),
-                        false,
-                    )
-                    .await
-                    .expect("SET NX PX");
-                if set.is_some() {
-                    return;
-                }
-                poll_pause().await;
-            }
-        })
-    }
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let _: i64 = self.release.evalsha(self.pool.next(), key, owner).await.expect("EVALSHA release");
-        })
-    }
-}
 
 /// `rslock`: Redlock on one server. Its owner is a random value of its own per acquisition, kept
 /// in the guard.
@@ -153,7 +99,7 @@ async fn contenders() -> Option<Vec<Contender>> {
     let provider = RedisLockProvider::connect(RedisConfig::new(redis_url()).pool_size(POOL_SIZE))
         .await
         .expect("connect to redis");
-    let raw = Arc::new(RawFred::connect().await);
+    let raw = Arc::new(RawFred::connect(&redis_url(), POOL_SIZE).await);
     let dlr = Arc::new(DistributedLockRedis {
         provider: distributed_lock_redis::RedisLockProvider::builder()
             .url(redis_url())
@@ -172,7 +118,7 @@ async fn contenders() -> Option<Vec<Contender>> {
             .counted(move || counted.acquire_attempts()),
         Contender::new("raw fred SET NX PX", raw)
             .prefix(format!("{run}raw-fred/"))
-            .counted(move || raw_counted.attempts.load(Ordering::Relaxed)),
+            .counted(move || raw_counted.attempts()),
         Contender::new("rslock", Arc::new(Rslock::new())).prefix(format!("{run}rslock/")),
         Contender::new("distributed-lock-redis", dlr)
             .prefix(format!("{run}distributed-lock-redis/"))

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use lock_testkit::bench::{self, fmt_dur, rate, Contender, DISTINCT_TASKS, HOT_TASKS};
 
@@ -43,9 +42,7 @@ impl<H> Held<H> {
 
 /// The raw floors' pause between two tries on a busy key: 0.5 to 1.5 ms, uniform. A peer that
 /// offers no waiting of its own is polled with it.
-pub async fn poll_pause() {
-    tokio::time::sleep(Duration::from_micros(500 + fastrand::u64(..1000))).await;
-}
+pub use lock_testkit::floors::poll_pause;
 
 /// How many cycles [`summary`] runs of each workload.
 #[derive(Debug, Clone, Copy)]

@@ -8,150 +8,24 @@
 //!   `UPDATE` frees it. No re-entry, no hold start, no lost-answer undo, no statement guard;
 //! - `GET_LOCK` / `RELEASE_LOCK` (connection-bound; the connection is held while locked).
 //!
-//! `cargo bench -p lock-mysql --bench mysql` (or `cargo xtask bench`); server from
-//! `DISTLOCK_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`).
+//! The floors are `lock_testkit::floors::mysql`'s. `cargo bench -p lock-mysql --bench mysql`
+//! (or `cargo xtask bench`); server from `DISTLOCK_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/test`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::raw::Backoff;
-use lock_core::{LockProvider, WaitPolicy};
+use lock_core::LockProvider;
 use lock_mysql::{MySqlLockConfig, MySqlLockProvider};
-use lock_testkit::bench::{
-    self, fmt_dur, rate, BoxFut, Contender, Cycle, ProviderCycle, Spec, DISTINCT_TASKS, HOT_TASKS,
-};
+use lock_testkit::bench::{self, fmt_dur, rate, Contender, ProviderCycle, Spec, DISTINCT_TASKS, HOT_TASKS};
 use lock_testkit::env::mysql_url;
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
-use sqlx::pool::PoolConnection;
-use sqlx::MySql;
+use lock_testkit::floors::mysql::{GetLock, RawFencedUpdate, RawInsertDelete};
+use sqlx::mysql::MySqlPoolOptions;
 
 const TABLE: &str = "distlock_bench";
 const RAW_TABLE: &str = "distlock_bench_raw";
 const FENCED_TABLE: &str = "distlock_bench_fenced";
 const POOL: u32 = 34;
-
-/// INSERT to acquire (a duplicate key means busy), DELETE to release.
-struct RawInsertDelete {
-    pool: MySqlPool,
-}
-
-impl Cycle for RawInsertDelete {
-    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let sql = format!(
-                "INSERT INTO `{RAW_TABLE}` (lock_key, owner, depth, acquired_at, expires_at)
-                 VALUES (?, ?, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 30 SECOND)"
-            );
-            let mut backoff = Backoff::new(&WaitPolicy::deadline(Duration::from_secs(60)));
-            loop {
-                match sqlx::query(&sql).bind(key.as_bytes()).bind(owner.as_bytes()).execute(&self.pool).await
-                {
-                    Ok(_) => return,
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        tokio::time::sleep(backoff.next_delay().expect("raw lock timed out")).await;
-                    }
-                    // InnoDB can report a deadlock between concurrent inserts and deletes of
-                    // one key; the statement did nothing and is simply repeated (as the
-                    // provider does).
-                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40001") => {}
-                    Err(e) => panic!("raw insert: {e}"),
-                }
-            }
-        })
-    }
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(&format!("DELETE FROM `{RAW_TABLE}` WHERE lock_key = ? AND owner = ?"))
-                .bind(key.as_bytes())
-                .bind(owner.as_bytes())
-                .execute(&self.pool)
-                .await
-                .expect("raw delete");
-        })
-    }
-}
-
-/// One `UPDATE` takes the key's row (created free the first time), one frees it.
-struct RawFencedUpdate {
-    pool: MySqlPool,
-}
-
-impl Cycle for RawFencedUpdate {
-    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let take = format!(
-                "UPDATE `{FENCED_TABLE}` SET owner = ?, depth = 1,
-                        generation = generation + 1 + 0 * LAST_INSERT_ID(generation + 1),
-                        acquired_at = UTC_TIMESTAMP(6), expires_at = UTC_TIMESTAMP(6) + INTERVAL 30 SECOND
-                 WHERE lock_key = ? AND (depth = 0 OR expires_at <= UTC_TIMESTAMP(6))"
-            );
-            let mut backoff = Backoff::new(&WaitPolicy::deadline(Duration::from_secs(60)));
-            loop {
-                let done = sqlx::query(&take)
-                    .bind(owner.as_bytes())
-                    .bind(key.as_bytes())
-                    .execute(&self.pool)
-                    .await
-                    .expect("raw fenced take");
-                if done.rows_affected() == 1 {
-                    std::hint::black_box(done.last_insert_id());
-                    return;
-                }
-                let created = sqlx::query(&format!(
-                    "INSERT IGNORE INTO `{FENCED_TABLE}` (lock_key, owner, depth, acquired_at, expires_at)
-                     VALUES (?, '', 0, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
-                ))
-                .bind(key.as_bytes())
-                .execute(&self.pool)
-                .await
-                .expect("raw fenced row");
-                if created.rows_affected() == 0 {
-                    tokio::time::sleep(backoff.next_delay().expect("raw fenced lock timed out")).await;
-                }
-            }
-        })
-    }
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(&format!(
-                "UPDATE `{FENCED_TABLE}` SET depth = 0, owner = '' WHERE lock_key = ? AND owner = ? AND depth = 1"
-            ))
-            .bind(key.as_bytes())
-            .bind(owner.as_bytes())
-            .execute(&self.pool)
-            .await
-            .expect("raw fenced release");
-        })
-    }
-}
-
-/// `GET_LOCK` holds the lock on a connection, which stays checked out until `RELEASE_LOCK`.
-struct GetLock {
-    pool: MySqlPool,
-    held: Mutex<HashMap<String, PoolConnection<MySql>>>,
-}
-
-impl Cycle for GetLock {
-    fn acquire<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let mut conn = self.pool.acquire().await.expect("connection");
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
-                .bind(key)
-                .fetch_one(&mut *conn)
-                .await
-                .expect("GET_LOCK");
-            assert_eq!(got, Some(1), "GET_LOCK timed out");
-            self.held.lock().unwrap().insert(key.to_owned(), conn);
-        })
-    }
-    fn release<'a>(&'a self, key: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let mut conn = self.held.lock().unwrap().remove(key).expect("held connection");
-            sqlx::query("SELECT RELEASE_LOCK(?)").bind(key).execute(&mut *conn).await.expect("RELEASE_LOCK");
-        })
-    }
-}
 
 /// The provider counts the statements it sends; every contender's keys are under `bench/`.
 async fn contenders() -> Option<Vec<Contender>> {
@@ -179,11 +53,11 @@ async fn contenders() -> Option<Vec<Contender>> {
         Contender::new("distlock mysql", Arc::new(ProviderCycle::new(provider as Arc<dyn LockProvider>)))
             .prefix("bench/")
             .counted(move || counted.statements_sent()),
-        Contender::new("raw INSERT+DELETE", Arc::new(RawInsertDelete { pool: raw_pool })).prefix("bench/"),
-        Contender::new("raw fenced UPDATEs", Arc::new(RawFencedUpdate { pool: fenced_pool }))
+        Contender::new("raw INSERT+DELETE", Arc::new(RawInsertDelete::new(raw_pool, RAW_TABLE)))
             .prefix("bench/"),
-        Contender::new("GET_LOCK/RELEASE_LOCK", Arc::new(GetLock { pool: gl_pool, held: Mutex::default() }))
+        Contender::new("raw fenced UPDATEs", Arc::new(RawFencedUpdate::new(fenced_pool, FENCED_TABLE)))
             .prefix("bench/"),
+        Contender::new("GET_LOCK/RELEASE_LOCK", Arc::new(GetLock::new(gl_pool))).prefix("bench/"),
     ])
 }
 

@@ -5,111 +5,19 @@
 //! Redis lock with no extras: `SET key owner NX PX ttl` to acquire (polling every ~1 ms while
 //! busy) and an `EVALSHA` compare-and-delete to release. A second floor is the least a lock
 //! with fencing tokens costs: one script that sets the lock `NX PX` and, when it did, `INCR`s a
-//! counter for the token (no time floor, no re-entry, no hold start), and the same release.
-//! After criterion's groups a summary
+//! counter for the token (no time floor, no re-entry, no hold start), and the same release
+//! (both `lock_testkit::floors::redis`'s). After criterion's groups a summary
 //! prints throughput, hand-over percentiles and, for the hot key, how many acquire round trips
 //! each acquisition cost.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use fred::clients::Pool;
-use fred::interfaces::{ClientLike, KeysInterface};
-use fred::types::scripts::Script;
-use fred::types::{Builder, Expiration, SetOptions};
 use lock_redis::{RedisConfig, RedisLockProvider};
-use lock_testkit::bench::{
-    self, fmt_dur, rate, BoxFut, Contender, Cycle, ProviderCycle, Spec, DISTINCT_TASKS, HOT_TASKS,
-};
+use lock_testkit::bench::{self, fmt_dur, rate, Contender, ProviderCycle, Spec, DISTINCT_TASKS, HOT_TASKS};
 use lock_testkit::env::redis_url;
+use lock_testkit::floors::redis::{RawFenced, RawFred};
 
 const POOL_SIZE: usize = 4;
-
-/// The textbook single-instance Redis lock on a fred pool of the same size.
-struct RawFred {
-    pool: Pool,
-    release: Script,
-    attempts: AtomicU64,
-}
-
-const RAW_RELEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-
-impl RawFred {
-    async fn connect() -> RawFred {
-        let config = fred::types::config::Config::from_url(&redis_url()).expect("redis URL");
-        let pool = Builder::from_config(config).build_pool(POOL_SIZE).expect("pool");
-        pool.init().await.expect("connect to redis");
-        let release = Script::from_lua(RAW_RELEASE);
-        release.load(pool.next()).await.expect("script load");
-        RawFred { pool, release, attempts: AtomicU64::new(0) }
-    }
-}
-
-impl Cycle for RawFred {
-    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            loop {
-                self.attempts.fetch_add(1, Ordering::Relaxed);
-                let set: Option<String> = self
-                    .pool
-                    .set(key, owner, Some(Expiration::PX(30_000)), Some(SetOptions::NX), false)
-                    .await
-                    .expect("SET NX PX");
-                if set.is_some() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_micros(500 + fastrand::u64(..1000))).await;
-            }
-        })
-    }
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let _: i64 = self.release.evalsha(self.pool.next(), key, owner).await.expect("EVALSHA release");
-        })
-    }
-}
-
-const RAW_FENCED_ACQUIRE: &str =
-    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('INCR', KEYS[2]) end return 0";
-
-/// The least a fenced lock costs: one script for the lock and its token.
-struct RawFenced {
-    raw: Arc<RawFred>,
-    acquire: Script,
-}
-
-impl RawFenced {
-    async fn connect(raw: Arc<RawFred>) -> RawFenced {
-        let acquire = Script::from_lua(RAW_FENCED_ACQUIRE);
-        acquire.load(raw.pool.next()).await.expect("script load");
-        RawFenced { raw, acquire }
-    }
-}
-
-impl Cycle for RawFenced {
-    fn acquire<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let fence = format!("{key}:fence");
-            loop {
-                self.raw.attempts.fetch_add(1, Ordering::Relaxed);
-                let token: i64 = self
-                    .acquire
-                    .evalsha(self.raw.pool.next(), vec![key, fence.as_str()], vec![owner, "30000"])
-                    .await
-                    .expect("EVALSHA fenced acquire");
-                if token > 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_micros(500 + fastrand::u64(..1000))).await;
-            }
-        })
-    }
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        self.raw.release(key, owner)
-    }
-}
 
 /// Each contender counts its acquire round trips, and has a key prefix of its own in this
 /// run: the raw floor's plain keys and the provider's keys never meet.
@@ -117,8 +25,8 @@ async fn contenders() -> Option<Vec<Contender>> {
     let provider = RedisLockProvider::connect(RedisConfig::new(redis_url()).pool_size(POOL_SIZE))
         .await
         .expect("connect to redis");
-    let raw = Arc::new(RawFred::connect().await);
-    let fenced = Arc::new(RawFenced::connect(Arc::new(RawFred::connect().await)).await);
+    let raw = Arc::new(RawFred::connect(&redis_url(), POOL_SIZE).await);
+    let fenced = Arc::new(RawFenced::connect(&redis_url(), POOL_SIZE).await);
     let (counted, raw_counted, fenced_counted) = (provider.clone(), raw.clone(), fenced.clone());
     let run = format!("distlock-bench/{:08x}/", fastrand::u32(..));
     Some(vec![
@@ -127,10 +35,10 @@ async fn contenders() -> Option<Vec<Contender>> {
             .counted(move || counted.acquire_attempts()),
         Contender::new("raw fred SET NX PX", raw)
             .prefix(format!("{run}raw-fred/"))
-            .counted(move || raw_counted.attempts.load(Ordering::Relaxed)),
+            .counted(move || raw_counted.attempts()),
         Contender::new("raw fred fenced script", fenced)
             .prefix(format!("{run}raw-fenced/"))
-            .counted(move || fenced_counted.raw.attempts.load(Ordering::Relaxed)),
+            .counted(move || fenced_counted.attempts()),
     ])
 }
 

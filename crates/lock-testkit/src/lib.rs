@@ -42,6 +42,7 @@ pub mod bench;
 pub mod cases;
 pub mod env;
 pub mod faults;
+pub mod floors;
 pub mod history;
 pub mod ports;
 pub mod process;
