@@ -66,9 +66,9 @@ pub async fn summary(heading: &str, all: Vec<Contender>, rounds: Rounds) {
         "| contender | uncontended cycles/s | acquire p50 | release p50 | {DISTINCT_TASKS} tasks distinct keys cycles/s | {HOT_TASKS} tasks hot key cycles/s | hand-over p50 | hand-over mean | hand-over p99 | acquire requests per hot-key acquisition |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    // Warm-up.
     for ct in &all {
         bench::uncontended(&*ct.cycle, &ct.uncontended_key(), rounds.uncontended / 10).await;
-        // warm-up
     }
     // Latencies and distinct keys in turns (20 rounds of latencies, 7 of distinct keys, the
     // median of those), so that the machine's and the server's drifting speed weighs on every

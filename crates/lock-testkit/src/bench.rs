@@ -292,15 +292,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Shares `cycles` out between `tasks` tasks (at least one), task `t` running `work(t, its
 /// share)`, and waits for all of them: the distinct-key workload's shape for programs that
-/// measure one contender per run (the backends' `client_cycles` examples). The first error
-/// (or panic) is the answer.
+/// measure one contender per run (the backends' `client_cycles` examples). The shares add up
+/// to `cycles` exactly (the first `cycles % tasks` tasks run one more), since those programs
+/// divide what they count by the cycles asked for. The first error (or panic) is the answer.
 pub async fn in_tasks<F, Fut>(tasks: u64, cycles: u64, work: F) -> Result<(), BoxError>
 where
     F: Fn(u64, u64) -> Fut,
     Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
 {
     let tasks = tasks.max(1);
-    let all: Vec<_> = (0..tasks).map(|t| tokio::spawn(work(t, cycles / tasks))).collect();
+    let share = |t: u64| cycles / tasks + u64::from(t < cycles % tasks);
+    let all: Vec<_> = (0..tasks).map(|t| tokio::spawn(work(t, share(t)))).collect();
     for task in all {
         task.await??;
     }
@@ -518,6 +520,20 @@ mod tests {
         let mut done = done.lock().unwrap().clone();
         done.sort();
         assert_eq!(done, [(0, 5), (1, 5), (2, 5), (3, 5)]);
+        let uneven = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = uneven.clone();
+        in_tasks(3, 10, move |t, n| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((t, n));
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+        let mut uneven = uneven.lock().unwrap().clone();
+        uneven.sort();
+        assert_eq!(uneven, [(0, 4), (1, 3), (2, 3)], "every cycle asked for is run");
         let failed = in_tasks(0, 3, |t, n| async move {
             assert_eq!((t, n), (0, 3), "no task count means one task with every cycle");
             Err::<(), BoxError>("the server went away".into())
